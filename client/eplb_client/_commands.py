@@ -1,0 +1,118 @@
+"""The eplb-client subcommands (argparse namespaces in, exit codes out)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import cli
+from .client import EplbClient
+from .loaders import LoadError, load_loads, load_mapping
+
+
+def _client(args) -> EplbClient:
+    return EplbClient(args.target, timeout=args.timeout, root_certificates=args.tls_ca,
+                      private_key=args.tls_key, certificate_chain=args.tls_cert,
+                      tls=args.tls, tls_server_name=args.tls_server_name)
+
+
+def _topology(args) -> dict:
+    return dict(num_replicas=args.num_replicas, num_groups=args.num_groups,
+                num_nodes=args.num_nodes, num_gpus=args.num_gpus)
+
+
+def _planning(args) -> dict:
+    if args.slot_loads and not args.current:
+        raise LoadError("--slot-loads needs --current")
+    current = load_mapping(args.current, args.current_key) if args.current else None
+    return dict(policy=args.policy, current_phy2log=current,
+                num_logical_experts=args.num_logical_experts, slot_loads=args.slot_loads,
+                max_moved_slots_per_layer=args.max_moved_slots_per_layer,
+                max_moved_slots_total=args.max_moved_slots_total,
+                min_balancedness_gain=args.min_balancedness_gain,
+                from_scratch=args.from_scratch, objective=args.objective,
+                half_life=args.half_life, robust_k=args.robust_k, model=args.model)
+
+
+def _summary(r) -> str:
+    lines = [f"policy {r.policy}, objective {r.objective}: planned in "
+             f"{r.compute_seconds * 1e3:.1f} ms on {r.device or '?'}"]
+    for label, s in (("plan", r.plan), ("current", r.current)):
+        if s is not None:
+            lines.append(f"  {label:8s} balancedness {s.balancedness:.4f}, gap mean "
+                         f"{s.mean_gap:.2%} max {s.max_gap:.2%}")
+    if r.migration is not None:
+        m = r.migration
+        lines.append(f"  migration {m.slots_changed} slots changed ({m.cross_node_copies} "
+                     f"cross-node) in {int(m.layer_changed.sum())}/{len(m.layer_changed)} layers")
+    return "\n".join(lines)
+
+
+def rebalance(args) -> int:
+    loads = load_loads(args.loads, args.key)
+    options = _planning(args)
+    with _client(args) as c:
+        r = c.rebalance(loads, **_topology(args), **options)
+    if not args.quiet:
+        print(_summary(r), file=sys.stderr)
+    cli.dump_json(r.to_dict(), args.out)
+    return cli.EXIT_OK
+
+
+def evaluate(args) -> int:
+    loads = load_loads(args.loads, args.key)
+    phy2log = load_mapping(args.phy2log, args.phy2log_key)
+    with _client(args) as c:
+        r = c.evaluate(loads, phy2log, num_groups=args.num_groups, num_nodes=args.num_nodes,
+                       num_gpus=args.num_gpus, policy=args.policy)
+    print(f"balancedness {r.score.balancedness:.4f}, gap mean {r.score.mean_gap:.2%} max "
+          f"{r.score.max_gap:.2%} ({r.policy} bound)", file=sys.stderr)
+    cli.dump_json(r.to_dict(), args.out)
+    return cli.EXIT_OK
+
+
+def report(args) -> int:
+    from .report import make_report
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise LoadError(f"--size must be WIDTHxHEIGHT, got {args.size!r}") from None
+    loads = load_loads(args.loads, args.key)
+    options = _planning(args)
+    name = args.title if args.title is not None else os.path.basename(args.loads)
+    with _client(args) as c:
+        s = make_report(c, loads, args.png, **_topology(args), name=name,
+                        size=(width, height), **options)
+    print(f"wrote {args.png}: balancedness {s['balancedness_before']:.4f} ({s['before']}) -> "
+          f"{s['balancedness_after']:.4f} ({s['policy']}), bound {s['balancedness_bound']:.4f}",
+          file=sys.stderr)
+    return cli.EXIT_OK
+
+
+def bench(args) -> int:
+    from . import bench as b
+    from ._request import rebalance_request
+
+    if args.loads:
+        loads = load_loads(args.loads, args.key)
+    else:
+        loads = b.synthetic_loads(args.layers, args.experts, args.seed)
+    req = rebalance_request(loads, **_topology(args), policy=args.policy, model="eplb-client bench")
+    with _client(args) as c:
+        stats = b.run(c, req, requests=args.requests, warmup=args.warmup,
+                      concurrency=args.concurrency, progress=not args.no_progress)
+    lat, comp = stats["latency_ms"], stats["server_compute_ms"]
+    print(f"{stats['requests']} requests, concurrency {stats['concurrency']}, "
+          f"{stats['throughput_rps']:.1f}/s on {stats['device'] or '?'}: latency p50 "
+          f"{lat['p50']:.2f} p90 {lat['p90']:.2f} p99 {lat['p99']:.2f} max {lat['max']:.2f} ms "
+          f"(server compute p50 {comp['p50']:.2f} ms)", file=sys.stderr)
+    cli.dump_json({"shape": list(loads.shape), **_topology(args), "policy": args.policy, **stats})
+    return cli.EXIT_OK
+
+
+def health(args) -> int:
+    with _client(args) as c:
+        status = c.health(args.service)
+    print(status)
+    return cli.EXIT_OK if status == "SERVING" else cli.EXIT_NOT_SERVING

@@ -1,0 +1,92 @@
+"""Reads load matrices and mappings from .json, .npy, .npz and .safetensors files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+LOGICAL_COUNT = "logical_count"
+
+
+class LoadError(ValueError):
+    """A file that does not hold the expected array."""
+
+
+def _pick(mapping: dict, key: str | None, path, default_keys=()) -> tuple[str, object]:
+    if key is not None:
+        if key not in mapping:
+            raise LoadError(f"{path}: no key {key!r}; keys: {', '.join(sorted(mapping))}")
+        return key, mapping[key]
+    for k in default_keys:
+        if k in mapping:
+            return k, mapping[k]
+    if len(mapping) == 1:
+        return next(iter(mapping.items()))
+    raise LoadError(f"{path}: several arrays ({', '.join(sorted(mapping))}); choose one with --key")
+
+
+def drop_zero_layers(a: np.ndarray) -> np.ndarray:
+    """Drops layers whose loads are all zero (dense layers in SGLang's statistics files)."""
+    if a.ndim == 2:
+        return a[a.any(axis=1)]
+    if a.ndim == 3:
+        return a[:, a.any(axis=(0, 2))]
+    return a
+
+
+def read_array(path, key: str | None = None, default_keys=()) -> tuple[np.ndarray, str | None]:
+    """Reads one array; returns it and the key it came from (None for a bare array)."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".json":
+            with open(path) as f:
+                data = json.load(f)
+            if isinstance(data, dict):
+                k, v = _pick(data, key, path, default_keys)
+                return np.asarray(v), k
+            return np.asarray(data), None
+        if ext == ".npy":
+            return np.load(path, allow_pickle=False), None
+        if ext == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                k, v = _pick(dict(z.items()), key, path, default_keys)
+                return np.asarray(v), k
+        if ext == ".safetensors":
+            try:
+                from safetensors.numpy import load_file
+            except ImportError:
+                raise LoadError("reading .safetensors needs the safetensors package") from None
+            k, v = _pick(load_file(path), key, path, default_keys)
+            return np.asarray(v), k
+    except (OSError, json.JSONDecodeError) as e:
+        raise LoadError(f"{path}: {e}") from None
+    raise LoadError(f"{path}: unsupported file type {ext or '(none)'}; "
+                    "use .json, .npy, .npz or .safetensors")
+
+
+def load_loads(path, key: str | None = None) -> np.ndarray:
+    """Expert loads [L, E] or a history [T, L, E]. The SGLang form {"logical_count": [[...]]}
+    has its all-zero (dense) layers dropped."""
+    a, k = read_array(path, key, default_keys=(LOGICAL_COUNT,))
+    if a.dtype == object or a.dtype.kind not in "biuf":
+        raise LoadError(f"{path}: loads must be a numeric array, not {a.dtype}")
+    if a.ndim not in (2, 3):
+        raise LoadError(f"{path}: loads must be [layers, experts] or [windows, layers, experts]; "
+                        f"got shape {list(a.shape)}")
+    if k == LOGICAL_COUNT:
+        a = drop_zero_layers(a)
+    return a
+
+
+def load_mapping(path, key: str | None = None) -> np.ndarray:
+    """A phy2log mapping [L, P]: a bare array, or the "phy2log" of a saved plan."""
+    a, _ = read_array(path, key, default_keys=("phy2log",))
+    if a.dtype == object or a.dtype.kind not in "biuf" or a.ndim != 2:
+        raise LoadError(f"{path}: a mapping must be an integer [layers, slots] array")
+    if a.dtype.kind == "f":
+        if not np.all(a == np.round(a)):
+            raise LoadError(f"{path}: a mapping must hold whole numbers")
+    return a.astype(np.int64)

@@ -1,0 +1,143 @@
+"""Frozen result types with numpy arrays, built from the service's responses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from . import names
+from .tensors import from_tensor
+from .v1 import placement_pb2 as pb
+
+
+def _frozen(a) -> np.ndarray:
+    a = np.array(a)
+    a.setflags(write=False)
+    return a
+
+
+def _plain(value):
+    """Converts arrays and nested results to JSON-ready Python values."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return value
+
+
+class _AsDict:
+    def to_dict(self) -> dict:
+        """The result as plain lists, numbers and strings (for JSON)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True, eq=False)
+class Score(_AsDict):
+    """How good a mapping is: per-layer balancedness (mean / max GPU load), peaks and bounds."""
+
+    balancedness: float
+    layer_balancedness: np.ndarray
+    layer_max_load: np.ndarray
+    layer_lower_bound: np.ndarray
+    mean_gap: float
+    max_gap: float
+    window_balancedness: np.ndarray | None = None
+
+    @property
+    def layer_gap(self) -> np.ndarray:
+        """Per-layer max GPU load / lower bound - 1."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.layer_lower_bound > 0,
+                            self.layer_max_load / self.layer_lower_bound - 1.0, 0.0)
+
+    @property
+    def layer_balancedness_bound(self) -> np.ndarray:
+        """Best balancedness any plan under the policy could reach per layer (mean / bound)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = self.layer_balancedness * self.layer_max_load
+            return np.where(self.layer_lower_bound > 0, mean / self.layer_lower_bound, 1.0)
+
+    @classmethod
+    def from_proto(cls, s: pb.Score) -> "Score":
+        return cls(
+            balancedness=s.balancedness,
+            layer_balancedness=_frozen(np.asarray(s.layer_balancedness, dtype=np.float64)),
+            layer_max_load=_frozen(np.asarray(s.layer_max_load, dtype=np.float64)),
+            layer_lower_bound=_frozen(np.asarray(s.layer_lower_bound, dtype=np.float64)),
+            mean_gap=s.mean_gap,
+            max_gap=s.max_gap,
+            window_balancedness=(_frozen(np.asarray(s.window_balancedness, dtype=np.float64))
+                                 if len(s.window_balancedness) else None),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Migration(_AsDict):
+    """Movement from the current mapping: `transfers` [M, 4] rows of (layer, slot, expert, source_slot)."""
+
+    slots_changed: int
+    cross_node_copies: int
+    layer_slots_changed: np.ndarray
+    layer_changed: np.ndarray
+    layers_kept_for_lack_of_gain: int
+    transfers: np.ndarray
+    transfer_cross_node: np.ndarray
+
+    @classmethod
+    def from_proto(cls, m: pb.Migration) -> "Migration":
+        rows = [(t.layer, t.slot, t.expert, t.source_slot) for t in m.transfers]
+        return cls(
+            slots_changed=m.slots_changed,
+            cross_node_copies=m.cross_node_copies,
+            layer_slots_changed=_frozen(np.asarray(m.layer_slots_changed, dtype=np.int64)),
+            layer_changed=_frozen(np.asarray(m.layer_changed, dtype=bool)),
+            layers_kept_for_lack_of_gain=m.layers_kept_for_lack_of_gain,
+            transfers=_frozen(np.asarray(rows, dtype=np.int64).reshape(-1, 4)),
+            transfer_cross_node=_frozen(np.asarray([t.cross_node for t in m.transfers], dtype=bool)),
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class RebalanceResult(_AsDict):
+    """A placement: phy2log [L, P], log2phy [L, E, W] (-1 padded), logcnt [L, E], and its scores."""
+
+    phy2log: np.ndarray
+    log2phy: np.ndarray
+    logcnt: np.ndarray
+    policy: str
+    objective: str
+    plan: Score
+    current: Score | None
+    migration: Migration | None
+    compute_seconds: float
+    device: str
+
+    @classmethod
+    def from_proto(cls, r: pb.RebalanceResponse) -> "RebalanceResult":
+        return cls(
+            phy2log=_frozen(from_tensor(r.phy2log)),
+            log2phy=_frozen(from_tensor(r.log2phy)),
+            logcnt=_frozen(from_tensor(r.logcnt)),
+            policy=names.policy_name(r.policy),
+            objective=names.objective_name(r.objective),
+            plan=Score.from_proto(r.plan),
+            current=Score.from_proto(r.current) if r.HasField("current") else None,
+            migration=Migration.from_proto(r.migration) if r.HasField("migration") else None,
+            compute_seconds=r.compute_seconds,
+            device=r.device,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluateResult(_AsDict):
+    """The score of a given mapping and the policy whose lower bound it reports."""
+
+    score: Score
+    policy: str
+
+    @classmethod
+    def from_proto(cls, r: pb.EvaluateResponse) -> "EvaluateResult":
+        return cls(score=Score.from_proto(r.score), policy=names.policy_name(r.policy))

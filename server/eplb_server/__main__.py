@@ -1,0 +1,113 @@
+"""`eplb-server` / `python -m eplb_server`: flags, each with an EPLB_* environment equivalent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from .server import Config, resolve_device, serve
+from .validation import Limits
+from .warmup import Shape
+
+
+def _env(name, default):
+    return os.environ.get("EPLB_" + name, default)
+
+
+def _env_list(name, default):
+    value = os.environ.get("EPLB_" + name)
+    return default if value is None else [v for v in value.split(",") if v.strip()]
+
+
+def _env_bool(name):
+    return os.environ.get("EPLB_" + name, "").lower() in ("1", "true", "yes", "on")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The CLI; every default comes from the EPLB_<FLAG> variable when it is set."""
+    limits = Limits()
+    p = argparse.ArgumentParser(
+        prog="eplb-server", description="EPLB placement service (gRPC). Every flag can also be "
+        "set by an environment variable: --max-layers is EPLB_MAX_LAYERS, list flags take "
+        "comma-separated values.")
+    p.add_argument("--listen", action="append", default=None, metavar="ADDR",
+                   help="host:port or unix:///path, repeatable (EPLB_LISTEN; "
+                   "default 127.0.0.1:50051)")
+    p.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", 9090)),
+                   help="Prometheus HTTP port, 0 disables (default 9090)")
+    p.add_argument("--metrics-host", default=_env("METRICS_HOST", "127.0.0.1"),
+                   help="address the metrics endpoint binds (default 127.0.0.1)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=_env("DEVICE", "auto"))
+    p.add_argument("--max-concurrent", type=int, default=int(_env("MAX_CONCURRENT", 16)),
+                   help="engine requests running or queued; beyond: RESOURCE_EXHAUSTED (default 16)")
+    p.add_argument("--max-layers", type=int, default=int(_env("MAX_LAYERS", limits.max_layers)))
+    p.add_argument("--max-experts", type=int,
+                   default=int(_env("MAX_EXPERTS", limits.max_experts)))
+    p.add_argument("--max-replicas", type=int,
+                   default=int(_env("MAX_REPLICAS", limits.max_replicas)))
+    p.add_argument("--max-windows", type=int,
+                   default=int(_env("MAX_WINDOWS", limits.max_windows)),
+                   help="load-history windows T in a [T, L, E] request")
+    p.add_argument("--max-request-bytes", type=int,
+                   default=int(_env("MAX_REQUEST_BYTES", limits.max_request_bytes)))
+    p.add_argument("--tls-cert", default=_env("TLS_CERT", None), help="PEM server certificate")
+    p.add_argument("--tls-key", default=_env("TLS_KEY", None), help="PEM server private key")
+    p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA", None),
+                   help="PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    p.add_argument("--no-reflection", action="store_true", default=_env_bool("NO_REFLECTION"))
+    p.add_argument("--grace-period", type=float, default=float(_env("GRACE_PERIOD", 10.0)),
+                   help="seconds in-flight RPCs get to finish after SIGTERM (default 10)")
+    p.add_argument("--warmup-shapes", action="append", default=None, metavar="LxE:P:G:N:K",
+                   help="shapes run once at start-up, repeatable (EPLB_WARMUP_SHAPES; "
+                   "default 2x16:32:8:2:4; 'none' skips warm-up)")
+    p.add_argument("--unix-socket-mode", type=lambda s: int(s, 8),
+                   default=int(_env("UNIX_SOCKET_MODE", "600"), 8),
+                   help="octal file mode of Unix sockets (default 600)")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    return p
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    """Builds the server Config from parsed flags."""
+    listen = args.listen or _env_list("LISTEN", ["127.0.0.1:50051"])
+    shapes = args.warmup_shapes or _env_list("WARMUP_SHAPES", ["2x16:32:8:2:4"])
+    return Config(
+        listen=listen, metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port or None, device=args.device,
+        max_concurrent=args.max_concurrent,
+        limits=Limits(max_layers=args.max_layers, max_experts=args.max_experts,
+                      max_replicas=args.max_replicas, max_windows=args.max_windows,
+                      max_request_bytes=args.max_request_bytes),
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+        reflection=not args.no_reflection, grace_period=args.grace_period,
+        warmup_shapes=[] if shapes == ["none"] else shapes,
+        unix_socket_mode=args.unix_socket_mode)
+
+
+def main(argv=None) -> int:
+    """Parses flags, serves until SIGTERM, returns the exit status."""
+    p = parser()
+    args = p.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        p.error("--tls-client-ca needs --tls-cert and --tls-key")
+    if args.max_concurrent < 1:
+        p.error("--max-concurrent must be at least 1")
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from(args)
+        resolve_device(config.device)
+        for spec in config.warmup_shapes:
+            Shape.parse(spec)
+    except ValueError as e:
+        p.error(str(e))
+    return asyncio.run(serve(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Public engine API: `plan`, `rebalance_experts` and `evaluate` over torch tensors."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .history import reduce_history
+from .mapping import build_log2phy, expert_counts, replica_ranks
+from .reference import reference_plan
+from .migration import MigrationOptions, keep_current
+from .refined import refined_plan
+from .scoring import Score, gpu_loads, score
+
+POLICIES = ("auto", "hierarchical", "global", "deepseek")
+# Numba's default threading layer must not be entered from two threads at once.
+_ENGINE_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A placement in deepseek-ai/EPLB's conventions, on the weight's device."""
+
+    phy2log: torch.Tensor  # [L, P] int64
+    log2phy: torch.Tensor  # [L, E, W] int64, -1 padded, W = max logcnt
+    logcnt: torch.Tensor  # [L, E] int64
+    policy: str  # the policy that ran: "hierarchical", "global" or "deepseek"
+    objective: str = "sum"  # what a load history was reduced to
+    migration: object | None = None
+
+
+def check_topology(num_experts: int, num_replicas: int, num_groups: int, num_nodes: int,
+                   num_gpus: int) -> None:
+    """Raises ValueError naming the first argument that breaks the conventions."""
+    for name, value in (("num_replicas", num_replicas), ("num_groups", num_groups),
+                        ("num_nodes", num_nodes), ("num_gpus", num_gpus)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+    if num_experts < 1:
+        raise ValueError("weight must have at least one expert")
+    if num_replicas % num_gpus:
+        raise ValueError(f"num_replicas ({num_replicas}) must be a multiple of num_gpus ({num_gpus})")
+    if num_gpus % num_nodes:
+        raise ValueError(f"num_gpus ({num_gpus}) must be a multiple of num_nodes ({num_nodes})")
+    if num_experts % num_groups:
+        raise ValueError(f"num_groups ({num_groups}) must divide the {num_experts} experts")
+    if num_replicas < num_experts:
+        raise ValueError(f"num_replicas ({num_replicas}) must be at least the {num_experts} experts")
+
+
+def resolve_policy(policy: str, num_groups: int, num_nodes: int) -> str:
+    """'auto' becomes 'hierarchical' when groups divide over nodes, else 'global'."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if policy == "auto":
+        return "hierarchical" if num_groups % num_nodes == 0 else "global"
+    if policy == "hierarchical" and num_groups % num_nodes:
+        raise ValueError(f"hierarchical policy needs num_groups ({num_groups}) to be a multiple "
+                         f"of num_nodes ({num_nodes})")
+    return policy
+
+
+def _loads(weight) -> np.ndarray:
+    array = weight.detach().cpu().double().numpy() if isinstance(weight, torch.Tensor) \
+        else np.asarray(weight, dtype=np.float64)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"weight must be [L, E] or [T, L, E], got shape {list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise ValueError("weight must be finite (no NaN or inf)")
+    if (array < 0).any():
+        raise ValueError("weight must be non-negative")
+    return np.ascontiguousarray(array)
+
+
+def _constraint(policy: str, num_groups: int, num_nodes: int) -> tuple[int, int]:
+    return (num_groups, num_nodes) if policy == "hierarchical" else (1, 1)
+
+
+def _plan_arrays(load: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
+                 num_gpus: int, policy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if policy == "deepseek":
+        return reference_plan(load, num_replicas, num_groups, num_nodes, num_gpus)
+    groups, nodes = _constraint(policy, num_groups, num_nodes)
+    phy2log = refined_plan(load, num_replicas, groups, nodes, num_gpus)
+    # Never worse than the reference under the same constraint, layer by layer.
+    baseline = reference_plan(load, num_replicas, groups, nodes, num_gpus)[0]
+    worse = gpu_loads(load, phy2log, num_gpus).max(1) > gpu_loads(load, baseline, num_gpus).max(1)
+    phy2log[worse] = baseline[worse]
+    num_experts = load.shape[1]
+    return phy2log, replica_ranks(phy2log, num_experts), expert_counts(phy2log, num_experts)
+
+
+def _current_mapping(current_phy2log, num_layers: int, num_replicas: int,
+                     num_experts: int) -> np.ndarray:
+    mapping = current_phy2log.detach().cpu().numpy() if isinstance(current_phy2log, torch.Tensor) \
+        else np.asarray(current_phy2log)
+    if mapping.shape != (num_layers, num_replicas):
+        raise ValueError(f"current_phy2log must be [{num_layers}, {num_replicas}], "
+                         f"got shape {list(mapping.shape)}")
+    mapping = np.ascontiguousarray(mapping, dtype=np.int64)
+    if mapping.size and (mapping.min() < 0 or mapping.max() >= num_experts):
+        raise ValueError(f"current_phy2log entries must lie in [0, {num_experts})")
+    if (expert_counts(mapping, num_experts) == 0).any():
+        raise ValueError("current_phy2log leaves an expert without a slot")
+    return mapping
+
+
+def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int, *,
+         policy: str = "auto", current_phy2log=None, from_scratch: bool = False,
+         max_moved_slots_per_layer: int = 0, max_moved_slots_total: int = 0,
+         min_balancedness_gain: float = 0.0, objective: str = "default",
+         half_life: float = 0.0, robust_k: float = 0.0) -> Plan:
+    """Plans a placement. weight: [L, E] (or a history [T, L, E], reduced by `objective`).
+
+    With current_phy2log [L, P], keeps what can stay of it (unless from_scratch).
+    """
+    load = _loads(weight)
+    objective_used = "sum"
+    if load.ndim == 3:
+        load, objective_used = reduce_history(load, objective, half_life, robust_k)
+    num_layers, num_experts = load.shape
+    check_topology(num_experts, num_replicas, num_groups, num_nodes, num_gpus)
+    resolved = resolve_policy(policy, num_groups, num_nodes)
+    current = None if current_phy2log is None else _current_mapping(
+        current_phy2log, num_layers, num_replicas, num_experts)
+    migration = None
+    with _ENGINE_LOCK:
+        phy2log, rank, logcnt = _plan_arrays(load, num_replicas, num_groups, num_nodes,
+                                             num_gpus, resolved)
+        if current is not None and not from_scratch:
+            options = MigrationOptions(max_moved_slots_per_layer, max_moved_slots_total,
+                                       min_balancedness_gain)
+            phy2log = keep_current(phy2log, current, load, num_nodes, num_gpus, options)
+            rank, logcnt = replica_ranks(phy2log, num_experts), expert_counts(phy2log, num_experts)
+    device = weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
+    to = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)  # noqa: E731
+    return Plan(phy2log=to(phy2log), log2phy=to(build_log2phy(phy2log, rank, logcnt)),
+                logcnt=to(logcnt), policy=resolved, objective=objective_used,
+                migration=migration)
+
+
+def rebalance_experts(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
+                      *, policy: str = "auto", **options):
+    """deepseek-ai/EPLB's entry point: -> (phy2log [L, P], log2phy [L, E, W], logcnt [L, E])."""
+    result = plan(weight, num_replicas, num_groups, num_nodes, num_gpus, policy=policy, **options)
+    return result.phy2log, result.log2phy, result.logcnt
+
+
+def evaluate(weight, phy2log, num_groups: int, num_nodes: int, num_gpus: int, *,
+             policy: str = "auto") -> Score:
+    """Scores phy2log [L, P] on weight [L, E] (or [T, L, E]); the bound follows `policy`."""
+    load = _loads(weight)
+    mapping = phy2log.detach().cpu().numpy() if isinstance(phy2log, torch.Tensor) \
+        else np.asarray(phy2log)
+    mapping = np.ascontiguousarray(mapping, dtype=np.int64)
+    num_layers, num_experts = load.shape[-2:]
+    if mapping.ndim != 2 or mapping.shape[0] != num_layers:
+        raise ValueError(f"phy2log must be [{num_layers}, P], got shape {list(mapping.shape)}")
+    check_topology(num_experts, mapping.shape[1], num_groups, num_nodes, num_gpus)
+    if mapping.size and (mapping.min() < 0 or mapping.max() >= num_experts):
+        raise ValueError(f"phy2log entries must lie in [0, {num_experts})")
+    hierarchical = resolve_policy(policy, num_groups, num_nodes) == "hierarchical"
+    with _ENGINE_LOCK:
+        return score(load, mapping, num_groups, num_nodes, num_gpus, hierarchical)

@@ -1,0 +1,77 @@
+"""Group-to-node assignment for hierarchical plans: exact by enumeration when small."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from . import packing
+
+MAX_PARTITIONS = 20000
+
+
+def partition_count(num_groups: int, num_nodes: int) -> int:
+    """Ways to split num_groups groups into num_nodes unlabelled nodes of equal size."""
+    size = num_groups // num_nodes
+    return math.factorial(num_groups) // (math.factorial(size) ** num_nodes
+                                           * math.factorial(num_nodes))
+
+
+@functools.lru_cache(maxsize=16)
+def node_partitions(num_groups: int, num_nodes: int):
+    """All group-to-node assignments up to relabelling nodes: [count, K] node ids, or None
+    when there are more than MAX_PARTITIONS."""
+    if partition_count(num_groups, num_nodes) > MAX_PARTITIONS:
+        return None
+    size = num_groups // num_nodes
+    out, node_of, filled = [], [-1] * num_groups, [0] * num_nodes
+
+    def place(group: int, opened: int) -> None:
+        if group == num_groups:
+            out.append(list(node_of))
+            return
+        for node in range(min(opened + 1, num_nodes)):
+            if filled[node] < size:
+                node_of[group], filled[node] = node, filled[node] + 1
+                place(group + 1, max(opened, node + 1))
+                filled[node] -= 1
+        node_of[group] = -1
+
+    place(0, 0)
+    return np.array(out, dtype=np.int64)
+
+
+def best_node_loads(group_load: np.ndarray, num_nodes: int):
+    """Assignment minimising the heaviest node, and that node's load.
+
+    group_load: [L, K] -> (node_of_group [L, K] int64, min max node load [L])
+    Exact when the partitions can be enumerated; otherwise the refined packer's answer.
+    """
+    num_layers, num_groups = group_load.shape
+    parts = node_partitions(num_groups, num_nodes)
+    if parts is not None:
+        onehot = np.zeros((len(parts), num_groups, num_nodes))
+        np.put_along_axis(onehot, parts[:, :, None], 1.0, 2)
+        peak = np.einsum("lk,pkn->lpn", group_load, onehot).max(-1)
+        choice = peak.argmin(1)
+        return parts[choice], peak[np.arange(num_layers), choice]
+    node_of = np.empty((num_layers, num_groups), np.int64)
+    peak = np.empty(num_layers)
+    for layer in range(num_layers):
+        pieces = np.argsort(-group_load[layer], kind="stable")
+        weight = group_load[layer][pieces]
+        packs, loads = packing.lpt(weight, np.arange(num_groups), num_nodes)
+        packing.refine(weight, np.arange(num_groups), packs, loads, 10 * num_groups)
+        for node in range(num_nodes):
+            node_of[layer, pieces[packs[node]]] = node
+        peak[layer] = loads.max()
+    return node_of, peak
+
+
+def node_peak_bound(group_load: np.ndarray, num_nodes: int) -> np.ndarray:
+    """A lower bound on the heaviest node's load over all assignments. group_load: [L, K] -> [L]."""
+    if node_partitions(group_load.shape[1], num_nodes) is not None:
+        return best_node_loads(group_load, num_nodes)[1]
+    return np.maximum(group_load.sum(1) / num_nodes, group_load.max(1))

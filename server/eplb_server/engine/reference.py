@@ -1,0 +1,113 @@
+"""The deepseek-ai/EPLB algorithm, reproduced exactly (float32 arithmetic, same tie order), batched."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+
+@numba.njit(cache=True, nogil=True)
+def _lpt_float32(weight, order, num_packs):
+    """Greedy LPT with cardinality in float32, lowest pack index among equals.
+
+    weight: [B, n] float32, order: [B, n] items heaviest first
+    -> (pack_index [B, n], rank_in_pack [B, n]) int64
+    """
+    num_rows, n = weight.shape
+    cap = n // num_packs
+    pack_index = np.empty((num_rows, n), np.int64)
+    rank_in_pack = np.empty((num_rows, n), np.int64)
+    for r in range(num_rows):
+        if cap == 1:
+            for i in range(n):
+                pack_index[r, i] = i
+                rank_in_pack[r, i] = 0
+            continue
+        loads = np.zeros(num_packs, np.float32)
+        counts = np.zeros(num_packs, np.int64)
+        for item in order[r]:
+            best = -1
+            for p in range(num_packs):
+                if counts[p] < cap and (best < 0 or loads[p] < loads[best]):
+                    best = p
+            pack_index[r, item] = best
+            rank_in_pack[r, item] = counts[best]
+            loads[best] += weight[r, item]
+            counts[best] += 1
+    return pack_index, rank_in_pack
+
+
+@numba.njit(cache=True, nogil=True)
+def _replicate_float32(weight, num_phy):
+    """Adds replicas one at a time to the expert with the largest float32 load per replica.
+
+    weight: [B, E] float32 -> (phy2log [B, P], rank [B, P], logcnt [B, E]) int64
+    """
+    num_rows, num_log = weight.shape
+    phy2log = np.empty((num_rows, num_phy), np.int64)
+    rank = np.zeros((num_rows, num_phy), np.int64)
+    logcnt = np.ones((num_rows, num_log), np.int64)
+    for r in range(num_rows):
+        for i in range(num_log):
+            phy2log[r, i] = i
+        for i in range(num_log, num_phy):
+            best = 0
+            best_value = weight[r, 0] / np.float32(logcnt[r, 0])
+            for e in range(1, num_log):
+                value = weight[r, e] / np.float32(logcnt[r, e])
+                if value > best_value:
+                    best, best_value = e, value
+            phy2log[r, i] = best
+            rank[r, i] = logcnt[r, best]
+            logcnt[r, best] += 1
+    return phy2log, rank, logcnt
+
+
+def _lpt(weight: np.ndarray, num_packs: int):
+    # torch's (unstable) sort decides the order of equal replicas, as in the reference.
+    order = torch.from_numpy(weight).sort(-1, descending=True).indices.numpy()
+    return _lpt_float32(weight, order, num_packs)
+
+
+def _inverse(perm: np.ndarray) -> np.ndarray:
+    inv = np.empty_like(perm)
+    np.put_along_axis(inv, perm, np.broadcast_to(np.arange(perm.shape[1]), perm.shape), axis=1)
+    return inv
+
+
+def reference_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
+                   num_gpus: int):
+    """deepseek-ai/EPLB's rebalance_experts, policy chosen as the reference does.
+
+    weight: [L, E] -> (phy2log [L, P], phyrank [L, P], logcnt [L, E]) int64 numpy arrays
+    """
+    if num_groups % num_nodes != 0:
+        num_groups, num_nodes = 1, 1
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    num_layers, num_experts = weight.shape
+    group_size = num_experts // num_groups
+    groups_per_node = num_groups // num_nodes
+    experts_per_node = num_experts // num_nodes
+    slots_per_gpu = num_replicas // num_gpus
+
+    group_load = weight.reshape(num_layers, num_groups, group_size).sum(-1, dtype=np.float32)
+    group_pack, group_rank = _lpt(group_load, num_nodes)
+    log2mlog = ((group_pack * groups_per_node + group_rank) * group_size)[:, :, None] \
+        + np.arange(group_size)
+    log2mlog = log2mlog.reshape(num_layers, num_experts)
+    mlog2log = _inverse(log2mlog)
+
+    mlog_load = np.take_along_axis(weight, mlog2log, 1).reshape(-1, experts_per_node)
+    phy2mlog, phyrank, mlogcnt = _replicate_float32(mlog_load, num_replicas // num_nodes)
+
+    phy_load = np.take_along_axis(mlog_load / mlogcnt.astype(np.float32), phy2mlog, 1)
+    pack, rank = _lpt(np.ascontiguousarray(phy_load), num_gpus // num_nodes)
+    pphy2phy = _inverse(pack * slots_per_gpu + rank)
+
+    pphy2mlog = np.take_along_axis(phy2mlog, pphy2phy, 1).reshape(num_layers, num_nodes, -1)
+    pphy2mlog = (pphy2mlog + (np.arange(num_nodes) * experts_per_node)[:, None])
+    pphy2log = np.take_along_axis(mlog2log, pphy2mlog.reshape(num_layers, -1), 1)
+    pphyrank = np.take_along_axis(phyrank, pphy2phy, 1).reshape(num_layers, -1)
+    logcnt = np.take_along_axis(mlogcnt.reshape(num_layers, -1), log2mlog, 1)
+    return pphy2log, pphyrank, logcnt

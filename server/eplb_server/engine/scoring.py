@@ -1,0 +1,87 @@
+"""Scores a placement: GPU loads, balancedness, lower bounds and the gap (BRIEF's definitions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import packing
+from .hierarchy import node_peak_bound
+from .mapping import expert_counts
+
+
+@dataclass(frozen=True)
+class Score:
+    """How good a mapping is for the loads it is scored on (tensors are float64, on CPU)."""
+
+    gpu_load: torch.Tensor  # [L, G]
+    layer_balancedness: torch.Tensor  # [L], mean / max GPU load
+    balancedness: float  # sum over layers of mean / sum of max
+    layer_max_load: torch.Tensor  # [L]
+    layer_lower_bound: torch.Tensor  # [L]
+    layer_gap: torch.Tensor  # [L], max / bound - 1
+    mean_gap: float
+    max_gap: float
+    window_balancedness: torch.Tensor | None = None  # [T], for a load history
+
+
+def gpu_loads(weight: np.ndarray, phy2log: np.ndarray, num_gpus: int) -> np.ndarray:
+    """weight: [L, E], phy2log: [L, P] -> [L, G], each replica carrying w / logcnt."""
+    counts = expert_counts(phy2log, weight.shape[1])
+    per_replica = weight / np.maximum(counts, 1)
+    slot_load = np.take_along_axis(per_replica, phy2log, 1)
+    return slot_load.reshape(phy2log.shape[0], num_gpus, -1).sum(-1)
+
+
+def replication_bound(weight: np.ndarray, num_slots: int) -> np.ndarray:
+    """R* per layer: the smallest possible largest replica load. weight: [L, E] -> [L]."""
+    return np.array([(row / packing.adams_counts(row, num_slots)).max() if row.size else 0.0
+                     for row in weight])
+
+
+def lower_bound(weight: np.ndarray, num_slots: int, num_groups: int, num_nodes: int,
+                num_gpus: int, hierarchical: bool) -> np.ndarray:
+    """Lower bound on any plan's peak GPU load per layer. weight: [L, E] -> [L].
+
+    Global: max(W / G, R*). Hierarchical also: the lightest possible heaviest node / GPUs per node.
+    """
+    weight = np.ascontiguousarray(weight, dtype=np.float64)
+    bound = np.maximum(weight.sum(1) / num_gpus, replication_bound(weight, num_slots))
+    if hierarchical and num_nodes > 1:
+        group_load = weight.reshape(weight.shape[0], num_groups, -1).sum(-1)
+        bound = np.maximum(bound, node_peak_bound(group_load, num_nodes) / (num_gpus // num_nodes))
+    return bound
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
+
+
+def score(weight: np.ndarray, phy2log: np.ndarray, num_groups: int, num_nodes: int,
+          num_gpus: int, hierarchical: bool) -> Score:
+    """weight: [L, E] or a history [T, L, E] (scored on its sum, plus per window); phy2log: [L, P]."""
+    window_balancedness = None
+    if weight.ndim == 3:
+        per_window = [gpu_loads(w, phy2log, num_gpus) for w in weight]
+        window_balancedness = torch.tensor(
+            [float(_ratio(g.mean(1).sum(), g.max(1).sum())) for g in per_window],
+            dtype=torch.float64)
+        weight = weight.sum(0)
+    load = gpu_loads(weight, phy2log, num_gpus)
+    peak, mean = load.max(1), load.mean(1)
+    bound = lower_bound(weight, phy2log.shape[1], num_groups, num_nodes, num_gpus, hierarchical)
+    gap = np.where(bound > 0, peak / np.where(bound > 0, bound, 1.0) - 1.0, 0.0)
+    as_tensor = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
+    return Score(
+        gpu_load=as_tensor(load),
+        layer_balancedness=as_tensor(_ratio(mean, peak)),
+        balancedness=float(_ratio(mean.sum(), peak.sum())),
+        layer_max_load=as_tensor(peak),
+        layer_lower_bound=as_tensor(bound),
+        layer_gap=as_tensor(gap),
+        mean_gap=float(gap.mean()) if gap.size else 0.0,
+        max_gap=float(gap.max()) if gap.size else 0.0,
+        window_balancedness=window_balancedness,
+    )

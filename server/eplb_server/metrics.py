@@ -1,0 +1,155 @@
+"""Prometheus series: the go-grpc-prometheus server metrics and the planner's own, on one registry."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+_RPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BALANCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0)
+_GAP_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+_SLOT_BUCKETS = (0, 1, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
+_SIZE_BUCKETS = tuple(2 ** k for k in range(8, 28, 2))  # 256 B .. 64 MiB
+_POLICY_NAMES = {2: "hierarchical", 3: "global", 4: "deepseek"}  # eplb.v1.Policy values
+
+
+def go_code_name(code: grpc.StatusCode) -> str:
+    """The status code as Go's codes.Code.String() spells it ("OK", "InvalidArgument", ...)."""
+    if code == grpc.StatusCode.CANCELLED:
+        return "Canceled"
+    if code == grpc.StatusCode.OK:
+        return "OK"
+    return "".join(word.capitalize() for word in code.name.split("_"))
+
+
+class Metrics:
+    """All series, registered on a registry of their own (not the process-global one)."""
+
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.started = Counter("grpc_server_started_total", "RPCs started on the server.",
+                               _RPC_LABELS, registry=r)
+        self.handled = Counter("grpc_server_handled_total",
+                               "RPCs completed on the server, regardless of success or failure.",
+                               _RPC_LABELS + ("grpc_code",), registry=r)
+        self.handling = Histogram("grpc_server_handling_seconds",
+                                  "Response latency of RPCs handled by the server.",
+                                  _RPC_LABELS, buckets=_LATENCY_BUCKETS, registry=r)
+        self.compute = Histogram("eplb_plan_compute_seconds",
+                                 "Engine time of a Rebalance (plan and scoring), excluding transport.",
+                                 ("policy", "device"), buckets=_LATENCY_BUCKETS, registry=r)
+        self.plan_balancedness = Histogram(
+            "eplb_plan_balancedness", "Aggregate balancedness (mean / max GPU load) of new plans.",
+            ("policy",), buckets=_BALANCE_BUCKETS, registry=r)
+        self.current_balancedness = Histogram(
+            "eplb_current_balancedness",
+            "Aggregate balancedness of the cluster's current mapping on the same loads.",
+            ("policy",), buckets=_BALANCE_BUCKETS, registry=r)
+        self.gap = Histogram("eplb_plan_gap_ratio",
+                             "Mean over layers of a new plan's peak GPU load / lower bound - 1.",
+                             ("policy",), buckets=_GAP_BUCKETS, registry=r)
+        self.slots_changed = Histogram("eplb_migration_slots_changed",
+                                       "Slots whose expert changes, per Rebalance with a mapping.",
+                                       buckets=_SLOT_BUCKETS, registry=r)
+        self.request_size = Histogram("eplb_request_size_bytes", "Serialized request size.",
+                                      ("grpc_method",), buckets=_SIZE_BUCKETS, registry=r)
+        self.pending = Gauge("eplb_engine_pending_requests",
+                             "Engine jobs running or queued.", registry=r)
+        self.info = Info("eplb_server", "Server version, engine device and torch version.",
+                         registry=r)
+
+    def observe_request_size(self, method: str, size: int):
+        self.request_size.labels(method).observe(size)
+
+    def observe_rebalance(self, response):
+        """Records a successful RebalanceResponse's compute time, quality and movement."""
+        policy = _POLICY_NAMES.get(response.policy, "unknown")
+        self.compute.labels(policy, response.device).observe(response.compute_seconds)
+        self.plan_balancedness.labels(policy).observe(response.plan.balancedness)
+        self.gap.labels(policy).observe(response.plan.mean_gap)
+        if response.HasField("current"):
+            self.current_balancedness.labels(policy).observe(response.current.balancedness)
+        if response.HasField("migration"):
+            self.slots_changed.observe(response.migration.slots_changed)
+
+
+def _rpc_type(handler) -> str:
+    if handler.request_streaming and handler.response_streaming:
+        return "bidi_stream"
+    if handler.request_streaming:
+        return "client_stream"
+    return "server_stream" if handler.response_streaming else "unary"
+
+
+def _final_code(context, error) -> grpc.StatusCode:
+    if isinstance(error, asyncio.CancelledError):
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return grpc.StatusCode.UNKNOWN if error is not None else grpc.StatusCode.OK
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every RPC, labelled as go-grpc-prometheus labels them."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        labels = (_rpc_type(handler), service, method)
+        kind = ("stream" if handler.request_streaming else "unary") + "_" + (
+            "stream" if handler.response_streaming else "unary")
+        behavior = getattr(handler, kind)
+        if inspect.isasyncgenfunction(behavior):
+            wrapped = self._wrap_generator(behavior, labels)
+        elif inspect.iscoroutinefunction(behavior):
+            wrapped = self._wrap_coroutine(behavior, labels)
+        else:
+            return handler
+        return handler._replace(**{kind: wrapped})
+
+    def _start(self, labels):
+        self.metrics.started.labels(*labels).inc()
+        return time.perf_counter()
+
+    def _finish(self, labels, start, context, error):
+        code = go_code_name(_final_code(context, error))
+        self.metrics.handled.labels(*labels, code).inc()
+        self.metrics.handling.labels(*labels).observe(time.perf_counter() - start)
+
+    def _wrap_coroutine(self, behavior, labels):
+        async def observed(request, context):
+            start, error = self._start(labels), None
+            try:
+                return await behavior(request, context)
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                self._finish(labels, start, context, error)
+        return observed
+
+    def _wrap_generator(self, behavior, labels):
+        async def observed(request, context):
+            start, error = self._start(labels), None
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                self._finish(labels, start, context, error)
+        return observed

@@ -1,0 +1,195 @@
+"""Assembles the grpc.aio server: placement service, health, reflection, metrics, warm-up, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Optional
+
+import grpc
+from eplb_client.v1 import placement_pb2_grpc as pb_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from . import __version__
+from .metrics import Metrics, MetricsInterceptor
+from .service import SERVICE_NAME, PlacementServicer
+from .validation import Limits
+from .warmup import Shape, warm_up
+from .worker import EngineWorker
+
+log = logging.getLogger("eplb_server")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class Config:
+    """Everything the server can be told; the CLI fills it from flags and EPLB_* variables."""
+
+    listen: list = field(default_factory=lambda: ["127.0.0.1:50051"])
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Optional[int] = 9090  # None: no metrics endpoint; 0: an ephemeral port
+    device: str = "auto"
+    max_concurrent: int = 16
+    limits: Limits = field(default_factory=Limits)
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    tls_client_ca: Optional[str] = None
+    reflection: bool = True
+    grace_period: float = 10.0
+    warmup_shapes: list = field(default_factory=lambda: ["2x16:32:8:2:4"])
+    unix_socket_mode: int = 0o600
+
+
+def resolve_device(name: str):
+    """auto: the first CUDA device when torch sees one, else the CPU."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda: torch sees no CUDA device")
+        return torch.device(name if ":" in name else "cuda:0")
+    if name != "cpu":
+        raise ValueError(f"unknown device {name!r}: use auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _unix_path(address: str) -> Optional[str]:
+    if not address.startswith("unix:"):
+        return None
+    path = address[len("unix:"):]
+    return path[2:] if path.startswith("//") else path
+
+
+class PlacementServer:
+    """The running service. `engine` defaults to the eplb_server engine (tests may pass another)."""
+
+    def __init__(self, config: Config, engine=None):
+        self.config = config
+        self.engine = engine
+        self.addresses = []  # bound targets a client can dial, e.g. "127.0.0.1:50051"
+        self.metrics_port = None
+        self.warmup_error = None
+        self.stop_requested = None
+        self._server = self._health = self._worker = self._http = self._warmup = None
+
+    async def start(self):
+        """Binds every listener and starts serving; health stays NOT_SERVING until warm-up ends."""
+        import torch
+
+        cfg = self.config
+        if self.engine is None:
+            import eplb_server as engine
+            self.engine = engine
+        device = resolve_device(cfg.device)
+        shapes = [Shape.parse(spec) for spec in cfg.warmup_shapes]
+        self.stop_requested = asyncio.Event()
+        metrics = self.metrics = Metrics()
+        metrics.info.info({"version": __version__, "device": str(device),
+                           "torch_version": torch.__version__})
+        self._worker = EngineWorker(cfg.max_concurrent)
+        metrics.pending.set_function(lambda: self._worker.pending)
+        servicer = PlacementServicer(self.engine, self._worker, device, cfg.limits, metrics)
+
+        self._server = grpc.aio.server(
+            interceptors=[MetricsInterceptor(metrics)],
+            options=[("grpc.max_receive_message_length", cfg.limits.max_request_bytes)])
+        pb_grpc.add_PlacementServiceServicer_to_server(servicer, self._server)
+        self._health = health.aio.HealthServicer()
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, NOT_SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        if cfg.reflection:
+            names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, self._server)
+        self._bind()
+        await self._server.start()
+        self._protect_sockets()
+        if cfg.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            self._http, _ = start_http_server(cfg.metrics_port, cfg.metrics_host,
+                                              registry=metrics.registry)
+            self.metrics_port = self._http.server_port
+        log.info("eplb-server %s on %s (device %s, metrics %s)", __version__,
+                 ", ".join(self.addresses), device,
+                 f"{cfg.metrics_host}:{self.metrics_port}" if self._http else "off")
+        self._warmup = asyncio.create_task(self._warm_up(servicer, shapes))
+
+    def _bind(self):
+        cfg = self.config
+        credentials = None
+        if cfg.tls_cert or cfg.tls_key:
+            ca = _read(cfg.tls_client_ca) if cfg.tls_client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(_read(cfg.tls_key), _read(cfg.tls_cert))], root_certificates=ca,
+                require_client_auth=ca is not None)
+        for address in cfg.listen:
+            if _unix_path(address) is not None:  # local socket: guarded by its file mode, no TLS
+                self._server.add_insecure_port(address)
+                self.addresses.append(address)
+                continue
+            if credentials is not None:
+                port = self._server.add_secure_port(address, credentials)
+            else:
+                port = self._server.add_insecure_port(address)
+            host = address.rsplit(":", 1)[0]
+            self.addresses.append(f"{host}:{port}")
+
+    def _protect_sockets(self):
+        for address in self.config.listen:
+            path = _unix_path(address)
+            if path is not None and os.path.exists(path):
+                os.chmod(path, self.config.unix_socket_mode)
+
+    async def _warm_up(self, servicer, shapes):
+        try:
+            await self._worker.run(warm_up, servicer, shapes, self.config.limits)
+        except Exception as e:  # a server that cannot compute must not report SERVING
+            log.exception("warm-up failed")
+            self.warmup_error = e
+            self.stop_requested.set()
+            return
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, SERVING)
+        log.info("serving")
+
+    async def wait_until_warm(self):
+        """Returns once warm-up has finished (or failed: see warmup_error)."""
+        await asyncio.shield(self._warmup)
+
+    async def stop(self, grace: Optional[float] = None):
+        """NOT_SERVING, refuse new RPCs, let in-flight ones finish within `grace` seconds."""
+        grace = self.config.grace_period if grace is None else grace
+        await self._health.enter_graceful_shutdown()
+        self._warmup.cancel()
+        await self._server.stop(grace)
+        self._worker.shutdown()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        log.info("stopped")
+
+
+async def serve(config: Config, engine=None) -> int:
+    """Runs until SIGTERM or SIGINT, then drains; returns the process exit status."""
+    server = PlacementServer(config, engine)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.stop_requested.set)
+    await server.stop_requested.wait()
+    log.info("shutting down (grace %.1f s)", config.grace_period)
+    await server.stop()
+    return 1 if server.warmup_error is not None else 0
