@@ -38,7 +38,7 @@ class Panel:
 
 
 def render(path, loads, num_gpus: int, before: Panel, after: Panel, title: str, *,
-           global_score=None, size=(1600, 1000), dpi: int = 100) -> None:
+           num_nodes: int = 1, global_score=None, size=(1600, 1000), dpi: int = 100) -> None:
     """Writes the PNG at exactly `size` pixels (width, height)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import TwoSlopeNorm
@@ -55,15 +55,17 @@ def render(path, loads, num_gpus: int, before: Panel, after: Panel, title: str, 
     fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(2, 3, width_ratios=[1, 1, 0.04], height_ratios=[3, 2],
-                            left=0.05, right=0.95, top=0.88, bottom=0.07, hspace=0.3, wspace=0.12)
+                            left=0.05, right=0.95, top=0.88, bottom=0.07, hspace=0.35, wspace=0.12)
     image = None
     for col, (panel, r) in enumerate(zip((before, after), rel)):
         ax = fig.add_subplot(grid[0, col])
         image = ax.imshow(r, aspect="auto", cmap="RdBu_r", norm=norm, interpolation="nearest")
         ax.set_title(f"{panel.label}: balancedness {panel.score.balancedness:.4f}, "
                      f"hottest GPU {r.max():.2f}x mean", fontsize=10)
-        ax.set_xlabel("GPU")
-        ax.set_ylabel("layer")
+        for edge in range(1, num_nodes):
+            ax.axvline(edge * num_gpus / num_nodes - 0.5, color="black", lw=0.8)
+        ax.set_xlabel("GPU" + (" (lines: node boundaries)" if num_nodes > 1 else ""))
+        ax.set_ylabel("MoE layer")
     cbar = fig.colorbar(image, cax=fig.add_subplot(grid[0, 2]))
     cbar.set_label("GPU load / layer mean")
 
@@ -74,13 +76,13 @@ def render(path, loads, num_gpus: int, before: Panel, after: Panel, title: str, 
     ax.plot(x, after.score.layer_balancedness_bound, "--", color="black",
             label="bound (best possible under the policy)")
     if global_score is not None:
-        ax.plot(x, global_score.layer_balancedness_bound, ":", color="grey",
-                label="bound without node constraint")
-    ax.set_xlabel("layer")
+        ax.plot(x, global_score.layer_balancedness_bound, ":", color="tab:green", lw=2,
+                label="bound without node constraint (global policy)")
+    ax.set_xlabel("MoE layer")
     ax.set_ylabel("balancedness (mean / max GPU load)")
-    ax.set_ylim(top=1.005)
+    ax.set_ylim(top=1.01)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower left", fontsize=9)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, fontsize=9, frameon=False)
     fig.suptitle(title, fontsize=12)
     fig.savefig(path, dpi=dpi, format="png")
 
@@ -120,7 +122,7 @@ def make_report(client, loads, png, *, num_replicas: int, num_groups: int, num_n
     if global_score is not None:
         summary["balancedness_bound_global"] = aggregate_bound(global_score)
     render(png, loads, num_gpus, before, Panel(f"{after.policy} plan", after.phy2log, after.plan),
-           _title(summary, name), global_score=global_score, size=size)
+           _title(summary, name), num_nodes=num_nodes, global_score=global_score, size=size)
     return summary
 
 

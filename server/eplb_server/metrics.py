@@ -88,7 +88,7 @@ def _rpc_type(handler) -> str:
 
 def _final_code(context, error) -> grpc.StatusCode:
     if isinstance(error, asyncio.CancelledError):
-        remaining = context.time_remaining()
+        remaining = context.time_remaining(); print("REMAINING", remaining, context.cancelled() if hasattr(context, "cancelled") else None)
         expired = remaining is not None and remaining <= 0
         return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
     code = context.code()

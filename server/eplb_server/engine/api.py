@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .history import reduce_history
+from .history import history_planner
 from .mapping import build_log2phy, expert_counts, replica_ranks
 from .reference import reference_plan
 from .migration import MigrationOptions, keep_current
@@ -34,7 +34,11 @@ class Plan:
 
 def check_topology(num_experts: int, num_replicas: int, num_groups: int, num_nodes: int,
                    num_gpus: int) -> None:
-    """Raises ValueError naming the first argument that breaks the conventions."""
+    """Raises ValueError naming the first argument that breaks the conventions.
+
+    num_gpus % num_nodes is checked by `resolve_policy`, for hierarchical plans only: the
+    reference plans globally (ignoring nodes) when groups do not divide over nodes.
+    """
     for name, value in (("num_replicas", num_replicas), ("num_groups", num_groups),
                         ("num_nodes", num_nodes), ("num_gpus", num_gpus)):
         if int(value) != value or value < 1:
@@ -43,23 +47,24 @@ def check_topology(num_experts: int, num_replicas: int, num_groups: int, num_nod
         raise ValueError("weight must have at least one expert")
     if num_replicas % num_gpus:
         raise ValueError(f"num_replicas ({num_replicas}) must be a multiple of num_gpus ({num_gpus})")
-    if num_gpus % num_nodes:
-        raise ValueError(f"num_gpus ({num_gpus}) must be a multiple of num_nodes ({num_nodes})")
     if num_experts % num_groups:
         raise ValueError(f"num_groups ({num_groups}) must divide the {num_experts} experts")
     if num_replicas < num_experts:
         raise ValueError(f"num_replicas ({num_replicas}) must be at least the {num_experts} experts")
 
 
-def resolve_policy(policy: str, num_groups: int, num_nodes: int) -> str:
+def resolve_policy(policy: str, num_groups: int, num_nodes: int, num_gpus: int | None = None) -> str:
     """'auto' becomes 'hierarchical' when groups divide over nodes, else 'global'."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     if policy == "auto":
-        return "hierarchical" if num_groups % num_nodes == 0 else "global"
+        policy = "hierarchical" if num_groups % num_nodes == 0 else "global"
     if policy == "hierarchical" and num_groups % num_nodes:
         raise ValueError(f"hierarchical policy needs num_groups ({num_groups}) to be a multiple "
                          f"of num_nodes ({num_nodes})")
+    if policy in ("hierarchical", "deepseek") and num_groups % num_nodes == 0 \
+            and num_gpus is not None and num_gpus % num_nodes:
+        raise ValueError(f"num_gpus ({num_gpus}) must be a multiple of num_nodes ({num_nodes})")
     return policy
 
 
@@ -118,22 +123,27 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     With current_phy2log [L, P], keeps what can stay of it (unless from_scratch).
     """
     load = _loads(weight)
-    objective_used = "sum"
-    if load.ndim == 3:
-        load, objective_used = reduce_history(load, objective, half_life, robust_k)
+    objective_used, planner = "sum", _plan_arrays
+    if load.ndim == 3:  # issue 6: the objective picks the load and, for some, the planner
+        load, objective_used, planner = history_planner(load, objective, half_life, robust_k,
+                                                        _plan_arrays)
     num_layers, num_experts = load.shape
     check_topology(num_experts, num_replicas, num_groups, num_nodes, num_gpus)
-    resolved = resolve_policy(policy, num_groups, num_nodes)
+    resolved = resolve_policy(policy, num_groups, num_nodes, num_gpus)
     current = None if current_phy2log is None else _current_mapping(
         current_phy2log, num_layers, num_replicas, num_experts)
     migration = None
     with _ENGINE_LOCK:
-        phy2log, rank, logcnt = _plan_arrays(load, num_replicas, num_groups, num_nodes,
-                                             num_gpus, resolved)
+        phy2log, rank, logcnt = planner(load, num_replicas, num_groups, num_nodes,
+                                num_gpus, resolved)
         if current is not None and not from_scratch:
             options = MigrationOptions(max_moved_slots_per_layer, max_moved_slots_total,
                                        min_balancedness_gain)
-            phy2log = keep_current(phy2log, current, load, num_nodes, num_gpus, options)
+            hierarchical = resolved == "hierarchical" or (
+                resolved == "deepseek" and num_groups % num_nodes == 0)
+            phy2log, migration = keep_current(phy2log, current, load, num_nodes, num_gpus,
+                                              options, num_groups=num_groups,
+                                              hierarchical=hierarchical)
             rank, logcnt = replica_ranks(phy2log, num_experts), expert_counts(phy2log, num_experts)
     device = weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
     to = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)  # noqa: E731
@@ -162,6 +172,6 @@ def evaluate(weight, phy2log, num_groups: int, num_nodes: int, num_gpus: int, *,
     check_topology(num_experts, mapping.shape[1], num_groups, num_nodes, num_gpus)
     if mapping.size and (mapping.min() < 0 or mapping.max() >= num_experts):
         raise ValueError(f"phy2log entries must lie in [0, {num_experts})")
-    hierarchical = resolve_policy(policy, num_groups, num_nodes) == "hierarchical"
+    hierarchical = resolve_policy(policy, num_groups, num_nodes, num_gpus) == "hierarchical"
     with _ENGINE_LOCK:
         return score(load, mapping, num_groups, num_nodes, num_gpus, hierarchical)

@@ -62,8 +62,9 @@ def best_node_loads(group_load: np.ndarray, num_nodes: int):
     for layer in range(num_layers):
         pieces = np.argsort(-group_load[layer], kind="stable")
         weight = group_load[layer][pieces]
-        packs, loads = packing.lpt(weight, np.arange(num_groups), num_nodes)
-        packing.refine(weight, np.arange(num_groups), packs, loads, 10 * num_groups)
+        ids, limit = np.arange(num_groups), np.ones(num_groups, np.int64)
+        packs, loads = packing.lpt(weight, ids, limit, num_nodes)
+        packing.refine(weight, ids, limit, packs, loads, 10 * num_groups)
         for node in range(num_nodes):
             node_of[layer, pieces[packs[node]]] = node
         peak[layer] = loads.max()

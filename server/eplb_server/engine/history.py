@@ -1,18 +1,251 @@
-"""Reduces a load history [T, L, E] to the load a plan is fitted to (see issue 6)."""
+"""Planning from a load history [T, L, E] (issue 6).
+
+Objectives (names as the API and the RPC spell them):
+
+- ``"sum"``: plan on the summed load (what every published planner does today).
+- ``"recency"``: plan on an exponentially recency-weighted load; window ``t`` (oldest first) of
+  ``T`` weighs ``0.5 ** ((T - 1 - t) / half_life)``.
+- ``"robust"``: plan on ``mean + robust_k * std`` per expert over the windows, so volatile experts
+  earn replicas.
+- ``"expected_peak"``: minimise the sum over windows of each window's peak GPU load. Candidate
+  plans (sum, recency) are made by the engine and, layer by layer, the candidate with the
+  lowest expected-peak value on the given windows is kept. The sum plan is a candidate and wins
+  ties, so the result is never worse than the sum plan on the windows given.
+- ``"default"``: the objective chosen by measurement (bench/history.py), see DEFAULT_OBJECTIVE.
+
+A history with T = 1 is planned exactly like the single window it holds, whatever the objective.
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
+import numba
 import numpy as np
 
-OBJECTIVES = ("sum",)
-DEFAULT_OBJECTIVE = "sum"
+from .mapping import replica_ranks
+from .scoring import gpu_loads
+
+OBJECTIVES = ("sum", "expected_peak", "recency", "robust")
+# Chosen on bench/history.py (next-window balancedness, T = 8); see the module docstring there.
+DEFAULT_OBJECTIVE = "expected_peak"
+DEFAULT_HALF_LIFE = 2.0  # windows
+DEFAULT_ROBUST_K = 1.0
+REFINE_MOVES_PER_SLOT = 2  # multi-window swap moves per layer, per slot of a GPU
+REFINE_PARTNERS = 4  # GPUs tried as swap partners of the peak GPU per move
+
+PlanArrays = Callable[..., tuple]
+
+
+def resolve_objective(objective: str) -> str:
+    if objective == "default":
+        return DEFAULT_OBJECTIVE
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES + ('default',)}, got {objective!r}")
+    return objective
+
+
+def _check_params(half_life: float, robust_k: float) -> tuple[float, float]:
+    if not np.isfinite(half_life) or half_life < 0:
+        raise ValueError(f"half_life must be a finite number >= 0 (0: default), got {half_life}")
+    if not np.isfinite(robust_k) or robust_k < 0:
+        raise ValueError(f"robust_k must be a finite number >= 0 (0: default), got {robust_k}")
+    return (half_life or DEFAULT_HALF_LIFE), (robust_k or DEFAULT_ROBUST_K)
+
+
+def recency_load(history: np.ndarray, half_life: float) -> np.ndarray:
+    """[T, L, E] -> [L, E]: recency-weighted mean, weights 0.5 ** (age / half_life)."""
+    num_windows = history.shape[0]
+    age = np.arange(num_windows - 1, -1, -1, dtype=np.float64)
+    weights = 0.5 ** (age / half_life)
+    return np.tensordot(weights / weights.sum(), history, axes=1)
+
+
+def robust_load(history: np.ndarray, robust_k: float) -> np.ndarray:
+    """[T, L, E] -> [L, E]: mean + k * std per expert."""
+    return history.mean(0) + robust_k * history.std(0)
 
 
 def reduce_history(history: np.ndarray, objective: str, half_life: float = 0.0,
                    robust_k: float = 0.0) -> tuple[np.ndarray, str]:
-    """history: [T, L, E] -> (load [L, E], the objective used)."""
-    if objective == "default":
-        objective = DEFAULT_OBJECTIVE
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES + ('default',)}, got {objective!r}")
+    """history: [T, L, E] -> (load [L, E] a plan is fitted to, the objective used).
+
+    For "expected_peak" the load returned is the summed one (the plan itself comes from
+    `plan_history`, which chooses among candidate plans).
+    """
+    objective = resolve_objective(objective)
+    half_life, robust_k = _check_params(half_life, robust_k)
+    if history.shape[0] == 1:
+        return history[0], objective
+    if objective == "recency":
+        return recency_load(history, half_life), objective
+    if objective == "robust":
+        return robust_load(history, robust_k), objective
     return history.sum(0), objective
+
+
+def window_peaks(history: np.ndarray, phy2log: np.ndarray, num_gpus: int) -> np.ndarray:
+    """[T, L, E], [L, P] -> [T, L]: each window's peak GPU load per layer."""
+    return np.stack([gpu_loads(w, phy2log, num_gpus).max(1) for w in history])
+
+
+def expected_peak(history: np.ndarray, phy2log: np.ndarray, num_gpus: int) -> np.ndarray:
+    """The expected-peak objective per layer: sum over windows of the peak GPU load. -> [L]."""
+    return window_peaks(history, phy2log, num_gpus).sum(0)
+
+
+def window_balancedness(history: np.ndarray, phy2log: np.ndarray, num_gpus: int) -> np.ndarray:
+    """[T, L, E], [L, P] -> [T]: each window's balancedness (sum of means / sum of peaks)."""
+    out = np.ones(history.shape[0])
+    for t, w in enumerate(history):
+        load = gpu_loads(w, phy2log, num_gpus)
+        peak = load.max(1).sum()
+        if peak > 0:
+            out[t] = load.mean(1).sum() / peak
+    return out
+
+
+def candidate_loads(history: np.ndarray, half_life: float, robust_k: float) -> list[np.ndarray]:
+    """The loads whose plans "expected_peak" chooses among; the summed load first.
+
+    Two candidates keep T = 8 within 3x a single-window plan (bench/history.py times it).
+    """
+    return [history.sum(0), recency_load(history, half_life)]
+
+
+def plan_expected_peak(history: np.ndarray, plan_arrays: PlanArrays, num_replicas: int,
+                       num_groups: int, num_nodes: int, num_gpus: int, policy: str,
+                       half_life: float, robust_k: float):
+    """Per layer, the candidate plan with the lowest sum over windows of the peak GPU load.
+
+    -> (phy2log, rank, logcnt) as plan_arrays returns them. The summed-load plan wins ties.
+    """
+    plans = [plan_arrays(np.ascontiguousarray(load), num_replicas, num_groups, num_nodes,
+                         num_gpus, policy)
+             for load in candidate_loads(history, half_life, robust_k)]
+    values = np.stack([expected_peak(history, p[0], num_gpus) for p in plans])  # [C, L]
+    # Strictly better only (relative tolerance), so that ties keep the sum plan.
+    best = np.zeros(values.shape[1], dtype=np.int64)
+    for c in range(1, len(plans)):
+        better = values[c] < values[best, np.arange(values.shape[1])] * (1 - 1e-12)
+        best[better] = c
+    out = [np.array(part, copy=True) for part in plans[0]]
+    for c in range(1, len(plans)):
+        rows = best == c
+        for part, cand in zip(out, plans[c]):
+            part[rows] = cand[rows]
+    if policy == "deepseek" or num_replicas == num_gpus:  # reference mode / nothing to swap
+        return tuple(out)
+    # Pack for every window: swaps that lower the sum over windows of the peak (counts kept).
+    phy2log, _, logcnt = out
+    gpus_per_node = num_gpus // num_nodes if policy == "hierarchical" else num_gpus
+    refine_windows(np.ascontiguousarray(history), phy2log, np.ascontiguousarray(logcnt),
+                   num_gpus, gpus_per_node, REFINE_MOVES_PER_SLOT * (num_replicas // num_gpus),
+                   REFINE_PARTNERS)
+    return phy2log, replica_ranks(phy2log, history.shape[2]), logcnt
+
+
+def history_planner(history: np.ndarray, objective: str, half_life: float, robust_k: float,
+                    plan_arrays: PlanArrays) -> tuple[np.ndarray, str, PlanArrays]:
+    """The hook api.plan calls for a [T, L, E] weight.
+
+    -> (load [L, E] for what follows planning (migration), objective used, planner), where
+    planner(load, P, K, N, G, policy) -> (phy2log, rank, logcnt) runs under the engine lock.
+    """
+    load, objective = reduce_history(history, objective, half_life, robust_k)
+    if objective != "expected_peak" or history.shape[0] == 1:
+        return load, objective, plan_arrays
+    half_life, robust_k = _check_params(half_life, robust_k)
+
+    def planner(_load, num_replicas, num_groups, num_nodes, num_gpus, policy):
+        return plan_expected_peak(history, plan_arrays, num_replicas, num_groups, num_nodes,
+                                  num_gpus, policy, half_life, robust_k)
+
+    return load, objective, planner
+
+
+# ---------------------------------------------------------------- multi-window packing
+@numba.njit(cache=True, nogil=True)
+def _refine_layer(history, phy2log, counts, num_gpus, gpus_per_node, max_moves, max_partners):
+    """Swaps slots between GPUs (within a node) while the sum over windows of the peak drops.
+
+    history: [T, E] float64, phy2log: [P] int64 (changed in place), counts: [E] int64.
+    Each move takes the GPU that is the peak in the most windows and the best swap of one of
+    its slots with a slot of another GPU of its node. Replica counts do not change.
+    """
+    num_windows = history.shape[0]
+    num_slots = phy2log.size
+    per_gpu = num_slots // num_gpus
+    slot_load = np.empty((num_windows, num_slots))
+    for t in range(num_windows):
+        for p in range(num_slots):
+            e = phy2log[p]
+            slot_load[t, p] = history[t, e] / counts[e]
+    load = np.zeros((num_windows, num_gpus))
+    for t in range(num_windows):
+        for p in range(num_slots):
+            load[t, p // per_gpu] += slot_load[t, p]
+    top = np.empty((num_windows, 3), np.int64)  # the three heaviest GPUs per window
+    peak_count = np.zeros(num_gpus, np.int64)
+    for _ in range(max_moves):
+        peak_count[:] = 0
+        for t in range(num_windows):
+            a = b = c = -1
+            for g in range(num_gpus):
+                x = load[t, g]
+                if a < 0 or x > load[t, a]:
+                    c, b, a = b, a, g
+                elif b < 0 or x > load[t, b]:
+                    c, b = b, g
+                elif c < 0 or x > load[t, c]:
+                    c = g
+            top[t, 0], top[t, 1], top[t, 2] = a, b, c
+            peak_count[a] += 1
+        src = np.argmax(peak_count)
+        node = src // gpus_per_node
+        best_delta, best_a, best_b = -1e-12, -1, -1
+        # Partners: the GPUs of src's node that are lightest in the windows where src peaks.
+        first = node * gpus_per_node
+        light = np.zeros(gpus_per_node)
+        for t in range(num_windows):
+            if top[t, 0] == src:
+                for k in range(gpus_per_node):
+                    light[k] += load[t, first + k]
+        light[src - first] = np.inf
+        partners = np.argsort(light)[:min(max_partners, gpus_per_node - 1)] + first
+        for dst in partners:
+            for a in range(src * per_gpu, (src + 1) * per_gpu):
+                for b in range(dst * per_gpu, (dst + 1) * per_gpu):
+                    if phy2log[a] == phy2log[b]:
+                        continue
+                    delta = 0.0
+                    for t in range(num_windows):
+                        d = slot_load[t, b] - slot_load[t, a]
+                        new = max(load[t, src] + d, load[t, dst] - d)
+                        for k in range(3):
+                            g = top[t, k]
+                            if g >= 0 and g != src and g != dst:
+                                new = max(new, load[t, g])
+                                break
+                        delta += new - load[t, top[t, 0]]
+                    if delta < best_delta:
+                        best_delta, best_a, best_b = delta, a, b
+        if best_a < 0:
+            break
+        dst = best_b // per_gpu
+        for t in range(num_windows):
+            d = slot_load[t, best_b] - slot_load[t, best_a]
+            load[t, src] += d
+            load[t, dst] -= d
+            slot_load[t, best_a], slot_load[t, best_b] = slot_load[t, best_b], slot_load[t, best_a]
+        phy2log[best_a], phy2log[best_b] = phy2log[best_b], phy2log[best_a]
+    return phy2log
+
+
+@numba.njit(cache=True, parallel=True)
+def refine_windows(history, phy2log, counts, num_gpus, gpus_per_node, max_moves, max_partners):
+    """[T, L, E], [L, P] (changed in place), [L, E] -> phy2log, refined layer by layer."""
+    for layer in numba.prange(phy2log.shape[0]):
+        _refine_layer(np.ascontiguousarray(history[:, layer]), phy2log[layer], counts[layer],
+                      num_gpus, gpus_per_node, max_moves, max_partners)
+    return phy2log

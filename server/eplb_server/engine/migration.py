@@ -1,22 +1,581 @@
-"""Keeps what can stay of the current placement when re-planning (see issue 5)."""
+"""Keeps what can stay of the current placement when re-planning (see issue 5).
+
+Three stages, all per layer and all pure functions of their arrays:
+
+1. Free wins (`relabel`): the new plan's GPUs (and, for hierarchical plans, whole node blocks)
+   are renamed to match the current mapping as an assignment problem maximising kept slots,
+   then each surviving expert goes back to its current slot on its GPU. Every GPU keeps its
+   multiset of experts, so no GPU load changes.
+2. Trade (`choose`): per layer, the options are the current mapping (0 moves), the relabelled
+   new plan, and every prefix of a greedy local repair of the current mapping (`repair`: each
+   step replaces one replica on the heaviest GPU, or swaps two replicas, whichever lowers the
+   peak most per slot changed). The cheapest option whose peak is within `tolerance` of the best
+   affordable one wins; layers whose balancedness gain is below `min_balancedness_gain` keep
+   their mapping; a total budget is shared out by the best peak reduction per moved slot.
+3. Transfers (`transfers`): each changed slot receives its expert from a slot that holds it in
+   the current mapping: the same GPU if possible, else the same node, else any.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
+import torch
+
+# Default relative peak tolerance: a layer keeps its current mapping (or takes the cheaper
+# repair) when its peak GPU load is within 0.2% of the best affordable plan's. Re-measuring the
+# same workload moves per-layer peaks by more than that (noise), while 0.2% per layer keeps the
+# aggregate balancedness within 0.2% of from-scratch planning, inside the 0.5% target.
+DEFAULT_TOLERANCE = 0.002
+_NO_PEAK = np.inf
 
 
 @dataclass(frozen=True)
 class MigrationOptions:
-    """Movement limits; zero means unlimited."""
+    """Movement limits; zero means unlimited. tolerance: relative peak slack (see above)."""
 
     max_moved_slots_per_layer: int = 0
     max_moved_slots_total: int = 0
     min_balancedness_gain: float = 0.0
+    tolerance: float = DEFAULT_TOLERANCE
+
+
+@dataclass(frozen=True)
+class Migration:
+    """What moving from the current mapping to the returned one costs (tensors on CPU)."""
+
+    slots_changed: int
+    cross_node_copies: int
+    layer_slots_changed: torch.Tensor  # [L] int64
+    layer_changed: torch.Tensor  # [L] bool
+    layers_kept_for_lack_of_gain: int
+    transfers: torch.Tensor  # [M, 4] int64: (layer, slot, expert, source_slot)
+    transfer_cross_node: torch.Tensor  # [M] bool
+
+
+# --------------------------------------------------------------------------- assignment
+
+
+@numba.njit(cache=True, nogil=True)
+def max_weight_assignment(score):
+    """Assignment maximising the total score (Jonker-Volgenant style shortest augmenting paths).
+
+    score: [n, n] float64 -> col_of_row [n] int64, a permutation. O(n^3).
+    """
+    n = score.shape[0]
+    inf = np.inf
+    u = np.zeros(n + 1)
+    v = np.zeros(n + 1)
+    p = np.zeros(n + 1, np.int64)  # p[j]: row (1-based) matched to column j, 0 = none
+    way = np.zeros(n + 1, np.int64)
+    minv = np.empty(n + 1)
+    used = np.zeros(n + 1, np.bool_)
+    for i in range(1, n + 1):
+        p[0] = i
+        j0 = 0
+        minv[:] = inf
+        used[:] = False
+        while True:
+            used[j0] = True
+            i0 = p[j0]
+            delta = inf
+            j1 = 0
+            for j in range(1, n + 1):
+                if not used[j]:
+                    cur = -score[i0 - 1, j - 1] - u[i0] - v[j]
+                    if cur < minv[j]:
+                        minv[j] = cur
+                        way[j] = j0
+                    if minv[j] < delta:
+                        delta = minv[j]
+                        j1 = j
+            for j in range(n + 1):
+                if used[j]:
+                    u[p[j]] += delta
+                    v[j] -= delta
+                else:
+                    minv[j] -= delta
+            j0 = j1
+            if p[j0] == 0:
+                break
+        while True:
+            j1 = way[j0]
+            p[j0] = p[j1]
+            j0 = j1
+            if j0 == 0:
+                break
+    col_of_row = np.empty(n, np.int64)
+    for j in range(1, n + 1):
+        col_of_row[p[j] - 1] = j - 1
+    return col_of_row
+
+
+# --------------------------------------------------------------------------- relabelling
+
+
+@numba.njit(cache=True, nogil=True)
+def _overlap(new_row, cur_row, new_start, cur_start, length, scratch):
+    """Multiset overlap of new_row[new_start:+length] and cur_row[cur_start:+length].
+
+    scratch: [E] int64 zeros (restored on return).
+    """
+    for k in range(length):
+        scratch[new_row[new_start + k]] += 1
+    kept = 0
+    for k in range(length):
+        e = cur_row[cur_start + k]
+        if scratch[e] > 0:
+            scratch[e] -= 1
+            kept += 1
+    for k in range(length):
+        scratch[new_row[new_start + k]] = 0
+    for k in range(length):
+        scratch[cur_row[cur_start + k]] = 0
+    return kept
+
+
+@numba.njit(cache=True, nogil=True)
+def _match_blocks(new_row, cur_row, new_first, cur_first, count, block, scratch):
+    """Best assignment of `count` new blocks of `block` slots (starting at block new_first) to
+    current blocks (starting at cur_first). -> cur block index for each new block, [count]."""
+    score = np.empty((count, count))
+    for a in range(count):
+        for b in range(count):
+            score[a, b] = _overlap(new_row, cur_row, (new_first + a) * block,
+                                   (cur_first + b) * block, block, scratch)
+    return max_weight_assignment(score) + cur_first
+
+
+@numba.njit(cache=True, nogil=True)
+def _relabel_layer(new_row, cur_row, num_experts, num_nodes, num_gpus, hierarchical):
+    """new_row, cur_row: [P] -> the new plan with GPUs renamed and experts kept in place, [P]."""
+    num_slots = new_row.size
+    per_gpu = num_slots // num_gpus
+    scratch = np.zeros(num_experts, np.int64)
+    gpu_target = np.empty(num_gpus, np.int64)  # current GPU that each new GPU becomes
+    if hierarchical and num_nodes > 1:
+        gpus_per_node = num_gpus // num_nodes
+        node_target = _match_blocks(new_row, cur_row, 0, 0, num_nodes, num_slots // num_nodes,
+                                    scratch)
+        for node in range(num_nodes):
+            inner = _match_blocks(new_row, cur_row, node * gpus_per_node,
+                                  node_target[node] * gpus_per_node, gpus_per_node, per_gpu,
+                                  scratch)
+            for k in range(gpus_per_node):
+                gpu_target[node * gpus_per_node + k] = inner[k]
+    else:
+        gpu_target[:] = _match_blocks(new_row, cur_row, 0, 0, num_gpus, per_gpu, scratch)
+    out = np.empty(num_slots, np.int64)
+    placed = np.zeros(per_gpu, np.bool_)
+    for gpu in range(num_gpus):
+        src = gpu * per_gpu
+        dst = gpu_target[gpu] * per_gpu
+        for k in range(per_gpu):
+            scratch[new_row[src + k]] += 1
+        filled = np.zeros(per_gpu, np.bool_)
+        for k in range(per_gpu):  # survivors stay in their current slot
+            e = cur_row[dst + k]
+            if scratch[e] > 0:
+                scratch[e] -= 1
+                out[dst + k] = e
+                filled[k] = True
+        placed[:] = False
+        k = 0
+        for j in range(per_gpu):  # the rest fill the free slots in order
+            e = new_row[src + j]
+            if scratch[e] > 0:
+                scratch[e] -= 1
+                while filled[k]:
+                    k += 1
+                out[dst + k] = e
+                filled[k] = True
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def relabel(new_phy2log, current_phy2log, num_experts, num_nodes, num_gpus, hierarchical):
+    """new_phy2log, current_phy2log: [L, P] -> [L, P], the new plan renamed to keep most slots.
+
+    Permutes GPUs (within nodes, and whole nodes, when hierarchical) and slots within GPUs only,
+    so every GPU's load and every node's groups are unchanged.
+    """
+    out = np.empty_like(new_phy2log)
+    for layer in numba.prange(new_phy2log.shape[0]):
+        out[layer] = _relabel_layer(new_phy2log[layer], current_phy2log[layer], num_experts,
+                                    num_nodes, num_gpus, hierarchical)
+    return out
+
+
+# --------------------------------------------------------------------------- local repair
+
+
+@numba.njit(cache=True, nogil=True)
+def _repair_layer(weight, row, num_gpus, slot_node, allowed, group_size, max_steps, target,
+                  move_slot, move_expert, peak_after):
+    """Greedy repair of one layer's mapping, recording each slot change.
+
+    weight: [E]; row: [P] (not modified); allowed: [N, K] bool, may group k sit on node n.
+    Writes up to max_steps slot changes into move_slot/move_expert [max_steps] and the peak after
+    each into peak_after (inf in the middle of a two-slot swap). Stops at the step budget, when
+    no move lowers the peak, or once the peak is <= target. Returns the number of changes.
+    """
+    num_slots = row.size
+    num_experts = weight.size
+    per_gpu = num_slots // num_gpus
+    cur = row.copy()
+    counts = np.zeros(num_experts, np.int64)
+    for p in range(num_slots):
+        counts[cur[p]] += 1
+    load = np.zeros(num_gpus)
+    for p in range(num_slots):
+        load[p // per_gpu] += weight[cur[p]] / counts[cur[p]]
+    # slots of each expert, as linked lists: head [E], nxt [P]
+    delta = np.zeros(num_gpus)
+    touched = np.zeros(num_gpus, np.bool_)
+    touched_list = np.empty(num_gpus, np.int64)
+    head = np.full(num_experts, -1, np.int64)
+    nxt = np.full(num_slots, -1, np.int64)
+    steps = 0
+    while steps < max_steps:
+        head[:] = -1
+        for p in range(num_slots - 1, -1, -1):
+            nxt[p] = head[cur[p]]
+            head[cur[p]] = p
+        order = np.argsort(-load)
+        hot = order[0]
+        peak = load[hot]
+        if peak <= target:
+            break
+        node = slot_node[hot * per_gpu]
+        best_peak = peak
+        best_score = 0.0  # peak reduction per slot changed
+        best_kind = -1
+        best_a = -1
+        best_b = -1
+        # Replacement: slot a on the hot GPU gets expert y instead of x.
+        for a in range(hot * per_gpu, (hot + 1) * per_gpu):
+            x = cur[a]
+            if counts[x] < 2:
+                continue
+            share_x = weight[x] / counts[x]
+            grow_x = weight[x] / (counts[x] - 1) - share_x
+            for y in range(num_experts):
+                if y == x or not allowed[node, y // group_size]:
+                    continue
+                share_y = weight[y] / counts[y]
+                new_share_y = weight[y] / (counts[y] + 1)
+                if peak - share_x + new_share_y >= best_peak:
+                    continue
+                n_touched = 0
+                for pass_ in range(2):
+                    p = head[x] if pass_ == 0 else head[y]
+                    while p >= 0:
+                        g = p // per_gpu
+                        if not touched[g]:
+                            touched[g] = True
+                            touched_list[n_touched] = g
+                            n_touched += 1
+                        if p == a:
+                            delta[g] += new_share_y - share_x
+                        elif pass_ == 0:
+                            delta[g] += grow_x
+                        else:
+                            delta[g] += new_share_y - share_y
+                        p = nxt[p]
+                new_peak = 0.0
+                for t in range(n_touched):
+                    g = touched_list[t]
+                    new_peak = max(new_peak, load[g] + delta[g])
+                for g in order:
+                    if not touched[g]:
+                        new_peak = max(new_peak, load[g])
+                        break
+                for t in range(n_touched):
+                    g = touched_list[t]
+                    touched[g] = False
+                    delta[g] = 0.0
+                gain = peak - new_peak
+                if gain > best_score:
+                    best_score = gain
+                    best_peak = new_peak
+                    best_kind = 0
+                    best_a = a
+                    best_b = y
+        # Swap: slot a on the hot GPU and slot b elsewhere exchange experts (two changes).
+        for a in range(hot * per_gpu, (hot + 1) * per_gpu):
+            x = cur[a]
+            share_x = weight[x] / counts[x]
+            for b in range(num_slots):
+                h = b // per_gpu
+                if h == hot:
+                    continue
+                z = cur[b]
+                if z == x:
+                    continue
+                if not (allowed[slot_node[b], x // group_size]
+                        and allowed[node, z // group_size]):
+                    continue
+                share_z = weight[z] / counts[z]
+                if share_z >= share_x:
+                    continue
+                new_peak = max(peak - share_x + share_z, load[h] + share_x - share_z)
+                for g in order:
+                    if g != hot and g != h:
+                        new_peak = max(new_peak, load[g])
+                        break
+                gain = (peak - new_peak) / 2.0
+                if gain > best_score:
+                    best_score = gain
+                    best_peak = new_peak
+                    best_kind = 1
+                    best_a = a
+                    best_b = b
+        if best_kind < 0 or best_score <= peak * 1e-12:
+            break
+        if best_kind == 0:
+            if steps + 1 > max_steps:
+                break
+            x = cur[best_a]
+            y = best_b
+            cur[best_a] = y
+            counts[x] -= 1
+            counts[y] += 1
+            move_slot[steps] = best_a
+            move_expert[steps] = y
+            peak_after[steps] = best_peak
+            steps += 1
+        else:
+            if steps + 2 > max_steps:
+                break
+            x = cur[best_a]
+            z = cur[best_b]
+            cur[best_a] = z
+            cur[best_b] = x
+            move_slot[steps] = best_a
+            move_expert[steps] = z
+            peak_after[steps] = _NO_PEAK
+            move_slot[steps + 1] = best_b
+            move_expert[steps + 1] = x
+            peak_after[steps + 1] = best_peak
+            steps += 2
+        load[:] = 0.0
+        for p in range(num_slots):
+            load[p // per_gpu] += weight[cur[p]] / counts[cur[p]]
+        peak_after[steps - 1] = load.max()
+    return steps
+
+
+@numba.njit(cache=True, parallel=True)
+def repair(weight, current_phy2log, num_gpus, slot_node, allowed, group_size, max_steps, target):
+    """Greedy repair trajectories of every layer.
+
+    weight: [L, E]; current_phy2log: [L, P]; slot_node: [P]; allowed: [L, N, K] bool;
+    max_steps: [L] int64; target: [L] peak at which to stop.
+    -> (steps [L], move_slot [L, S], move_expert [L, S], peak_after [L, S]), S = max(max_steps).
+    """
+    num_layers = weight.shape[0]
+    width = max(1, max_steps.max()) if num_layers else 1
+    move_slot = np.full((num_layers, width), -1, np.int64)
+    move_expert = np.full((num_layers, width), -1, np.int64)
+    peak_after = np.full((num_layers, width), np.inf)
+    steps = np.zeros(num_layers, np.int64)
+    for layer in numba.prange(num_layers):
+        steps[layer] = _repair_layer(weight[layer], current_phy2log[layer], num_gpus, slot_node,
+                                     allowed[layer], group_size, max_steps[layer], target[layer],
+                                     move_slot[layer], move_expert[layer], peak_after[layer])
+    return steps, move_slot, move_expert, peak_after
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _peaks(weight: np.ndarray, phy2log: np.ndarray, num_gpus: int) -> np.ndarray:
+    """weight: [L, E], phy2log: [L, P] -> peak GPU load [L]."""
+    num_layers, num_experts = weight.shape
+    counts = np.zeros((num_layers, num_experts), np.int64)
+    np.add.at(counts, (np.arange(num_layers)[:, None], phy2log), 1)
+    share = weight / np.maximum(counts, 1)
+    slot_load = np.take_along_axis(share, phy2log, 1)
+    return slot_load.reshape(num_layers, num_gpus, -1).sum(-1).max(1)
+
+
+def transfers(current_phy2log: np.ndarray, phy2log: np.ndarray, num_nodes: int, num_gpus: int):
+    """current_phy2log, phy2log: [L, P] -> (transfers [M, 4] int64 of (layer, slot, expert,
+    source_slot), cross_node [M] bool). Sources hold the expert in the current mapping and are
+    on the same GPU if possible, else the same node, else anywhere (lowest slot id)."""
+    num_layers, num_slots = phy2log.shape
+    per_gpu = num_slots // num_gpus
+    layer, slot = np.nonzero(phy2log != current_phy2log)
+    expert = phy2log[layer, slot]
+    if layer.size == 0:
+        return np.zeros((0, 4), np.int64), np.zeros(0, bool)
+    holds = current_phy2log[layer] == expert[:, None]  # [M, P]
+    slots = np.arange(num_slots)
+    node = slot_nodes(num_slots, num_nodes, num_gpus)
+    rank = np.where(slots // per_gpu == (slot // per_gpu)[:, None], 0,
+                    np.where(node == node[slot][:, None], 1, 2))
+    cost = np.where(holds, rank * num_slots + slots, 3 * num_slots)
+    source = cost.argmin(1)
+    out = np.stack([layer, slot, expert, source], 1).astype(np.int64)
+    return out, node[source] != node[slot]
+
+
+def slot_nodes(num_slots: int, num_nodes: int, num_gpus: int) -> np.ndarray:
+    """Node of each slot, [P] int64: GPU g sits on node g * N // G (g // (G/N) when N divides G)."""
+    return (np.arange(num_slots) // (num_slots // num_gpus)) * num_nodes // num_gpus
+
+
+def _allowed(current_phy2log: np.ndarray, num_groups: int, num_nodes: int, num_experts: int,
+             hierarchical: bool) -> np.ndarray:
+    """[L, N, K] bool: may group k's experts sit on node n (global plans: anywhere)."""
+    num_layers, num_slots = current_phy2log.shape
+    if not hierarchical or num_nodes == 1:
+        return np.ones((num_layers, 1, 1), bool)
+    group = current_phy2log // (num_experts // num_groups)
+    node = np.arange(num_slots) // (num_slots // num_nodes)  # hierarchical: N divides G
+    allowed = np.zeros((num_layers, num_nodes, num_groups), bool)
+    allowed[np.arange(num_layers)[:, None], node[None, :], group] = True
+    return allowed
+
+
+def _apply(current_row: np.ndarray, move_slot: np.ndarray, move_expert: np.ndarray,
+           count: int) -> np.ndarray:
+    row = current_row.copy()
+    row[move_slot[:count]] = move_expert[:count]
+    return row
+
+
+# --------------------------------------------------------------------------- the stage driver
 
 
 def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.ndarray,
-                 num_nodes: int, num_gpus: int, options: MigrationOptions) -> np.ndarray:
-    """new_phy2log, current_phy2log: [L, P], load: [L, E] -> the phy2log [L, P] to serve."""
-    return new_phy2log
+                 num_nodes: int, num_gpus: int, options: MigrationOptions, *,
+                 num_groups: int = 1, hierarchical: bool = False):
+    """Trades the new plan's balance against moves away from the current mapping.
+
+    new_phy2log, current_phy2log: [L, P] int64; load: [L, E] float64.
+    hierarchical: the plan keeps each group's replicas on one node (relabel whole node blocks,
+    repair within a node's groups). -> (phy2log [L, P] to serve, Migration).
+    """
+    num_layers, num_slots = new_phy2log.shape
+    num_experts = load.shape[1]
+    current = np.ascontiguousarray(current_phy2log, dtype=np.int64)
+    weight = np.ascontiguousarray(load, dtype=np.float64)
+    tolerance = max(float(options.tolerance), 0.0)
+    per_layer = int(options.max_moved_slots_per_layer)
+    total = int(options.max_moved_slots_total)
+
+    relabelled = relabel(np.ascontiguousarray(new_phy2log, dtype=np.int64), current,
+                         num_experts, num_nodes, num_gpus, hierarchical)
+    new_moves = (relabelled != current).sum(1)
+    mean = weight.sum(1) / num_gpus
+    peak_cur = _peaks(weight, current, num_gpus)
+    peak_new = _peaks(weight, relabelled, num_gpus)
+
+    # Repair: up to as many moves as the new plan needs (or the budget), stopping early at the
+    # tolerance when no budget needs sharing out.
+    cap = np.maximum(new_moves - 1, 0)
+    if per_layer > 0:
+        cap = np.minimum(cap, per_layer)
+    if total > 0:
+        cap = np.minimum(cap, total)
+    need = peak_cur > peak_new * (1.0 + tolerance)
+    cap = np.where(need | (per_layer > 0) | (total > 0), cap, 0)
+    target = peak_new * (1.0 + tolerance) if total == 0 else np.zeros(num_layers)
+    group_size = num_experts // num_groups if hierarchical and num_nodes > 1 else num_experts
+    slot_node = slot_nodes(num_slots, num_nodes, num_gpus)
+    if not hierarchical or num_nodes == 1:
+        slot_node = np.zeros(num_slots, np.int64)
+    allowed = _allowed(current, num_groups, num_nodes, num_experts, hierarchical)
+    if allowed.shape[0] != num_layers:
+        allowed = np.ascontiguousarray(np.broadcast_to(allowed, (num_layers,) + allowed.shape[1:]))
+    steps, move_slot, move_expert, peak_after = repair(
+        weight, current, num_gpus, slot_node, allowed, group_size, cap.astype(np.int64), target)
+
+    # Options per layer: (moves, peak, kind, repair steps); kind 0 current, 1 repair, 2 new.
+    menus = []
+    for layer in range(num_layers):
+        menu = [(0, peak_cur[layer], 0, 0)]
+        for k in range(int(steps[layer])):
+            if np.isfinite(peak_after[layer, k]):
+                menu.append((k + 1, peak_after[layer, k], 1, k + 1))
+        menu.append((int(new_moves[layer]), peak_new[layer], 2, 0))
+        if per_layer > 0:
+            menu = [m for m in menu if m[0] <= per_layer]
+        # Pareto front in moves: each entry strictly lowers the peak.
+        menu.sort(key=lambda m: (m[0], m[1]))
+        front = []
+        for m in menu:
+            if not front or m[1] < front[-1][1]:
+                front.append(m)
+        menus.append(front)
+
+    chosen = [0] * num_layers  # index into each layer's front
+    if total > 0:
+        budget = total
+        while True:
+            best, best_ratio = None, 0.0
+            for layer, front in enumerate(menus):
+                here = front[chosen[layer]]
+                for index in range(chosen[layer] + 1, len(front)):
+                    extra = front[index][0] - here[0]
+                    if extra > budget:
+                        break
+                    ratio = (here[1] - front[index][1]) / extra
+                    if ratio > best_ratio:
+                        best, best_ratio = (layer, index), ratio
+            if best is None:
+                break
+            layer, index = best
+            budget -= menus[layer][index][0] - menus[layer][chosen[layer]][0]
+            chosen[layer] = index
+        # Within what was granted, the cheapest option inside the tolerance.
+        for layer, front in enumerate(menus):
+            granted = front[chosen[layer]][1]
+            chosen[layer] = next(i for i, m in enumerate(front)
+                                 if m[1] <= granted * (1.0 + tolerance))
+    else:
+        for layer, front in enumerate(menus):
+            best_peak = front[-1][1]
+            chosen[layer] = next(i for i, m in enumerate(front)
+                                 if m[1] <= best_peak * (1.0 + tolerance))
+
+    out = current.copy()
+    kept_for_gain = 0
+    for layer, front in enumerate(menus):
+        moves, peak, kind, count = front[chosen[layer]]
+        has_better = any(m[1] < peak_cur[layer] for m in menus[layer]) or \
+            peak_new[layer] < peak_cur[layer]
+        gain = _ratio(mean[layer], peak) - _ratio(mean[layer], peak_cur[layer])
+        if kind != 0 and gain < options.min_balancedness_gain:
+            kind = 0
+        if kind == 0:
+            if has_better and new_moves[layer] > 0:
+                kept_for_gain += 1
+        elif kind == 1:
+            out[layer] = _apply(current[layer], move_slot[layer], move_expert[layer], count)
+        else:
+            out[layer] = relabelled[layer]
+    return out, migration_summary(current, out, num_nodes, num_gpus, kept_for_gain)
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else 1.0
+
+
+def migration_summary(current_phy2log: np.ndarray, phy2log: np.ndarray, num_nodes: int,
+                      num_gpus: int, kept_for_gain: int) -> Migration:
+    """The Migration record for moving current_phy2log [L, P] to phy2log [L, P]."""
+    moves, cross = transfers(current_phy2log, phy2log, num_nodes, num_gpus)
+    changed = (phy2log != current_phy2log).sum(1)
+    return Migration(
+        slots_changed=int(changed.sum()),
+        cross_node_copies=int(cross.sum()),
+        layer_slots_changed=torch.from_numpy(changed.astype(np.int64)),
+        layer_changed=torch.from_numpy(changed > 0),
+        layers_kept_for_lack_of_gain=int(kept_for_gain),
+        transfers=torch.from_numpy(moves),
+        transfer_cross_node=torch.from_numpy(np.asarray(cross, dtype=bool)),
+    )

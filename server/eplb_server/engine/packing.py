@@ -164,11 +164,14 @@ def count_search_pairs(weight, counts, max_steps):
 
 
 @numba.njit(cache=True, nogil=True)
-def _holds(pack_items, filled, pack, expert_of_item, expert, skip):
-    for j in range(filled):
-        if j != skip and expert_of_item[pack_items[pack, j]] == expert:
-            return True
-    return False
+def _crowded(pack_items, pack, item_expert, expert_limit, expert, skip):
+    """Whether the pack (ignoring slot `skip`) already holds as many replicas of `expert` as
+    its fair share allows (1 unless the expert has more replicas than there are packs)."""
+    held = 0
+    for j in range(pack_items.shape[1]):
+        if j != skip and item_expert[pack_items[pack, j]] == expert:
+            held += 1
+    return held >= expert_limit[expert]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -199,12 +202,13 @@ def _sift_up(heap, key, i):
 
 
 @numba.njit(cache=True, nogil=True)
-def lpt(item_weight, item_expert, num_packs):
+def lpt(item_weight, item_expert, expert_limit, num_packs):
     """Heaviest item to the lightest pack with room, avoiding packs that hold the same expert.
 
     Items must be sorted heaviest first with each expert's replicas adjacent (as `_items_of`
     makes them), so a pack holds the current expert iff it was the last one placed there.
-    item_weight, item_expert: [n] -> (pack_items [m, n/m] item ids, loads [m])
+    item_weight, item_expert: [n]; expert_limit: [E] replicas of an expert one pack may hold
+    -> (pack_items [m, n/m] item ids, loads [m])
     """
     n = item_weight.size
     cap = n // num_packs
@@ -214,17 +218,18 @@ def lpt(item_weight, item_expert, num_packs):
     last_expert = np.full(num_packs, -1, np.int64)
     heap = np.arange(num_packs)
     size = num_packs
+    skipped = np.empty(num_packs, np.int64)
     for item in range(n):
         expert = item_expert[item]
-        pack = heap[0]
-        second = -1
-        if last_expert[pack] == expert and size > 1:
-            # Take the lightest pack that lacks the expert; the skipped root goes back later.
+        # Set aside the lightest packs that already hold this expert, while others remain.
+        num_skipped = 0
+        while last_expert[heap[0]] == expert and expert_limit[expert] == 1 and size > 1:
+            skipped[num_skipped] = heap[0]
+            num_skipped += 1
             heap[0] = heap[size - 1]
             size -= 1
             _sift_down(heap, size, loads, 0)
-            second = pack
-            pack = heap[0]
+        pack = heap[0]
         pack_items[pack, filled[pack]] = item
         filled[pack] += 1
         loads[pack] += item_weight[item]
@@ -233,15 +238,16 @@ def lpt(item_weight, item_expert, num_packs):
             heap[0] = heap[size - 1]
             size -= 1
         _sift_down(heap, size, loads, 0)
-        if second >= 0:
-            heap[size] = second
+        for k in range(num_skipped):
+            heap[size] = skipped[k]
             size += 1
             _sift_up(heap, loads, size - 1)
     return pack_items, loads
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_single_swap(item_weight, item_expert, pack_items, loads, by_load, heavy, enough):
+def _best_single_swap(item_weight, item_expert, expert_limit, pack_items, loads, by_load, heavy,
+                      enough):
     """Best 1-for-1 swap between the heaviest pack and any other, lightest packs first.
 
     Stops early once a swap brings both touched packs down to `enough` (no lower peak is
@@ -266,10 +272,11 @@ def _best_single_swap(item_weight, item_expert, pack_items, loads, by_load, heav
                 if delta <= 0.0 or delta >= gap:
                     continue
                 objective = max(top - delta, low + delta)
-                if objective < best and not _holds(
-                        pack_items, cap, o, item_expert, item_expert[pack_items[heavy, a]], b
-                ) and not _holds(
-                        pack_items, cap, heavy, item_expert, item_expert[pack_items[o, b]], a):
+                if objective < best and not _crowded(
+                        pack_items, o, item_expert, expert_limit,
+                        item_expert[pack_items[heavy, a]], b) and not _crowded(
+                        pack_items, heavy, item_expert, expert_limit,
+                        item_expert[pack_items[o, b]], a):
                     best, other, a_best, b_best = objective, o, a, b
         if best <= enough:
             break
@@ -277,7 +284,7 @@ def _best_single_swap(item_weight, item_expert, pack_items, loads, by_load, heav
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_pair_swap(item_weight, item_expert, pack_items, loads, heavy, light):
+def _best_pair_swap(item_weight, item_expert, expert_limit, pack_items, loads, heavy, light):
     """Best 2-for-2 swap between the heaviest and the lightest pack: (objective, slots x4)."""
     cap = pack_items.shape[1]
     top, low = loads[heavy], loads[light]
@@ -295,13 +302,13 @@ def _best_pair_swap(item_weight, item_expert, pack_items, loads, heavy, light):
                         continue
                     objective = max(top - delta, low + delta)
                     if objective < best and _pair_swap_ok(
-                            pack_items, item_expert, heavy, x, y, light, u, v):
+                            pack_items, item_expert, expert_limit, heavy, x, y, light, u, v):
                         best, found = objective, (x, y, u, v)
     return best, found
 
 
 @numba.njit(cache=True, nogil=True)
-def refine(item_weight, item_expert, pack_items, loads, max_moves):
+def refine(item_weight, item_expert, expert_limit, pack_items, loads, max_moves):
     """Local search on the heaviest pack: 1-for-1 swaps with any pack, else 2-for-2 with the
     lightest, until no move lowers the peak. pack_items [m, c] and loads [m] change in place.
 
@@ -316,7 +323,7 @@ def refine(item_weight, item_expert, pack_items, loads, max_moves):
         top = loads[heavy]
         enough = max(loads[by_load[num_packs - 2]], mean)
         best, other, a, b = _best_single_swap(
-            item_weight, item_expert, pack_items, loads, by_load, heavy, enough)
+            item_weight, item_expert, expert_limit, pack_items, loads, by_load, heavy, enough)
         if other >= 0:
             moved = item_weight[pack_items[heavy, a]] - item_weight[pack_items[other, b]]
             pack_items[heavy, a], pack_items[other, b] = pack_items[other, b], pack_items[heavy, a]
@@ -325,7 +332,7 @@ def refine(item_weight, item_expert, pack_items, loads, max_moves):
             if cap < 2 or light == heavy:
                 return move
             best, (x, y, u, v) = _best_pair_swap(
-                item_weight, item_expert, pack_items, loads, heavy, light)
+                item_weight, item_expert, expert_limit, pack_items, loads, heavy, light)
             if x < 0:
                 return move
             other = light
@@ -339,16 +346,20 @@ def refine(item_weight, item_expert, pack_items, loads, max_moves):
 
 
 @numba.njit(cache=True, nogil=True)
-def _pair_swap_ok(pack_items, item_expert, heavy, x, y, light, u, v):
-    cap = pack_items.shape[1]
-    for j in range(cap):
-        if j != u and j != v:
-            e = item_expert[pack_items[light, j]]
-            if e == item_expert[pack_items[heavy, x]] or e == item_expert[pack_items[heavy, y]]:
-                return False
-        if j != x and j != y:
-            e = item_expert[pack_items[heavy, j]]
-            if e == item_expert[pack_items[light, u]] or e == item_expert[pack_items[light, v]]:
+def _pair_swap_ok(pack_items, item_expert, expert_limit, heavy, x, y, light, u, v):
+    """Whether swapping slots (x, y) of `heavy` with (u, v) of `light` keeps shares fair."""
+    for pack, p, q, incoming in ((light, u, v, (x, y)), (heavy, x, y, (u, v))):
+        source = heavy if pack == light else light
+        for slot in incoming:
+            expert = item_expert[pack_items[source, slot]]
+            held = 0
+            for j in range(pack_items.shape[1]):
+                if j != p and j != q and item_expert[pack_items[pack, j]] == expert:
+                    held += 1
+            for other in incoming:
+                if item_expert[pack_items[source, other]] == expert:
+                    held += 1
+            if held > expert_limit[expert]:
                 return False
     return True
 
@@ -414,9 +425,10 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps):
             pack_items[p, 1] = num_slots - 1 - p
         _separate_pairs(item_weight, item_expert, pack_items)
     else:
-        pack_items, loads = lpt(item_weight, item_expert, num_packs)
+        expert_limit = (counts + num_packs - 1) // num_packs
+        pack_items, loads = lpt(item_weight, item_expert, expert_limit, num_packs)
         if cap > 1:
-            refine(item_weight, item_expert, pack_items, loads, max_moves)
+            refine(item_weight, item_expert, expert_limit, pack_items, loads, max_moves)
     slot_expert = np.empty(num_slots, np.int64)
     for p in range(num_packs):
         experts = np.sort(item_expert[pack_items[p]])

@@ -1,0 +1,51 @@
+"""Shared fixtures: devices, paths to ../shared data, the real DeepSeek-V3 snapshots."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+SNAPSHOTS = SHARED / "data" / "deepseek-v3"
+CONFORMANCE = SHARED / "conformance" / "deepseek_reference.json"
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not _cuda_available(), reason="no CUDA device"))]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+def load_snapshot(path: pathlib.Path):
+    """[L, E] nested list of one SGLang statistics file, all-zero (dense) layers dropped."""
+    rows = json.loads(path.read_text())["logical_count"]
+    return [row for row in rows if any(row)]
+
+
+@pytest.fixture(scope="session")
+def snapshot_paths():
+    paths = sorted(SNAPSHOTS.glob("*.json"))
+    if not paths:
+        pytest.skip("real snapshots in ../shared/data/deepseek-v3 are absent")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def conformance_cases():
+    if not CONFORMANCE.exists():
+        pytest.skip("../shared/conformance is absent")
+    return json.loads(CONFORMANCE.read_text())["cases"]

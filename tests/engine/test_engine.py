@@ -1,0 +1,186 @@
+"""The placement engine: reference-exact mode, invariants of refined plans, scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eplb_server import evaluate, plan, rebalance_experts
+
+README_WEIGHT = [[90, 132, 40, 61, 104, 165, 39, 4, 73, 56, 183, 86],
+                 [20, 107, 104, 64, 19, 197, 187, 157, 172, 86, 16, 27]]
+
+
+def peaks(weight, phy2log, num_gpus):
+    return evaluate(weight, phy2log, 1, 1, num_gpus).layer_max_load
+
+
+def check_plan(weight, phy2log, log2phy, logcnt, num_replicas, num_groups, num_nodes, num_gpus,
+               hierarchical):
+    num_layers, num_experts = weight.shape[-2:]
+    assert phy2log.shape == (num_layers, num_replicas) and phy2log.dtype == torch.int64
+    assert logcnt.shape == (num_layers, num_experts) and logcnt.dtype == torch.int64
+    assert log2phy.shape == (num_layers, num_experts, int(logcnt.max()))
+    assert (logcnt >= 1).all() and (logcnt.sum(1) == num_replicas).all()
+    counts = torch.zeros_like(logcnt).scatter_add_(1, phy2log, torch.ones_like(phy2log))
+    assert torch.equal(counts, logcnt)
+    for layer in range(num_layers):
+        for expert in range(num_experts):
+            slots = log2phy[layer, expert]
+            valid = slots[slots >= 0]
+            assert len(valid) == logcnt[layer, expert]
+            assert (slots[len(valid):] == -1).all()
+            assert (phy2log[layer, valid] == expert).all()
+    if hierarchical:
+        group_size = num_experts // num_groups
+        node_of_slot = torch.arange(num_replicas) // (num_replicas // num_nodes)
+        for layer in range(num_layers):
+            group = phy2log[layer] // group_size
+            for g in range(num_groups):
+                assert len(set(node_of_slot[group == g].tolist())) == 1
+
+
+def test_readme_example_matches_reference(device):
+    weight = torch.tensor(README_WEIGHT, device=device)
+    phy2log, log2phy, logcnt = rebalance_experts(weight, 16, 4, 2, 8, policy="deepseek")
+    assert phy2log.device.type == device
+    assert phy2log.tolist() == [[5, 6, 5, 7, 8, 4, 3, 4, 10, 9, 10, 2, 0, 1, 11, 1],
+                                [7, 10, 6, 8, 6, 11, 8, 9, 2, 4, 5, 1, 5, 0, 3, 1]]
+    assert logcnt.tolist() == [[1, 2, 1, 1, 2, 2, 1, 1, 1, 1, 2, 1],
+                               [1, 2, 1, 1, 1, 2, 2, 1, 2, 1, 1, 1]]
+
+
+def test_conformance_cases_match_reference_exactly(conformance_cases, device):
+    for case in conformance_cases:
+        weight = torch.tensor(case["weight"], dtype=torch.float32, device=device)
+        phy2log, log2phy, logcnt = rebalance_experts(
+            weight, case["num_replicas"], case["num_groups"], case["num_nodes"],
+            case["num_gpus"], policy="deepseek")
+        assert phy2log.tolist() == case["phy2log"], case["name"]
+        assert log2phy.tolist() == case["log2phy"], case["name"]
+        assert logcnt.tolist() == case["logcnt"], case["name"]
+
+
+def test_count_search_beats_reference_on_two_slots_per_gpu():
+    weight = torch.tensor([[600, 560, 120, 120, 20, 10, 10, 10]], dtype=torch.float64)
+    reference = plan(weight, 16, 1, 1, 8, policy="deepseek").phy2log
+    refined = plan(weight, 16, 1, 1, 8, policy="global").phy2log
+    assert peaks(weight, reference, 8).item() == pytest.approx(232.0)
+    assert peaks(weight, refined, 8).item() == pytest.approx(590 / 3)
+
+
+@st.composite
+def problems(draw):
+    num_nodes = draw(st.sampled_from([1, 2, 4]))
+    gpus_per_node = draw(st.sampled_from([1, 2, 3, 4]))
+    num_gpus = num_nodes * gpus_per_node
+    groups_per_node = draw(st.sampled_from([1, 2, 3]))
+    num_groups = num_nodes * groups_per_node * draw(st.sampled_from([1, 2]))
+    group_size = draw(st.sampled_from([1, 2, 4]))
+    num_experts = num_groups * group_size
+    slots_per_gpu = draw(st.integers(1, 6))
+    num_replicas = num_gpus * slots_per_gpu
+    if num_replicas < num_experts:
+        num_replicas = num_gpus * -(-num_experts // num_gpus)
+    num_layers = draw(st.integers(1, 3))
+    kind = draw(st.sampled_from(["lognormal", "integers", "zeros", "equal", "dominant"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    if kind == "lognormal":
+        weight = rng.lognormal(0, 1.5, (num_layers, num_experts))
+    elif kind == "integers":  # many ties
+        weight = rng.integers(0, 4, (num_layers, num_experts)).astype(float)
+    elif kind == "zeros":
+        weight = np.zeros((num_layers, num_experts))
+    elif kind == "equal":
+        weight = np.full((num_layers, num_experts), 7.0)
+    else:
+        weight = rng.random((num_layers, num_experts))
+        weight[:, rng.integers(num_experts)] = 1000.0
+    return torch.tensor(weight), num_replicas, num_groups, num_nodes, num_gpus
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.sampled_from(["hierarchical", "global"]))
+def test_refined_plans_are_valid_and_never_worse_than_reference(problem, policy):
+    weight, num_replicas, num_groups, num_nodes, num_gpus = problem
+    phy2log, log2phy, logcnt = rebalance_experts(
+        weight, num_replicas, num_groups, num_nodes, num_gpus, policy=policy)
+    check_plan(weight, phy2log, log2phy, logcnt, num_replicas, num_groups, num_nodes, num_gpus,
+               hierarchical=policy == "hierarchical")
+    reference = plan(weight, num_replicas, 1 if policy == "global" else num_groups,
+                     1 if policy == "global" else num_nodes, num_gpus, policy="deepseek").phy2log
+    refined_peak = peaks(weight, phy2log, num_gpus)
+    assert (refined_peak <= peaks(weight, reference, num_gpus) * (1 + 1e-9) + 1e-9).all()
+    score = evaluate(weight, phy2log, num_groups, num_nodes, num_gpus, policy=policy)
+    assert (score.layer_lower_bound <= refined_peak * (1 + 1e-9) + 1e-9).all()
+    assert 0.0 <= score.balancedness <= 1.0 + 1e-12
+    again = rebalance_experts(weight, num_replicas, num_groups, num_nodes, num_gpus, policy=policy)
+    assert torch.equal(again[0], phy2log)
+
+
+@pytest.mark.parametrize("policy", ["hierarchical", "global", "deepseek"])
+def test_one_gpu_one_layer_and_p_equals_e(policy, device):
+    weight = torch.arange(1.0, 9.0, device=device).reshape(1, 8)
+    for num_replicas, num_gpus in ((8, 1), (8, 8), (8, 4)):
+        phy2log, log2phy, logcnt = rebalance_experts(weight, num_replicas, 2, 1, num_gpus,
+                                                     policy=policy)
+        assert sorted(phy2log[0].tolist()) == list(range(8))
+        assert (logcnt == 1).all()
+
+
+@pytest.mark.parametrize("num_gpus", [2, 4])
+def test_packer_spreads_replicas_of_one_expert_over_gpus(num_gpus):
+    from eplb_server.engine.mapping import expert_counts
+    from eplb_server.engine.refined import refined_plan
+
+    weight = np.array([[100.0, 60, 40, 30, 20, 10, 5, 1]])
+    phy2log = refined_plan(weight, 16, 1, 1, num_gpus)
+    counts = expert_counts(phy2log, 8)[0]
+    assert counts[0] > 1
+    for gpu in phy2log.reshape(num_gpus, -1):
+        assert (np.bincount(gpu, minlength=8) <= -(-counts // num_gpus)).all()
+
+
+def test_global_plan_is_near_bound_on_real_snapshot(snapshot_paths):
+    from tests.conftest import load_snapshot
+
+    weight = torch.tensor(load_snapshot(snapshot_paths[0]), dtype=torch.float64)
+    phy2log, _, _ = rebalance_experts(weight, 288, 8, 4, 32, policy="global")
+    refined = evaluate(weight, phy2log, 8, 4, 32, policy="global")
+    reference = evaluate(weight, plan(weight, 288, 1, 1, 32, policy="deepseek").phy2log,
+                         8, 4, 32, policy="global")
+    assert refined.mean_gap < reference.mean_gap
+    assert refined.mean_gap < 0.005
+
+
+def test_hierarchical_bound_is_tighter_and_met(snapshot_paths):
+    from tests.conftest import load_snapshot
+
+    weight = torch.tensor(load_snapshot(snapshot_paths[0]), dtype=torch.float64)
+    phy2log, _, _ = rebalance_experts(weight, 288, 8, 4, 32, policy="hierarchical")
+    hier = evaluate(weight, phy2log, 8, 4, 32, policy="hierarchical")
+    flat = evaluate(weight, phy2log, 8, 4, 32, policy="global")
+    assert (hier.layer_lower_bound >= flat.layer_lower_bound).all()
+    assert (hier.layer_lower_bound <= hier.layer_max_load * (1 + 1e-9)).all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(weight=torch.tensor([[float("nan"), 1.0]])), "finite"),
+    (dict(weight=torch.tensor([[-1.0, 1.0]])), "non-negative"),
+    (dict(weight=torch.ones(4)), "shape"),
+    (dict(num_replicas=5), "multiple of num_gpus"),
+    (dict(num_gpus=3, num_replicas=12), "multiple of num_nodes"),
+    (dict(num_groups=3), "divide"),
+    (dict(num_replicas=2, num_gpus=2, num_nodes=1), "at least"),
+    (dict(policy="fastest"), "policy"),
+])
+def test_invalid_arguments_raise_value_error(bad, message):
+    args = dict(weight=torch.ones(2, 4), num_replicas=8, num_groups=2, num_nodes=2, num_gpus=4)
+    args.update(bad)
+    weight = args.pop("weight")
+    policy = args.pop("policy", "auto")
+    with pytest.raises(ValueError, match=message):
+        rebalance_experts(weight, **args, policy=policy)

@@ -1,0 +1,168 @@
+"""Planning from a load history [T, L, E] (issue 6): objectives, invariants, guarantees."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eplb_server.engine import api
+from eplb_server.engine.history import (DEFAULT_OBJECTIVE, OBJECTIVES, expected_peak,
+                                        reduce_history, resolve_objective, window_balancedness)
+
+ALL = OBJECTIVES + ("default",)
+# (E, P, K, N, G, policy)
+TOPOLOGIES = [(16, 24, 4, 2, 4, "hierarchical"), (16, 24, 4, 2, 4, "global"),
+              (12, 16, 3, 2, 8, "global"), (8, 8, 2, 2, 4, "hierarchical"),
+              (16, 32, 4, 2, 8, "deepseek")]
+
+
+def drifting(seed, windows, layers, experts):
+    rng = np.random.default_rng(seed)
+    log_pop = rng.normal(0, 1, (layers, experts))
+    out = []
+    for _ in range(windows):
+        log_pop = log_pop + rng.normal(0, 0.4, log_pop.shape)
+        out.append(rng.poisson(np.exp(log_pop) * 50).astype(np.float64))
+    return np.stack(out)
+
+
+def check_invariants(result, layers, experts, replicas, gpus):
+    phy2log, logcnt = result.phy2log.numpy(), result.logcnt.numpy()
+    assert phy2log.shape == (layers, replicas)
+    assert logcnt.shape == (layers, experts)
+    assert (logcnt >= 1).all()
+    assert (logcnt.sum(1) == replicas).all()
+    for layer in range(layers):
+        assert (np.bincount(phy2log[layer], minlength=experts) == logcnt[layer]).all()
+    # Each GPU holds P/G slots: phy2log is [L, P] with slot p on GPU p // (P/G) by construction;
+    # log2phy must point back at the slots.
+    log2phy = result.log2phy.numpy()
+    for layer in range(layers):
+        for e in range(experts):
+            slots = log2phy[layer, e][log2phy[layer, e] >= 0]
+            assert len(slots) == logcnt[layer, e]
+            assert (phy2log[layer, slots] == e).all()
+    assert replicas % gpus == 0
+
+
+@pytest.mark.parametrize("objective", ALL)
+@pytest.mark.parametrize("topo", TOPOLOGIES)
+def test_invariants_every_objective(objective, topo):
+    experts, replicas, groups, nodes, gpus, policy = topo
+    history = drifting(1, 5, 3, experts)
+    result = api.plan(torch.from_numpy(history), replicas, groups, nodes, gpus, policy=policy,
+                      objective=objective)
+    check_invariants(result, 3, experts, replicas, gpus)
+    assert result.objective == resolve_objective(objective)
+    assert result.objective in OBJECTIVES
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), windows=st.integers(1, 6), layers=st.integers(1, 3),
+       topo=st.sampled_from(TOPOLOGIES), objective=st.sampled_from(ALL),
+       zeros=st.booleans(), half_life=st.sampled_from([0.0, 0.5, 3.0]),
+       robust_k=st.sampled_from([0.0, 0.5, 2.0]))
+def test_invariants_hypothesis(seed, windows, layers, topo, objective, zeros, half_life, robust_k):
+    experts, replicas, groups, nodes, gpus, policy = topo
+    history = drifting(seed, windows, layers, experts)
+    if zeros:
+        history[:, :, ::3] = 0
+        history[0, 0] = 0
+    result = api.plan(history, replicas, groups, nodes, gpus, policy=policy, objective=objective,
+                      half_life=half_life, robust_k=robust_k)
+    check_invariants(result, layers, experts, replicas, gpus)
+    # Never worse than the summed-load plan on the windows given, for expected_peak.
+    if result.objective == "expected_peak":
+        summed = api.plan(history, replicas, groups, nodes, gpus, policy=policy, objective="sum")
+        ours = expected_peak(history, result.phy2log.numpy(), gpus)
+        base = expected_peak(history, summed.phy2log.numpy(), gpus)
+        assert (ours <= base * (1 + 1e-9) + 1e-9).all()
+
+
+@pytest.mark.parametrize("objective", ALL)
+@pytest.mark.parametrize("topo", TOPOLOGIES)
+def test_single_window_history_is_the_single_window_plan(objective, topo):
+    experts, replicas, groups, nodes, gpus, policy = topo
+    load = drifting(3, 1, 4, experts)
+    one = api.plan(load[0], replicas, groups, nodes, gpus, policy=policy)
+    hist = api.plan(load, replicas, groups, nodes, gpus, policy=policy, objective=objective)
+    assert torch.equal(one.phy2log, hist.phy2log)
+    assert torch.equal(one.logcnt, hist.logcnt)
+    assert torch.equal(one.log2phy, hist.log2phy)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("policy", ["global", "hierarchical"])
+def test_default_never_worse_than_sum_on_given_windows(seed, policy):
+    history = drifting(seed, 8, 6, 32)
+    args = (48, 4, 2, 8)
+    summed = api.plan(history, *args, policy=policy, objective="sum")
+    default = api.plan(history, *args, policy=policy)
+    assert default.objective == DEFAULT_OBJECTIVE
+    ours = expected_peak(history, default.phy2log.numpy(), 8)
+    base = expected_peak(history, summed.phy2log.numpy(), 8)
+    assert (ours <= base * (1 + 1e-12)).all()
+    assert ours.sum() <= base.sum()
+
+
+def test_sum_objective_is_the_plan_of_the_summed_load():
+    history = drifting(5, 4, 3, 16)
+    a = api.plan(history, 24, 4, 2, 4, objective="sum")
+    b = api.plan(history.sum(0), 24, 4, 2, 4)
+    assert torch.equal(a.phy2log, b.phy2log)
+
+
+def test_reductions():
+    history = np.array([[[1.0, 3.0]], [[3.0, 3.0]]])  # T=2, L=1, E=2
+    load, name = reduce_history(history, "sum")
+    assert name == "sum" and np.allclose(load, [[4, 6]])
+    load, name = reduce_history(history, "robust", robust_k=2.0)
+    assert name == "robust" and np.allclose(load, [[2 + 2 * 1, 3]])
+    load, name = reduce_history(history, "recency", half_life=1.0)
+    assert name == "recency" and np.allclose(load, [[(1 * 0.5 + 3 * 1) / 1.5, 3]])
+    assert reduce_history(history, "default")[1] == DEFAULT_OBJECTIVE
+
+
+def test_recency_follows_recent_windows():
+    # An expert hot only in the last window earns more replicas under recency than under sum.
+    history = np.ones((6, 1, 8))
+    history[:5, 0, 0] = 20
+    history[5, 0, 7] = 20
+    rec = api.plan(history, 16, 1, 1, 4, policy="global", objective="recency", half_life=0.5)
+    tot = api.plan(history, 16, 1, 1, 4, policy="global", objective="sum")
+    assert rec.logcnt[0, 7] > tot.logcnt[0, 7]
+
+
+def test_robust_replicates_volatile_experts():
+    # Experts 0 and 1 have the same mean; 1 is volatile and earns at least as many replicas.
+    history = np.ones((4, 1, 8))
+    history[:, 0, 0] = 10
+    history[:, 0, 1] = [0, 20, 0, 20]
+    rob = api.plan(history, 16, 1, 1, 4, policy="global", objective="robust", robust_k=2.0)
+    assert rob.logcnt[0, 1] > rob.logcnt[0, 0]
+
+
+@pytest.mark.parametrize("bad", ["", "mean", "SUM", "peak", "Default"])
+def test_bad_objective_raises(bad):
+    with pytest.raises(ValueError, match="objective"):
+        api.plan(drifting(0, 3, 2, 16), 24, 4, 2, 4, objective=bad)
+    with pytest.raises(ValueError, match="objective"):
+        reduce_history(drifting(0, 3, 2, 16), bad)
+
+
+@pytest.mark.parametrize("name,value", [("half_life", -1.0), ("half_life", float("nan")),
+                                        ("robust_k", -0.5), ("robust_k", float("inf"))])
+def test_bad_parameters_raise(name, value):
+    with pytest.raises(ValueError, match=name):
+        api.plan(drifting(0, 3, 2, 16), 24, 4, 2, 4, **{name: value})
+
+
+def test_window_balancedness_matches_evaluate():
+    history = drifting(2, 5, 3, 16)
+    result = api.plan(history, 24, 4, 2, 4)
+    score = api.evaluate(history, result.phy2log, 4, 2, 4)
+    ours = window_balancedness(history, result.phy2log.numpy(), 4)
+    assert score.window_balancedness.shape == (5,)
+    assert np.allclose(score.window_balancedness.numpy(), ours)
+    assert ((ours > 0) & (ours <= 1 + 1e-12)).all()

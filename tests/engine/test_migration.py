@@ -1,0 +1,201 @@
+"""Migration-aware re-planning (issue 5): invariants, transfer plans, budgets, free wins."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from eplb_server.engine.api import evaluate, plan
+from eplb_server.engine.migration import (MigrationOptions, keep_current, max_weight_assignment,
+                                          relabel)
+
+
+def workload(seed, layers=4, experts=32, sigma=1.0):
+    rng = np.random.default_rng(seed)
+    return rng.lognormal(0.0, sigma, (layers, experts)) * 100.0
+
+
+def drift(weight, seed, step=0.3):
+    rng = np.random.default_rng(seed)
+    return weight * np.exp(rng.normal(0.0, step, weight.shape))
+
+
+def node_of_slot(num_slots, num_nodes):
+    return np.arange(num_slots) // (num_slots // num_nodes)
+
+
+def check_plan(result, current, weight, num_replicas, num_groups, num_nodes, num_gpus,
+               hierarchical, options=None):
+    phy2log, cur = result.phy2log.numpy(), np.asarray(current)
+    num_layers, num_experts = weight.shape
+    counts = np.zeros((num_layers, num_experts), int)
+    np.add.at(counts, (np.arange(num_layers)[:, None], phy2log), 1)
+    assert (counts >= 1).all() and (counts.sum(1) == num_replicas).all()
+    assert (result.logcnt.numpy() == counts).all()
+    if hierarchical:
+        group = phy2log // (num_experts // num_groups)
+        node = node_of_slot(num_replicas, num_nodes)
+        for layer in range(num_layers):
+            for g in range(num_groups):
+                assert len(set(node[group[layer] == g])) == 1
+    m = result.migration
+    moves = m.transfers.numpy()
+    applied = cur.copy()
+    for layer, slot, expert, source in moves:
+        assert cur[layer, source] == expert  # the source holds it before the move
+        applied[layer, slot] = expert
+    assert (applied == phy2log).all()
+    changed = (phy2log != cur).sum(1)
+    assert (m.layer_slots_changed.numpy() == changed).all()
+    assert (m.layer_changed.numpy() == (changed > 0)).all()
+    assert m.slots_changed == changed.sum() == len(moves)
+    node = node_of_slot(num_replicas, num_nodes)
+    cross = node[moves[:, 3]] != node[moves[:, 1]] if len(moves) else np.zeros(0, bool)
+    assert (m.transfer_cross_node.numpy() == cross).all()
+    assert m.cross_node_copies == cross.sum()
+    # a same-node source is used whenever one exists
+    for (layer, slot, expert, source), far in zip(moves, cross):
+        if far:
+            assert not (cur[layer][node == node[slot]] == expert).any()
+    if options:
+        if options.get("max_moved_slots_per_layer"):
+            assert changed.max() <= options["max_moved_slots_per_layer"]
+        if options.get("max_moved_slots_total"):
+            assert changed.sum() <= options["max_moved_slots_total"]
+
+
+SHAPES = [  # (experts, replicas, groups, nodes, gpus, policy)
+    (32, 48, 4, 2, 8, "hierarchical"),
+    (32, 48, 4, 2, 8, "global"),
+    (16, 24, 4, 4, 8, "hierarchical"),
+    (24, 24, 1, 2, 4, "global"),
+]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10**6), shape=st.sampled_from(SHAPES),
+       per_layer=st.sampled_from([0, 1, 3, 10]), total=st.sampled_from([0, 2, 7, 40]),
+       gain=st.sampled_from([0.0, 0.01, 0.2]), step=st.sampled_from([0.0, 0.05, 0.5, 2.0]))
+def test_invariants_transfers_and_budgets(seed, shape, per_layer, total, gain, step):
+    experts, replicas, groups, nodes, gpus, policy = shape
+    old = workload(seed, 3, experts)
+    new = drift(old, seed + 1, step)
+    current = plan(torch.tensor(old), replicas, groups, nodes, gpus, policy=policy).phy2log
+    options = dict(max_moved_slots_per_layer=per_layer, max_moved_slots_total=total,
+                   min_balancedness_gain=gain)
+    result = plan(torch.tensor(new), replicas, groups, nodes, gpus, policy=policy,
+                  current_phy2log=current, **options)
+    check_plan(result, current, new, replicas, groups, nodes, gpus, policy == "hierarchical",
+               options)
+    # never worse than the current mapping on the loads planned for
+    before = evaluate(torch.tensor(new), current, groups, nodes, gpus, policy=policy)
+    after = evaluate(torch.tensor(new), result.phy2log, groups, nodes, gpus, policy=policy)
+    assert (after.layer_max_load <= before.layer_max_load * (1 + 1e-9)).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10**6), shape=st.sampled_from(SHAPES))
+def test_relabelling_never_changes_a_peak(seed, shape):
+    experts, replicas, groups, nodes, gpus, policy = shape
+    rng = np.random.default_rng(seed)
+    weight = workload(seed, 3, experts)
+    new = plan(torch.tensor(weight), replicas, groups, nodes, gpus, policy=policy).phy2log.numpy()
+    current = plan(torch.tensor(drift(weight, seed, 1.0)), replicas, groups, nodes, gpus,
+                   policy=policy).phy2log.numpy()
+    out = relabel(new, current, experts, nodes, gpus, policy == "hierarchical")
+    per_gpu = replicas // gpus
+    for layer in range(new.shape[0]):
+        before = sorted(tuple(sorted(new[layer, g * per_gpu:(g + 1) * per_gpu]))
+                        for g in range(gpus))
+        after = sorted(tuple(sorted(out[layer, g * per_gpu:(g + 1) * per_gpu]))
+                       for g in range(gpus))
+        assert before == after  # GPUs renamed, contents unchanged
+    a = evaluate(torch.tensor(weight), torch.tensor(new), groups, nodes, gpus, policy=policy)
+    b = evaluate(torch.tensor(weight), torch.tensor(out), groups, nodes, gpus, policy=policy)
+    assert torch.equal(a.layer_max_load, b.layer_max_load)
+    assert ((out != current).sum() <= (new != current).sum())
+    # a scrambled copy of the current mapping relabels back to it exactly
+    perm = rng.permutation(gpus) if policy == "global" else np.concatenate(
+        [n * (gpus // nodes) + rng.permutation(gpus // nodes) for n in rng.permutation(nodes)])
+    scrambled = current.reshape(current.shape[0], gpus, per_gpu)[:, perm]
+    scrambled = scrambled[:, :, ::-1].reshape(current.shape).copy()
+    assert (relabel(scrambled, current, experts, nodes, gpus, policy == "hierarchical")
+            == current).all()
+
+
+def test_assignment_is_optimal_on_small_problems():
+    import itertools
+    rng = np.random.default_rng(0)
+    for n in range(1, 7):
+        for _ in range(20):
+            score = rng.integers(0, 9, (n, n)).astype(float)
+            best = max(sum(score[i, p[i]] for i in range(n))
+                       for p in itertools.permutations(range(n)))
+            cols = max_weight_assignment(score)
+            assert sorted(cols) == list(range(n))
+            assert score[np.arange(n), cols].sum() == best
+
+
+@pytest.mark.parametrize("policy", ["hierarchical", "global", "deepseek"])
+def test_same_loads_own_answer_moves_nothing(policy):
+    weight = torch.tensor(workload(1, 6, 64))
+    first = plan(weight, 96, 8, 4, 16, policy=policy)
+    again = plan(weight, 96, 8, 4, 16, policy=policy, current_phy2log=first.phy2log)
+    assert again.migration.slots_changed == 0
+    assert torch.equal(again.phy2log, first.phy2log)
+    assert again.migration.transfers.shape == (0, 4)
+
+
+@pytest.mark.parametrize("policy", ["hierarchical", "global"])
+def test_noise_moves_almost_nothing(policy):
+    weight = workload(2, 8, 64)
+    first = plan(torch.tensor(weight), 96, 8, 4, 16, policy=policy)
+    noisy = drift(weight, 3, 0.002)
+    scratch = plan(torch.tensor(noisy), 96, 8, 4, 16, policy=policy)
+    again = plan(torch.tensor(noisy), 96, 8, 4, 16, policy=policy,
+                 current_phy2log=first.phy2log)
+    moved_scratch = int((scratch.phy2log != first.phy2log).sum())
+    assert again.migration.slots_changed <= max(2, moved_scratch // 20)
+    a = evaluate(torch.tensor(noisy), scratch.phy2log, 8, 4, 16, policy=policy).balancedness
+    b = evaluate(torch.tensor(noisy), again.phy2log, 8, 4, 16, policy=policy).balancedness
+    assert b >= a * (1 - 0.005)
+
+
+def test_from_scratch_ignores_the_current_mapping():
+    weight = torch.tensor(workload(4, 2, 32))
+    current = plan(torch.tensor(drift(workload(4, 2, 32), 5, 1.0)), 48, 4, 2, 8).phy2log
+    result = plan(weight, 48, 4, 2, 8, current_phy2log=current, from_scratch=True)
+    assert result.migration is None
+    assert torch.equal(result.phy2log, plan(weight, 48, 4, 2, 8).phy2log)
+
+
+def test_drift_keeps_balance_and_moves_less():
+    weight = workload(6, 6, 64)
+    current = plan(torch.tensor(weight), 96, 8, 4, 16, policy="global").phy2log
+    new = drift(weight, 7, 0.2)
+    scratch = plan(torch.tensor(new), 96, 8, 4, 16, policy="global")
+    result = plan(torch.tensor(new), 96, 8, 4, 16, policy="global", current_phy2log=current)
+    a = evaluate(torch.tensor(new), scratch.phy2log, 8, 4, 16, policy="global").balancedness
+    b = evaluate(torch.tensor(new), result.phy2log, 8, 4, 16, policy="global").balancedness
+    assert b >= a * (1 - 0.005)
+    assert result.migration.slots_changed < int((scratch.phy2log != current).sum())
+
+
+def test_min_gain_keeps_every_layer():
+    weight = workload(8, 4, 32)
+    current = plan(torch.tensor(weight), 48, 4, 2, 8).phy2log
+    new = drift(weight, 9, 1.0)
+    result = plan(torch.tensor(new), 48, 4, 2, 8, current_phy2log=current,
+                  min_balancedness_gain=2.0)
+    assert result.migration.slots_changed == 0
+    assert result.migration.layers_kept_for_lack_of_gain == int(
+        (plan(torch.tensor(new), 48, 4, 2, 8).phy2log != current).any(1).sum())
+
+
+def test_keep_current_direct_call_zero_budget_default_tolerance():
+    weight = workload(10, 2, 16)
+    current = plan(torch.tensor(weight), 24, 4, 2, 4).phy2log.numpy()
+    out, migration = keep_current(current.copy(), current, weight, 2, 4, MigrationOptions(),
+                                  num_groups=4, hierarchical=True)
+    assert (out == current).all() and migration.slots_changed == 0

@@ -1,0 +1,135 @@
+"""Round trips over TCP and a Unix socket equal the in-process engine's results."""
+
+import eplb_server
+import numpy as np
+import pytest
+import torch
+from eplb_client.tensors import from_tensor, to_tensor
+from eplb_client.v1 import placement_pb2 as pb
+from servicekit import SMALL, loads, rebalance_request, snapshot_loads
+
+POLICIES = {pb.POLICY_AUTO: "auto", pb.POLICY_HIERARCHICAL: "hierarchical",
+            pb.POLICY_GLOBAL: "global", pb.POLICY_DEEPSEEK: "deepseek"}
+POLICY_ENUM = {"hierarchical": pb.POLICY_HIERARCHICAL, "global": pb.POLICY_GLOBAL,
+               "deepseek": pb.POLICY_DEEPSEEK}
+
+
+def assert_plan_equal(response, plan):
+    np.testing.assert_array_equal(from_tensor(response.phy2log), plan.phy2log.numpy())
+    np.testing.assert_array_equal(from_tensor(response.log2phy), plan.log2phy.numpy())
+    np.testing.assert_array_equal(from_tensor(response.logcnt), plan.logcnt.numpy())
+    assert response.policy == POLICY_ENUM[plan.policy]
+
+
+def assert_score_equal(message, score):
+    assert message.balancedness == pytest.approx(float(score.balancedness), rel=1e-12)
+    np.testing.assert_allclose(message.layer_balancedness, score.layer_balancedness.numpy())
+    np.testing.assert_allclose(message.layer_max_load, score.layer_max_load.numpy())
+    np.testing.assert_allclose(message.layer_lower_bound, score.layer_lower_bound.numpy())
+    assert message.mean_gap == pytest.approx(float(score.mean_gap), rel=1e-12, abs=1e-15)
+    assert message.max_gap == pytest.approx(float(score.max_gap), rel=1e-12, abs=1e-15)
+
+
+def bound_policy(policy):
+    return "auto" if policy == "deepseek" else policy
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_rebalance_equals_engine(client, policy):
+    weight = loads(seed=policy)
+    request = rebalance_request(weight)
+    request.policy = policy
+    response = client.Rebalance(request, timeout=30)
+    expected = eplb_server.plan(torch.from_numpy(weight), **SMALL, policy=POLICIES[policy])
+    assert_plan_equal(response, expected)
+    score = eplb_server.evaluate(torch.from_numpy(weight), expected.phy2log, 4, 2, 8,
+                                 policy=bound_policy(expected.policy))
+    assert_score_equal(response.plan, score)
+    assert response.device == "cpu"
+    assert response.compute_seconds > 0
+    assert not response.HasField("current") and not response.HasField("migration")
+
+
+def test_real_snapshot_58x256_to_288(client):
+    weight = snapshot_loads()
+    if weight is None:
+        pytest.skip("../shared/data/deepseek-v3 is absent")
+    assert weight.shape == (58, 256)
+    topology = dict(num_replicas=288, num_groups=8, num_nodes=4, num_gpus=32)
+    response = client.Rebalance(rebalance_request(weight, **topology), timeout=60)
+    expected = eplb_server.plan(torch.from_numpy(weight), **topology)
+    assert_plan_equal(response, expected)
+    assert len(response.plan.layer_balancedness) == 58
+    assert 0 < response.plan.balancedness <= 1
+
+
+def test_current_mapping_is_scored_and_migration_reported(client):
+    old, new = loads(seed=1), loads(seed=2)
+    current = eplb_server.plan(torch.from_numpy(old), **SMALL).phy2log
+    request = rebalance_request(new)
+    request.current_phy2log.CopyFrom(to_tensor(current.numpy()))
+    response = client.Rebalance(request, timeout=30)
+    expected = eplb_server.plan(torch.from_numpy(new), **SMALL, current_phy2log=current)
+    assert_plan_equal(response, expected)
+    bound = bound_policy(expected.policy)
+    assert_score_equal(response.current, eplb_server.evaluate(torch.from_numpy(new), current,
+                                                              4, 2, 8, policy=bound))
+    assert response.HasField("migration") == (expected.migration is not None)
+    if expected.migration is not None:
+        m = expected.migration
+        assert response.migration.slots_changed == m.slots_changed
+        assert len(response.migration.transfers) == len(m.transfers)
+        got = [(t.layer, t.slot, t.expert, t.source_slot) for t in response.migration.transfers]
+        assert got == [tuple(row) for row in m.transfers.tolist()]
+        assert [t.cross_node for t in response.migration.transfers] == \
+            m.transfer_cross_node.tolist()
+
+
+def test_slot_loads_are_summed_through_the_mapping(client):
+    weight = loads(seed=3)
+    mapping = eplb_server.plan(torch.from_numpy(weight), **SMALL).phy2log.numpy()
+    slot_loads = loads(layers=4, experts=32, seed=4)  # any per-slot loads, [L, P]
+    expert_loads = np.zeros_like(weight)
+    for layer in range(4):
+        np.add.at(expert_loads[layer], mapping[layer], slot_loads[layer])
+    request = pb.RebalanceRequest(topology=pb.Topology(**SMALL), slot_loads=to_tensor(slot_loads),
+                                  current_phy2log=to_tensor(mapping))
+    response = client.Rebalance(request, timeout=30)
+    expected = eplb_server.plan(torch.from_numpy(expert_loads), **SMALL,
+                                current_phy2log=torch.from_numpy(mapping))
+    assert_plan_equal(response, expected)
+
+
+def test_history_reports_each_window(client):
+    history = loads(windows=3, seed=5)
+    response = client.Rebalance(rebalance_request(history), timeout=30)
+    expected = eplb_server.plan(torch.from_numpy(history), **SMALL)
+    assert_plan_equal(response, expected)
+    assert len(response.plan.window_balancedness) == 3
+    assert pb.Objective.Name(response.objective) == "OBJECTIVE_" + expected.objective.upper()
+
+
+def test_packed_values_equal_raw_bytes(client):
+    weight = loads(seed=6)
+    raw = client.Rebalance(rebalance_request(weight), timeout=30)
+    packed = rebalance_request(weight)
+    packed.expert_loads.CopyFrom(pb.Tensor(dtype=pb.DTYPE_INT64, shape=[4, 16],
+                                           int_values=weight.astype(np.int64).ravel().tolist()))
+    assert client.Rebalance(packed, timeout=30).phy2log == raw.phy2log
+    packed.expert_loads.CopyFrom(pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[4, 16],
+                                           float_values=weight.ravel().tolist()))
+    assert client.Rebalance(packed, timeout=30).phy2log == raw.phy2log
+
+
+@pytest.mark.parametrize("policy", [pb.POLICY_AUTO, pb.POLICY_GLOBAL])
+def test_evaluate_equals_engine(client, policy):
+    weight = loads(seed=7)
+    mapping = eplb_server.plan(torch.from_numpy(loads(seed=8)), **SMALL).phy2log
+    request = pb.EvaluateRequest(topology=pb.Topology(num_groups=4, num_nodes=2, num_gpus=8),
+                                 expert_loads=to_tensor(weight), phy2log=to_tensor(mapping.numpy()),
+                                 policy=policy)
+    response = client.Evaluate(request, timeout=30)
+    name = "hierarchical" if policy == pb.POLICY_AUTO else "global"
+    assert response.policy == POLICY_ENUM[name]
+    assert_score_equal(response.score, eplb_server.evaluate(torch.from_numpy(weight), mapping,
+                                                            4, 2, 8, policy=name))
