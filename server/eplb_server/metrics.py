@@ -15,6 +15,9 @@ _BALANCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995
 _GAP_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 _SLOT_BUCKETS = (0, 1, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
 _SIZE_BUCKETS = tuple(2 ** k for k in range(8, 28, 2))  # 256 B .. 64 MiB
+# The client's deadline fires a little before the server's copy of it (which starts when the
+# request arrives); the client then cancels. A cancel this close to the deadline is its expiry.
+_DEADLINE_SLACK = 0.05
 _POLICY_NAMES = {2: "hierarchical", 3: "global", 4: "deepseek"}  # eplb.v1.Policy values
 
 
@@ -88,8 +91,8 @@ def _rpc_type(handler) -> str:
 
 def _final_code(context, error) -> grpc.StatusCode:
     if isinstance(error, asyncio.CancelledError):
-        remaining = context.time_remaining(); print("REMAINING", remaining, context.cancelled() if hasattr(context, "cancelled") else None)
-        expired = remaining is not None and remaining <= 0
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= _DEADLINE_SLACK
         return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
     code = context.code()
     if isinstance(code, grpc.StatusCode):

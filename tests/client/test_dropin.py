@@ -49,7 +49,7 @@ def test_float32_weight_matches_reference_exactly(server, snapshot):
 def test_log2phy_inverts_phy2log(server, skewed):
     phy2log, log2phy, logcnt = eplb_client.rebalance_experts(skewed, 48, 4, 2, 8, target=server[0])
     for layer in range(phy2log.shape[0]):
-        for e in range(phy2log.shape[1] and logcnt.shape[1]):
+        for e in range(logcnt.shape[1]):
             slots = log2phy[layer, e][log2phy[layer, e] >= 0]
             assert len(slots) == logcnt[layer, e]
             assert (phy2log[layer, slots] == e).all()

@@ -113,7 +113,7 @@ def test_relabelling_never_changes_a_peak(seed, shape):
         assert before == after  # GPUs renamed, contents unchanged
     a = evaluate(torch.tensor(weight), torch.tensor(new), groups, nodes, gpus, policy=policy)
     b = evaluate(torch.tensor(weight), torch.tensor(out), groups, nodes, gpus, policy=policy)
-    assert torch.equal(a.layer_max_load, b.layer_max_load)
+    assert torch.allclose(a.layer_max_load, b.layer_max_load, rtol=1e-12, atol=0)  # sum order
     assert ((out != current).sum() <= (new != current).sum())
     # a scrambled copy of the current mapping relabels back to it exactly
     perm = rng.permutation(gpus) if policy == "global" else np.concatenate(

@@ -126,7 +126,6 @@ def test_expired_requests_are_dropped_and_the_next_succeeds(controlled):
     engine.gate.set()
     assert placement.Rebalance(rebalance_request(), timeout=30).HasField("phy2log")
     assert engine.plan_calls == 2  # the queued request never reached the engine
-    from prometheus_client import generate_latest; print(generate_latest(running.server.metrics.registry).decode())
     assert handled(running, "DeadlineExceeded") == 2
 
 
