@@ -1,4 +1,4 @@
-"""Retry policy shared by the sync and asyncio clients: UNAVAILABLE only, backoff within the deadline."""
+"""Retry policy for both clients: UNAVAILABLE only, with backoff, within the call's deadline."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Latency benchmark against a running server: synthetic or file loads, percentiles, progress bar."""
+"""Latency benchmark against a running server: percentiles over N requests, progress bar."""
 
 from __future__ import annotations
 

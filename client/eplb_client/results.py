@@ -76,7 +76,8 @@ class Score(_AsDict):
 
 @dataclass(frozen=True, eq=False)
 class Migration(_AsDict):
-    """Movement from the current mapping: `transfers` [M, 4] rows of (layer, slot, expert, source_slot)."""
+    """Movement from the current mapping; `transfers` [M, 4] holds rows of
+    (layer, slot, expert, source_slot), `transfer_cross_node` [M] whether each crosses nodes."""
 
     slots_changed: int
     cross_node_copies: int
@@ -96,7 +97,8 @@ class Migration(_AsDict):
             layer_changed=_frozen(np.asarray(m.layer_changed, dtype=bool)),
             layers_kept_for_lack_of_gain=m.layers_kept_for_lack_of_gain,
             transfers=_frozen(np.asarray(rows, dtype=np.int64).reshape(-1, 4)),
-            transfer_cross_node=_frozen(np.asarray([t.cross_node for t in m.transfers], dtype=bool)),
+            transfer_cross_node=_frozen(np.asarray([t.cross_node for t in m.transfers],
+                                                   dtype=bool)),
         )
 
 

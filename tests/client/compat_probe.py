@@ -1,4 +1,4 @@
-"""Checks eplb_client in the running environment (any protobuf/grpcio): run as a script, prints OK."""
+"""Checks eplb_client in this environment (any protobuf/grpcio); run as a script, prints OK."""
 
 from __future__ import annotations
 

@@ -108,7 +108,7 @@ def _wait_serving(target, proc, log_path, limit=120.0) -> None:
 @pytest.fixture
 def fake():
     """The in-process stand-in server: (target, servicer)."""
-    import fake_server
+    from . import fake_server
 
     srv, target, servicer = fake_server.start()
     yield target, servicer

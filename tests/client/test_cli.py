@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from .conftest import run_cli
 
 TOPO = ["--num-replicas", "48", "--num-groups", "4", "--num-nodes", "2", "--num-gpus", "8"]
 V3 = ["--num-replicas", "288", "--num-groups", "8", "--num-nodes", "4", "--num-gpus", "32"]

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-import fake_server
+from . import fake_server
 from eplb_client import AsyncEplbClient, EplbClient, EplbError, RetryPolicy
 from eplb_client.tensors import from_tensor
 from eplb_client.v1 import placement_pb2 as pb
@@ -31,7 +31,8 @@ def test_unavailable_is_retried_until_it_succeeds(fake):
 def test_unavailable_gives_up_after_max_attempts(fake):
     target, servicer = fake
     servicer.unavailable = 100
-    with EplbClient(target, timeout=10, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01)) as c:
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.01)
+    with EplbClient(target, timeout=10, retry=policy) as c:
         with pytest.raises(EplbError) as info:
             c.rebalance(LOADS, **TOPO)
     assert info.value.code == grpc.StatusCode.UNAVAILABLE

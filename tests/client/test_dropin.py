@@ -30,7 +30,8 @@ def test_default_policy_matches_engine_default(server, skewed):
 def test_numpy_and_lists_give_numpy(server, skewed, monkeypatch):
     monkeypatch.setenv("EPLB_TARGET", server[1])
     phy2log, log2phy, logcnt = eplb_client.rebalance_experts(skewed, 48, 4, 2, 8)
-    assert all(isinstance(a, np.ndarray) and a.dtype == np.int64 for a in (phy2log, log2phy, logcnt))
+    for a in (phy2log, log2phy, logcnt):
+        assert isinstance(a, np.ndarray) and a.dtype == np.int64
     assert phy2log.shape == (6, 48) and logcnt.shape == (6, 32)
     assert log2phy.shape[:2] == (6, 32) and log2phy.shape[2] == logcnt.max()
     phy2log[0, 0] = phy2log[0, 0]  # writable, like the reference's outputs

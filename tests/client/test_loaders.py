@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import snapshot_paths
+from .conftest import snapshot_paths
 from eplb_client.loaders import LoadError, load_loads, load_mapping
 
 W = np.arange(12, dtype=np.float64).reshape(3, 4) + 1

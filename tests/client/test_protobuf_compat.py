@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import HERE, REPO
+from .conftest import HERE, REPO
 
 V1 = REPO / "client" / "eplb_client" / "v1"
 PB2 = (V1 / "placement_pb2.py").read_text
@@ -79,7 +79,8 @@ def test_client_imports_without_torch():
 
 
 def test_bare_import_does_no_work():
-    code = "import sys, eplb_client; print(sorted(m for m in sys.modules if m.startswith(('grpc', 'numpy', 'eplb_client'))))"
+    code = ("import sys, eplb_client; print(sorted(m for m in sys.modules "
+            "if m.startswith(('grpc', 'numpy', 'eplb_client'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "['eplb_client']"
@@ -95,6 +96,6 @@ def test_compat_probe_passes_here():
 @pytest.mark.parametrize("bad", ["torch", "grpc_status"])
 def test_probe_survives_missing_optional_modules(bad):
     code = (f"import sys, runpy; sys.modules[{bad!r}] = None; "
-            f"sys.argv = ['p']; runpy.run_path({str(HERE / 'compat_probe.py')!r}, run_name='__main__')")
+            f"runpy.run_path({str(HERE / 'compat_probe.py')!r}, run_name='__main__')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

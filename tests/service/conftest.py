@@ -3,7 +3,7 @@
 import pytest
 from eplb_server.server import Config
 from eplb_server.validation import Limits
-from servicekit import ServerThread, stub
+from .servicekit import ServerThread, stub
 
 # Small limits so that the limit tests stay small; the real 58x256 -> 288 request fits.
 LIMITS = Limits(max_layers=64, max_experts=512, max_replicas=1024, max_windows=8,

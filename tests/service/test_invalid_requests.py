@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from eplb_client.tensors import to_tensor
 from eplb_client.v1 import placement_pb2 as pb
-from servicekit import SMALL, loads, rebalance_request, violations
+from .servicekit import SMALL, loads, rebalance_request, violations
 
 GOOD = loads()
 MAPPING = np.tile(np.concatenate([np.arange(16), np.arange(16)]), (4, 1))  # [4, 32], 2 per expert

@@ -5,7 +5,7 @@ import pytest
 from eplb_client.tensors import to_tensor
 from eplb_client.v1 import placement_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from servicekit import SMALL, loads, rebalance_request, scrape, stub
+from .servicekit import SMALL, loads, rebalance_request, scrape, stub
 
 RPC = dict(grpc_method="Rebalance", grpc_service="eplb.v1.PlacementService", grpc_type="unary")
 

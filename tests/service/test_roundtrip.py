@@ -6,7 +6,7 @@ import pytest
 import torch
 from eplb_client.tensors import from_tensor, to_tensor
 from eplb_client.v1 import placement_pb2 as pb
-from servicekit import SMALL, loads, rebalance_request, snapshot_loads
+from .servicekit import SMALL, loads, rebalance_request, snapshot_loads
 
 POLICIES = {pb.POLICY_AUTO: "auto", pb.POLICY_HIERARCHICAL: "hierarchical",
             pb.POLICY_GLOBAL: "global", pb.POLICY_DEEPSEEK: "deepseek"}

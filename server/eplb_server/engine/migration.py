@@ -212,14 +212,56 @@ def relabel(new_phy2log, current_phy2log, num_experts, num_nodes, num_gpus, hier
 
 
 @numba.njit(cache=True, nogil=True)
+def _replace_peak(weight, cur, counts, load, order, head, nxt, per_gpu, a, y, bound, delta,
+                  touched, touched_list):
+    """Heaviest load among the GPUs that slot a's change from x to y touches (the hot GPU is
+    always one of them); inf when it cannot beat bound."""
+    x = cur[a]
+    share_x = weight[x] / counts[x]
+    grow_x = weight[x] / (counts[x] - 1) - share_x
+    share_y = weight[y] / counts[y]
+    new_share_y = weight[y] / (counts[y] + 1)
+    ga = a // per_gpu
+    if load[ga] - share_x + new_share_y >= bound and ga == order[0]:
+        return np.inf
+    n_touched = 0
+    for pass_ in range(2):
+        p = head[x] if pass_ == 0 else head[y]
+        while p >= 0:
+            g = p // per_gpu
+            if not touched[g]:
+                touched[g] = True
+                touched_list[n_touched] = g
+                n_touched += 1
+            if p == a:
+                delta[g] += new_share_y - share_x
+            elif pass_ == 0:
+                delta[g] += grow_x
+            else:
+                delta[g] += new_share_y - share_y
+            p = nxt[p]
+    new_peak = 0.0
+    for t in range(n_touched):
+        g = touched_list[t]
+        new_peak = max(new_peak, load[g] + delta[g])
+    for t in range(n_touched):
+        g = touched_list[t]
+        touched[g] = False
+        delta[g] = 0.0
+    return new_peak
+
+
+@numba.njit(cache=True, nogil=True)
 def _repair_layer(weight, row, num_gpus, slot_node, allowed, group_size, max_steps, target,
                   move_slot, move_expert, peak_after):
     """Greedy repair of one layer's mapping, recording each slot change.
 
     weight: [E]; row: [P] (not modified); allowed: [N, K] bool, may group k sit on node n.
     Writes up to max_steps slot changes into move_slot/move_expert [max_steps] and the peak after
-    each into peak_after (inf in the middle of a two-slot swap). Stops at the step budget, when
-    no move lowers the peak, or once the peak is <= target. Returns the number of changes.
+    each into peak_after (inf in the middle of a two-slot swap). A move is taken when every GPU
+    it touches ends below the hot GPU's load (so ties at the peak are worked off one GPU at a
+    time), scored by how far below per slot changed. Stops at the step budget, when no move
+    helps, or once the peak is <= target. Returns the number of changes.
     """
     num_slots = row.size
     num_experts = weight.size
@@ -254,55 +296,40 @@ def _repair_layer(weight, row, num_gpus, slot_node, allowed, group_size, max_ste
         best_kind = -1
         best_a = -1
         best_b = -1
-        # Replacement: slot a on the hot GPU gets expert y instead of x.
-        for a in range(hot * per_gpu, (hot + 1) * per_gpu):
-            x = cur[a]
-            if counts[x] < 2:
-                continue
-            share_x = weight[x] / counts[x]
-            grow_x = weight[x] / (counts[x] - 1) - share_x
-            for y in range(num_experts):
-                if y == x or not allowed[node, y // group_size]:
+        # Replacement: a slot on the hot GPU gets any expert y instead of its x, or any slot
+        # elsewhere gets a replica of an expert y on the hot GPU (which thins y's replicas).
+        for family in range(2):
+            first = 0 if family == 1 else hot * per_gpu
+            last = num_slots if family == 1 else (hot + 1) * per_gpu
+            for a in range(first, last):
+                x = cur[a]
+                if counts[x] < 2:
                     continue
-                share_y = weight[y] / counts[y]
-                new_share_y = weight[y] / (counts[y] + 1)
-                if peak - share_x + new_share_y >= best_peak:
+                if family == 1 and a // per_gpu == hot:
                     continue
-                n_touched = 0
-                for pass_ in range(2):
-                    p = head[x] if pass_ == 0 else head[y]
-                    while p >= 0:
-                        g = p // per_gpu
-                        if not touched[g]:
-                            touched[g] = True
-                            touched_list[n_touched] = g
-                            n_touched += 1
-                        if p == a:
-                            delta[g] += new_share_y - share_x
-                        elif pass_ == 0:
-                            delta[g] += grow_x
-                        else:
-                            delta[g] += new_share_y - share_y
-                        p = nxt[p]
-                new_peak = 0.0
-                for t in range(n_touched):
-                    g = touched_list[t]
-                    new_peak = max(new_peak, load[g] + delta[g])
-                for g in order:
-                    if not touched[g]:
-                        new_peak = max(new_peak, load[g])
-                        break
-                for t in range(n_touched):
-                    g = touched_list[t]
-                    touched[g] = False
-                    delta[g] = 0.0
-                gain = peak - new_peak
-                if gain > best_score:
-                    best_score = gain
-                    best_peak = new_peak
-                    best_kind = 0
-                    best_a = a
-                    best_b = y
+                node_a = slot_node[a]
+                ny = num_experts if family == 0 else per_gpu
+                for j in range(ny):
+                    y = j if family == 0 else cur[hot * per_gpu + j]
+                    if y == x or not allowed[node_a, y // group_size]:
+                        continue
+                    if family == 1 and j > 0:
+                        dup = False
+                        for i in range(j):
+                            if cur[hot * per_gpu + i] == y:
+                                dup = True
+                        if dup:
+                            continue
+                    new_peak = _replace_peak(weight, cur, counts, load, order, head, nxt,
+                                             per_gpu, a, y, best_peak, delta, touched,
+                                             touched_list)
+                    gain = peak - new_peak
+                    if gain > best_score:
+                        best_score = gain
+                        best_peak = new_peak
+                        best_kind = 0
+                        best_a = a
+                        best_b = y
         # Swap: slot a on the hot GPU and slot b elsewhere exchange experts (two changes).
         for a in range(hot * per_gpu, (hot + 1) * per_gpu):
             x = cur[a]
@@ -321,10 +348,6 @@ def _repair_layer(weight, row, num_gpus, slot_node, allowed, group_size, max_ste
                 if share_z >= share_x:
                     continue
                 new_peak = max(peak - share_x + share_z, load[h] + share_x - share_z)
-                for g in order:
-                    if g != hot and g != h:
-                        new_peak = max(new_peak, load[g])
-                        break
                 gain = (peak - new_peak) / 2.0
                 if gain > best_score:
                     best_score = gain

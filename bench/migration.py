@@ -1,0 +1,130 @@
+"""Migration-aware re-planning vs from-scratch planning on drifting workloads (issue 5).
+
+    python -m bench.migration [--steps 6] [--drift 0.15] [--repeat 3]
+
+Per step: slots moved and cross-node copies, balancedness on the window planned for and on the
+next one, planning time, for a chain that re-plans from scratch and one that passes its current
+mapping; 58x256 -> 288 slots, G32 N4 K8, hierarchical and global. Real snapshots are read from
+../shared/data/deepseek-v3 when present (consecutive files form the pairs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eplb_server.engine.api import evaluate, plan
+
+SHAPE = dict(num_replicas=288, num_groups=8, num_nodes=4, num_gpus=32)
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepseek-v3"
+
+
+def drifting(steps: int, step_size: float, seed: int = 0, layers: int = 58, experts: int = 256):
+    """[steps + 1, L, E]: lognormal popularity whose log does a random walk window to window,
+    sampled as token counts (multinomial noise)."""
+    rng = np.random.default_rng(seed)
+    log_pop = rng.normal(0.0, 1.0, (layers, experts))
+    out = []
+    for _ in range(steps + 1):
+        p = np.exp(log_pop)
+        p /= p.sum(1, keepdims=True)
+        out.append(np.stack([rng.multinomial(200_000, row) for row in p]).astype(np.float64))
+        log_pop = log_pop + rng.normal(0.0, step_size, log_pop.shape)
+    return out
+
+
+def snapshots():
+    if not DATA.is_dir():
+        return None
+    windows = []
+    for path in sorted(DATA.glob("*.json")):
+        w = np.asarray(json.loads(path.read_text())["logical_count"], dtype=np.float64)
+        windows.append(w[w.sum(1) > 0])
+    return windows if len(windows) > 1 else None
+
+
+def timed(repeat, fn):
+    best, out = np.inf, None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return out, best * 1e3
+
+
+def run_chain(windows, policy, repeat):
+    """Rows per step i >= 1: plans on window i given the plan of step i - 1."""
+    kw = dict(SHAPE, policy=policy)
+    bal = lambda w, m: evaluate(torch.tensor(w), m, SHAPE["num_groups"], SHAPE["num_nodes"],  # noqa
+                                SHAPE["num_gpus"], policy=policy).balancedness
+    scratch_prev = mig_prev = plan(torch.tensor(windows[0]), **kw).phy2log
+    rows = []
+    for i in range(1, len(windows)):
+        w = torch.tensor(windows[i])
+        nxt = windows[i + 1] if i + 1 < len(windows) else None
+        scratch, t_s = timed(repeat, lambda: plan(w, **kw))
+        mig, t_m = timed(repeat, lambda: plan(w, current_phy2log=mig_prev, **kw))
+        per_node = SHAPE["num_replicas"] // SHAPE["num_nodes"]
+        diff = scratch.phy2log != scratch_prev
+        node = torch.arange(SHAPE["num_replicas"]) // per_node
+        # from-scratch copies: cross-node unless some slot on the node held the expert
+        cross_s = 0
+        for layer, slot in diff.nonzero().tolist():
+            e = scratch.phy2log[layer, slot]
+            cross_s += int(not (scratch_prev[layer][node == node[slot]] == e).any())
+        rows.append(dict(
+            step=i, moved_s=int(diff.sum()), moved_m=mig.migration.slots_changed,
+            cross_s=cross_s, cross_m=mig.migration.cross_node_copies,
+            kept=mig.migration.layers_kept_for_lack_of_gain,
+            bal_s=bal(windows[i], scratch.phy2log), bal_m=bal(windows[i], mig.phy2log),
+            next_s=bal(nxt, scratch.phy2log) if nxt is not None else float("nan"),
+            next_m=bal(nxt, mig.phy2log) if nxt is not None else float("nan"),
+            ms_s=t_s, ms_m=t_m))
+        scratch_prev, mig_prev = scratch.phy2log, mig.phy2log
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--drift", type=float, default=0.15)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+    plan(torch.tensor(drifting(1, 0.1)[0]), **SHAPE)  # compile
+    suites = [(f"drift{args.drift}", drifting(args.steps, args.drift))]
+    real = snapshots()
+    if real is None:
+        print(f"(no snapshots at {DATA}: real pairs skipped)")
+    else:
+        suites.append(("real", real))
+    head = (f"{'workload':>10} {'policy':>12} {'step':>4} | {'moved scr':>9} {'mig':>6} {'ratio':>6}"
+            f" | {'xnode scr':>9} {'mig':>6} | {'kept':>4} | {'bal scr':>7} {'mig':>7} {'d%':>6}"
+            f" | {'next scr':>8} {'mig':>7} | {'ms scr':>7} {'mig':>7} {'x':>5}")
+    print(head)
+    print("-" * len(head))
+    summary = []
+    for name, windows in suites:
+        for policy in ("hierarchical", "global"):
+            rows = run_chain(windows, policy, args.repeat)
+            for r in rows:
+                print(f"{name:>10} {policy:>12} {r['step']:>4} | {r['moved_s']:>9} {r['moved_m']:>6}"
+                      f" {r['moved_m'] / max(r['moved_s'], 1):>6.1%} | {r['cross_s']:>9}"
+                      f" {r['cross_m']:>6} | {r['kept']:>4} | {r['bal_s']:>7.4f} {r['bal_m']:>7.4f}"
+                      f" {100 * (r['bal_m'] / r['bal_s'] - 1):>6.2f} | {r['next_s']:>8.4f}"
+                      f" {r['next_m']:>7.4f} | {r['ms_s']:>7.1f} {r['ms_m']:>7.1f}"
+                      f" {r['ms_m'] / r['ms_s']:>5.2f}")
+            tot = lambda k: sum(r[k] for r in rows)  # noqa: E731
+            summary.append((name, policy, tot("moved_m") / max(tot("moved_s"), 1),
+                            tot("bal_m") / tot("bal_s") - 1, tot("ms_m") / tot("ms_s")))
+    print("\nsummary: workload policy | moved mig/scratch | balancedness mig vs scratch | time x")
+    for name, policy, ratio, dbal, slow in summary:
+        print(f"  {name:>10} {policy:>12} | {ratio:7.1%} | {100 * dbal:+.2f}% | {slow:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
