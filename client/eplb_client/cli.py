@@ -12,9 +12,10 @@ EXAMPLES = {
     "rebalance": f"eplb-client rebalance loads.json {TOPO} --out plan.json\n"
                  f"  eplb-client rebalance next.json {TOPO} --current plan.json "
                  "--max-moved-slots-per-layer 32",
-    "evaluate": f"eplb-client evaluate loads.json --phy2log plan.json {TOPO}",
+    "evaluate": "eplb-client evaluate loads.json --phy2log plan.json --num-groups 8 "
+                "--num-nodes 4 --num-gpus 32",
     "report": f"eplb-client report loads.json {TOPO} --png report.png",
-    "bench": f"eplb-client bench --requests 200 {TOPO}   (synthetic 58x256 loads)",
+    "bench": f"eplb-client bench --requests 200 --concurrency 4 {TOPO}  # synthetic 58x256",
     "health": "eplb-client health --target unix:///run/eplb.sock && echo serving",
 }
 

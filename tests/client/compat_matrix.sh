@@ -19,8 +19,8 @@ status=0
 for pins in "${matrix[@]}"; do
   venv="$dir/$(echo "$pins" | tr ' =' '_-')"
   [ -x "$venv/bin/python" ] || { "$python" -m venv "$venv" && "$venv/bin/pip" install -q $pins; }
-  for impl in upb python; do
-    [ "$impl" = upb ] && unset PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION \
+  for impl in default python; do
+    [ "$impl" = default ] && unset PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION \
       || export PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python
     if out=$(PYTHONPATH="$client" "$venv/bin/python" -W error "$here/compat_probe.py" 2>&1); then
       echo "$impl: $out"

@@ -35,6 +35,17 @@ def test_help_has_an_example(command):
     assert "example" in out.stdout and "eplb-client" in out.stdout
 
 
+def test_every_help_example_parses():
+    from eplb_client.cli import EXAMPLES, build_parser
+
+    parser = build_parser()
+    for name, text in EXAMPLES.items():
+        for line in text.splitlines():
+            words = line.split("#")[0].split("&&")[0].split()
+            assert words[0] == "eplb-client" and words[1] == name
+            assert parser.parse_args(words[1:]).command == name
+
+
 def test_rebalance_json_and_chaining(server, loads_file, tmp_path, skewed):
     out = run_cli("rebalance", loads_file, *TOPO, "--policy", "global", "--target", server[0])
     assert out.returncode == 0, out.stderr

@@ -307,6 +307,25 @@ def _repair_layer(weight, row, num_gpus, slot_node, allowed, group_size, max_ste
                     continue
                 if family == 1 and a // per_gpu == hot:
                     continue
+                # The GPUs holding x's other replicas all get heavier whatever y is: when one of
+                # them would end above the best move so far, no y can help (pruning; a GPU that
+                # also holds y is ignored).
+                grow_x = weight[x] / (counts[x] - 1) - weight[x] / counts[x]
+                ga = a // per_gpu
+                x_bound = 0.0
+                p = head[x]
+                while p >= 0:
+                    g = p // per_gpu
+                    if g != ga:
+                        delta[g] += grow_x
+                        x_bound = max(x_bound, load[g] + delta[g])
+                    p = nxt[p]
+                p = head[x]
+                while p >= 0:
+                    delta[p // per_gpu] = 0.0
+                    p = nxt[p]
+                if x_bound >= best_peak:
+                    continue
                 node_a = slot_node[a]
                 ny = num_experts if family == 0 else per_gpu
                 for j in range(ny):
