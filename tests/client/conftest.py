@@ -17,7 +17,6 @@ import pytest
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 DATA = REPO.parent / "shared" / "data" / "deepseek-v3"
-sys.path.insert(0, str(HERE))
 
 
 def snapshot_paths():

@@ -9,9 +9,10 @@ from concurrent import futures
 import grpc
 import pytest
 
-import fake_server
 from eplb_client import EplbClient, EplbError, RetryPolicy
 from eplb_client.v1 import placement_pb2_grpc as pb_grpc
+
+from . import fake_server
 
 x509 = pytest.importorskip("cryptography.x509")
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402

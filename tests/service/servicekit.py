@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 
 import grpc
@@ -16,6 +22,7 @@ from eplb_client.v1 import placement_pb2 as pb
 from eplb_client.v1 import placement_pb2_grpc as pb_grpc
 from eplb_server.server import Config, PlacementServer
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -136,3 +143,100 @@ def scrape(port: int) -> dict:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+class ServerProcess:
+    """`python -m eplb_server` with the given flags and EPLB_* variables, its log in a file."""
+
+    def __init__(self, args, log_path, env=None):
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eplb_server", *args], stdout=self._log,
+            stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def tcp_address(self, limit=120.0) -> str:
+        """The 127.0.0.1:PORT the server logged once bound."""
+        def logged():
+            found = re.search(r" on (127\.0\.0\.1:\d+)", self.log())
+            return found and found.group(1)
+        return self._wait(logged, limit)
+
+    def wait_serving(self, target, limit=120.0):
+        request = health_pb2.HealthCheckRequest()
+
+        def serving():
+            with grpc.insecure_channel(target) as channel:
+                try:
+                    status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=2).status
+                except grpc.RpcError:
+                    return False
+                return status == health_pb2.HealthCheckResponse.SERVING
+        self._wait(serving, limit)
+
+    def _wait(self, probe, limit):
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            found = probe()
+            if found:
+                return found
+            if self.proc.poll() is not None:
+                raise AssertionError(f"eplb_server exited ({self.proc.returncode}):\n{self.log()}")
+            time.sleep(0.1)
+        raise AssertionError(f"eplb_server not ready after {limit} s:\n{self.log()}")
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status (killed after 30 s)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._log.close()
+
+
+def issue_certificates(directory: pathlib.Path) -> dict:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "eplb test CA")])
+    paths = {}
+
+    def write(name, data):
+        paths[name] = directory / f"{name}.pem"
+        paths[name].write_bytes(data)
+
+    def issue(name, key, subject, issuer_key, ca=False, san=None):
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        write(f"{name}-cert", builder.sign(issuer_key, hashes.SHA256())
+              .public_bytes(serialization.Encoding.PEM))
+        write(f"{name}-key", key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+
+    issue("ca", ca_key, ca_name, ca_key, ca=True)
+    for name in ("server", "client"):
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))] if name == "server" else None
+        issue(name, ec.generate_private_key(ec.SECP256R1()), subject, ca_key, san=san)
+    return paths

@@ -1,0 +1,247 @@
+"""Service benchmark: end-to-end Rebalance latency beside the engine's own time, as one table.
+
+    python -m bench.service [--requests 200] [--concurrency 8] [--target HOST:PORT]
+
+Starts `python -m eplb_server` (warm on 58x256:288:32:4:8) unless --target names a running one,
+then times the 58x256 -> 288 request (G=32, N=4, K=8) sequentially over TCP and a Unix socket
+and from concurrent clients, from scratch and with a current mapping. The engine row times the
+same work in-process (plan and scoring); encode/decode rows time the client's side of the wire.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+import numpy as np
+import torch
+from eplb_client.tensors import from_tensor, to_tensor
+from eplb_client.v1 import placement_pb2 as pb
+from eplb_client.v1 import placement_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SNAPSHOTS = ROOT.parent / "shared" / "data" / "deepseek-v3"
+TOPOLOGY = dict(num_replicas=288, num_groups=8, num_nodes=4, num_gpus=32)
+WARMUP_SHAPE = "58x256:288:32:4:8"
+
+
+def workloads():
+    """[58, 256] loads: the real snapshots (dense layers dropped), else synthetic lognormal."""
+    real = []
+    for path in sorted(SNAPSHOTS.glob("*.json")):
+        counts = np.asarray(json.loads(path.read_text())["logical_count"], dtype=np.float64)
+        real.append(counts[counts.sum(axis=1) > 0])
+    if real:
+        return real, f"{len(real)} real DeepSeek-V3 snapshots"
+    rng = np.random.default_rng(0)
+    return [np.round(rng.lognormal(0, 1.2, (58, 256)) * 1000) for _ in range(6)], "synthetic"
+
+
+def requests(loads, with_mapping):
+    """One request per snapshot; with a mapping, the plan of the previous snapshot is current."""
+    from eplb_server import plan
+
+    out = []
+    for i, weight in enumerate(loads):
+        request = pb.RebalanceRequest(model="bench", topology=pb.Topology(**TOPOLOGY),
+                                      expert_loads=to_tensor(weight))
+        if with_mapping:
+            previous = loads[i - 1]
+            current = plan(torch.from_numpy(previous), **TOPOLOGY).phy2log.numpy()
+            request.current_phy2log.CopyFrom(to_tensor(current))
+        out.append(request)
+    return out
+
+
+def timed(fn, repeats):
+    """Seconds per call, `repeats` calls after one untimed."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def engine_times(reqs, repeats):
+    """The engine's own work for each request: plan, then score the plan (and the mapping)."""
+    from eplb_server import evaluate, plan
+
+    times = []
+    for request in reqs:
+        weight = torch.from_numpy(from_tensor(request.expert_loads))
+        current = (torch.from_numpy(from_tensor(request.current_phy2log))
+                   if request.HasField("current_phy2log") else None)
+
+        def work():
+            result = plan(weight, **TOPOLOGY, current_phy2log=current)
+            evaluate(weight, result.phy2log, 8, 4, 32, policy=result.policy)
+            if current is not None:
+                evaluate(weight, current, 8, 4, 32, policy=result.policy)
+        times += timed(work, repeats)
+    return times
+
+
+def sequential(target, reqs, count):
+    """Latency of `count` Rebalance calls one after another, and the server's compute times."""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.PlacementServiceStub(channel)
+        stub.Rebalance(reqs[0], timeout=60)
+        latencies, computes = [], []
+        for i in range(count):
+            start = time.perf_counter()
+            response = stub.Rebalance(reqs[i % len(reqs)], timeout=60)
+            latencies.append(time.perf_counter() - start)
+            computes.append(response.compute_seconds)
+    return latencies, computes
+
+
+async def _concurrent(target, reqs, count, clients):
+    latencies = []
+
+    async def client(k):
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.PlacementServiceStub(channel)
+            await stub.Rebalance(reqs[k % len(reqs)], timeout=120)
+            for i in range(k, count, clients):
+                start = time.perf_counter()
+                await stub.Rebalance(reqs[i % len(reqs)], timeout=120)
+                latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    return latencies, count / (time.perf_counter() - start)
+
+
+def codec_times(reqs, target, repeats):
+    """Client-side encode (arrays -> bytes) and decode (bytes -> arrays) of one round trip."""
+    request = reqs[0]
+    weight = from_tensor(request.expert_loads)
+    current = (from_tensor(request.current_phy2log)
+               if request.HasField("current_phy2log") else None)
+
+    def encode():
+        r = pb.RebalanceRequest(model="bench", topology=pb.Topology(**TOPOLOGY),
+                                expert_loads=to_tensor(weight))
+        if current is not None:
+            r.current_phy2log.CopyFrom(to_tensor(current))
+        return r.SerializeToString()
+
+    with grpc.insecure_channel(target) as channel:
+        raw = channel.unary_unary("/eplb.v1.PlacementService/Rebalance")(encode(), timeout=60)
+
+    def decode():
+        response = pb.RebalanceResponse.FromString(raw)
+        for t in (response.phy2log, response.log2phy, response.logcnt):
+            from_tensor(t)
+    return timed(encode, repeats), timed(decode, repeats), len(encode()), len(raw)
+
+
+def start_server(socket_path):
+    """A warm `python -m eplb_server` on 127.0.0.1:<ephemeral> and a Unix socket."""
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eplb_server", "--listen", "127.0.0.1:0", "--listen",
+         f"unix://{socket_path}", "--metrics-port", "0", "--warmup-shapes", WARMUP_SHAPE],
+        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"eplb_server exited:\n{pathlib.Path(log.name).read_text()}")
+        found = re.search(r" on (127\.0\.0\.1:\d+)", pathlib.Path(log.name).read_text())
+        if found and _serving(found.group(1)):
+            return proc, found.group(1)
+        time.sleep(0.2)
+    proc.kill()
+    sys.exit("eplb_server did not become SERVING within 300 s")
+
+
+def _serving(target):
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                               timeout=2)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def ms(values, q):
+    return float(np.percentile(values, q)) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200, help="timed calls per row")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--target", help="a running server (host:port) instead of starting one")
+    args = parser.parse_args()
+
+    loads, source = workloads()
+    proc = None
+    with tempfile.TemporaryDirectory() as tmp:
+        unix = None
+        if args.target:
+            tcp = args.target
+        else:
+            socket_path = os.path.join(tmp, "eplb.sock")
+            proc, tcp = start_server(socket_path)
+            unix = f"unix://{socket_path}"
+        try:
+            rows = run(args, loads, tcp, unix)
+        finally:
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+    print(f"Rebalance 58x256 -> 288 (G=32, N=4, K=8), {source}, {args.requests} calls per row, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}")
+    print("| case | path | p50 ms | p99 ms | engine p50 ms | p50 - engine ms | "
+          "target p50 <= 2 x engine + 1 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def run(args, loads, tcp, unix):
+    rows = []
+    for label, with_mapping in (("from scratch", False), ("with current mapping", True)):
+        reqs = requests(loads, with_mapping)
+        engine = engine_times(reqs, max(1, args.requests // len(reqs)))
+        e50 = ms(engine, 50)
+        limit = 2 * e50 + 1
+        rows.append([label, "engine in-process (plan + scoring)", f"{e50:.2f}",
+                     f"{ms(engine, 99):.2f}", f"{e50:.2f}", "", ""])
+        encode, decode, request_bytes, response_bytes = codec_times(reqs, tcp, args.requests)
+        rows.append([label, f"client encode request ({request_bytes / 1024:.0f} KiB)",
+                     f"{ms(encode, 50):.3f}", f"{ms(encode, 99):.3f}", "", "", ""])
+        rows.append([label, f"client decode response ({response_bytes / 1024:.0f} KiB)",
+                     f"{ms(decode, 50):.3f}", f"{ms(decode, 99):.3f}", "", "", ""])
+        paths = [("TCP, sequential", tcp)] + ([("Unix socket, sequential", unix)] if unix else [])
+        for name, target in paths:
+            latencies, computes = sequential(target, reqs, args.requests)
+            p50 = ms(latencies, 50)
+            rows.append([label, f"{name} (server compute p50 {ms(computes, 50):.2f} ms)",
+                         f"{p50:.2f}", f"{ms(latencies, 99):.2f}", f"{e50:.2f}",
+                         f"{p50 - e50:.2f}", f"{'met' if p50 <= limit else 'MISSED'} "
+                         f"({limit:.2f})"])
+        latencies, rate = asyncio.run(_concurrent(tcp, reqs, args.requests, args.concurrency))
+        rows.append([label, f"TCP, {args.concurrency} concurrent clients ({rate:.0f} req/s)",
+                     f"{ms(latencies, 50):.2f}", f"{ms(latencies, 99):.2f}", f"{e50:.2f}",
+                     f"{ms(latencies, 50) - e50:.2f}", "queued behind one engine thread"])
+    return rows
+
+
+if __name__ == "__main__":
+    main()

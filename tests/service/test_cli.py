@@ -1,0 +1,69 @@
+"""`eplb-server` flags and their EPLB_* environment equivalents become the server Config."""
+
+import pytest
+import torch
+from eplb_server.__main__ import config_from, main, parser
+
+
+def config(argv, monkeypatch, **env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return config_from(parser().parse_args(argv))
+
+
+def test_defaults_serve_on_localhost(monkeypatch):
+    c = config([], monkeypatch)
+    assert c.listen == ["127.0.0.1:50051"]
+    assert (c.metrics_host, c.metrics_port) == ("127.0.0.1", 9090)
+    assert c.device == "auto" and c.reflection and c.unix_socket_mode == 0o600
+    assert c.warmup_shapes == ["2x16:32:8:2:4"]
+
+
+def test_flags(monkeypatch):
+    c = config(["--listen", "0.0.0.0:6000", "--listen", "unix:///run/eplb.sock",
+                "--metrics-port", "0", "--max-layers", "100", "--max-request-bytes", "1000",
+                "--no-reflection", "--warmup-shapes", "58x256:288:32:4:8", "--warmup-shapes",
+                "4x16:32:8:2:4", "--unix-socket-mode", "660", "--max-concurrent", "3"], monkeypatch)
+    assert c.listen == ["0.0.0.0:6000", "unix:///run/eplb.sock"]
+    assert c.metrics_port is None  # 0 disables the endpoint
+    assert c.limits.max_layers == 100 and c.limits.max_request_bytes == 1000
+    assert not c.reflection and c.unix_socket_mode == 0o660 and c.max_concurrent == 3
+    assert c.warmup_shapes == ["58x256:288:32:4:8", "4x16:32:8:2:4"]
+
+
+def test_environment_equivalents(monkeypatch):
+    c = config([], monkeypatch, EPLB_LISTEN="127.0.0.1:1,unix:///tmp/x.sock",
+               EPLB_METRICS_PORT="9999", EPLB_MAX_EXPERTS="300", EPLB_NO_REFLECTION="true",
+               EPLB_GRACE_PERIOD="2.5", EPLB_WARMUP_SHAPES="none", EPLB_TLS_CERT="c.pem")
+    assert c.listen == ["127.0.0.1:1", "unix:///tmp/x.sock"]
+    assert c.metrics_port == 9999 and c.limits.max_experts == 300 and not c.reflection
+    assert c.grace_period == 2.5 and c.warmup_shapes == [] and c.tls_cert == "c.pem"
+
+
+def test_flags_override_the_environment(monkeypatch):
+    c = config(["--listen", "127.0.0.1:2", "--max-replicas", "64"], monkeypatch,
+               EPLB_LISTEN="127.0.0.1:1", EPLB_MAX_REPLICAS="32")
+    assert c.listen == ["127.0.0.1:2"] and c.limits.max_replicas == 64
+
+
+@pytest.mark.parametrize("argv", [
+    ["--tls-cert", "c.pem"],
+    ["--tls-client-ca", "ca.pem"],
+    ["--warmup-shapes", "58x256"],
+    ["--max-layers", "0"],
+    ["--max-concurrent", "0"],
+    ["--device", "tpu"],
+])
+def test_bad_configuration_exits_with_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert "eplb-server" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_without_a_device_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["--device", "cuda"])
+    assert caught.value.code == 2
+    assert "CUDA" in capsys.readouterr().err

@@ -1,0 +1,98 @@
+"""`python -m eplb_server` as a process: TCP and Unix socket, metrics over HTTP, SIGTERM -> exit 0."""
+
+import os
+import signal
+import stat
+
+import eplb_server
+import grpc
+import numpy as np
+import pytest
+import torch
+from eplb_client.tensors import from_tensor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .servicekit import (SMALL, ServerProcess, free_port, loads, rebalance_request, scrape,
+                         snapshot_loads, stub)
+
+
+@pytest.fixture(scope="module")
+def process(tmp_path_factory):
+    """A server started by flags: (ServerProcess, tcp target, unix target, metrics port)."""
+    base = tmp_path_factory.mktemp("proc")
+    socket_path, metrics_port = base / "eplb.sock", free_port()
+    server = ServerProcess(["--listen", "127.0.0.1:0", "--listen", f"unix://{socket_path}",
+                            "--metrics-port", str(metrics_port), "--device", "cpu",
+                            "--grace-period", "5"], base / "server.log")
+    try:
+        unix = f"unix://{socket_path}"
+        server.wait_serving(unix)
+        yield server, server.tcp_address(), unix, metrics_port
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+def test_round_trip_on_tcp_and_unix_equals_the_engine(process):
+    _, tcp, unix, _ = process
+    weight = snapshot_loads()
+    topology = dict(num_replicas=288, num_groups=8, num_nodes=4, num_gpus=32)
+    if weight is None:  # ../shared absent: a synthetic request of the same shape
+        weight = loads(layers=58, experts=256)
+    expected = eplb_server.plan(torch.from_numpy(weight), **topology).phy2log.numpy()
+    for target in (tcp, unix):
+        channel, client = stub(target)
+        response = client.Rebalance(rebalance_request(weight, **topology), timeout=60)
+        channel.close()
+        np.testing.assert_array_equal(from_tensor(response.phy2log), expected)
+
+
+def test_unix_socket_is_private_by_default(process):
+    _, _, unix, _ = process
+    mode = stat.S_IMODE(os.stat(unix[len("unix://"):]).st_mode)
+    assert mode == 0o600
+
+
+def test_metrics_endpoint_after_calls(process):
+    _, tcp, _, port = process
+    channel, client = stub(tcp)
+    client.Rebalance(rebalance_request(), timeout=30)
+    with pytest.raises(grpc.RpcError):
+        client.Rebalance(rebalance_request(loads(), **dict(SMALL, num_nodes=3)), timeout=30)
+    client.Rebalance(rebalance_request(), timeout=30)
+    channel.close()
+    samples = scrape(port)
+    labels = (("grpc_method", "Rebalance"), ("grpc_service", "eplb.v1.PlacementService"),
+              ("grpc_type", "unary"))
+    handled = {code: samples.get(("grpc_server_handled_total",
+                                  tuple(sorted(labels + (("grpc_code", code),)))), 0)
+               for code in ("OK", "InvalidArgument")}
+    assert handled["OK"] >= 2 and handled["InvalidArgument"] >= 1
+    assert samples[("grpc_server_started_total", labels)] >= 3
+    names = {name for name, _ in samples}
+    assert {"grpc_server_handling_seconds_bucket", "eplb_plan_compute_seconds_bucket",
+            "eplb_plan_balancedness_bucket", "eplb_plan_gap_ratio_bucket",
+            "eplb_request_size_bytes_bucket", "eplb_server_info"} <= names
+
+
+def test_sigterm_turns_health_off_drains_and_exits_zero(tmp_path):
+    """Configured by EPLB_* variables alone; SIGTERM -> NOT_SERVING on a Watch -> exit 0."""
+    socket_path = tmp_path / "eplb.sock"
+    server = ServerProcess([], tmp_path / "server.log", env={
+        "EPLB_LISTEN": f"127.0.0.1:0,unix://{socket_path}", "EPLB_METRICS_PORT": "0",
+        "EPLB_GRACE_PERIOD": "5", "EPLB_UNIX_SOCKET_MODE": "660", "EPLB_DEVICE": "cpu"})
+    try:
+        unix = f"unix://{socket_path}"
+        server.wait_serving(unix)
+        assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o660
+        channel = grpc.insecure_channel(server.tcp_address())
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        server.proc.send_signal(signal.SIGTERM)
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        channel.close()
+    finally:
+        status = server.stop()
+    assert status == 0, server.log()
+    assert "shutting down" in server.log()
+    assert not socket_path.exists()
