@@ -26,8 +26,13 @@ def _env_bool(name):
     return os.environ.get("EPLB_" + name, "").lower() in ("1", "true", "yes", "on")
 
 
+def _octal(text):
+    return int(text, 8)
+
+
 def parser() -> argparse.ArgumentParser:
-    """The CLI; every default comes from the EPLB_<FLAG> variable when it is set."""
+    """The CLI; every default comes from the EPLB_<FLAG> variable when it is set (argparse
+    converts string defaults with the flag's type, so a bad variable is a usage error)."""
     limits = Limits()
     p = argparse.ArgumentParser(
         prog="eplb-server", description="EPLB placement service (gRPC). Every flag can also be "
@@ -36,35 +41,36 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", action="append", default=None, metavar="ADDR",
                    help="host:port or unix:///path, repeatable (EPLB_LISTEN; "
                    "default 127.0.0.1:50051)")
-    p.add_argument("--metrics-port", type=int, default=int(_env("METRICS_PORT", 9090)),
+    p.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", "9090"),
                    help="Prometheus HTTP port, 0 disables (default 9090)")
     p.add_argument("--metrics-host", default=_env("METRICS_HOST", "127.0.0.1"),
                    help="address the metrics endpoint binds (default 127.0.0.1)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=_env("DEVICE", "auto"))
-    p.add_argument("--max-concurrent", type=int, default=int(_env("MAX_CONCURRENT", 16)),
-                   help="engine requests running or queued; beyond: RESOURCE_EXHAUSTED (default 16)")
-    p.add_argument("--max-layers", type=int, default=int(_env("MAX_LAYERS", limits.max_layers)))
+    p.add_argument("--max-concurrent", type=int, default=_env("MAX_CONCURRENT", "16"),
+                   help="engine requests running or queued; more get RESOURCE_EXHAUSTED "
+                   "(default 16)")
+    p.add_argument("--max-layers", type=int, default=_env("MAX_LAYERS", str(limits.max_layers)))
     p.add_argument("--max-experts", type=int,
-                   default=int(_env("MAX_EXPERTS", limits.max_experts)))
+                   default=_env("MAX_EXPERTS", str(limits.max_experts)))
     p.add_argument("--max-replicas", type=int,
-                   default=int(_env("MAX_REPLICAS", limits.max_replicas)))
+                   default=_env("MAX_REPLICAS", str(limits.max_replicas)))
     p.add_argument("--max-windows", type=int,
-                   default=int(_env("MAX_WINDOWS", limits.max_windows)),
+                   default=_env("MAX_WINDOWS", str(limits.max_windows)),
                    help="load-history windows T in a [T, L, E] request")
     p.add_argument("--max-request-bytes", type=int,
-                   default=int(_env("MAX_REQUEST_BYTES", limits.max_request_bytes)))
+                   default=_env("MAX_REQUEST_BYTES", str(limits.max_request_bytes)))
     p.add_argument("--tls-cert", default=_env("TLS_CERT", None), help="PEM server certificate")
     p.add_argument("--tls-key", default=_env("TLS_KEY", None), help="PEM server private key")
     p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA", None),
                    help="PEM CA bundle: require client certificates signed by it (mutual TLS)")
     p.add_argument("--no-reflection", action="store_true", default=_env_bool("NO_REFLECTION"))
-    p.add_argument("--grace-period", type=float, default=float(_env("GRACE_PERIOD", 10.0)),
+    p.add_argument("--grace-period", type=float, default=_env("GRACE_PERIOD", "10"),
                    help="seconds in-flight RPCs get to finish after SIGTERM (default 10)")
     p.add_argument("--warmup-shapes", action="append", default=None, metavar="LxE:P:G:N:K",
                    help="shapes run once at start-up, repeatable (EPLB_WARMUP_SHAPES; "
                    "default 2x16:32:8:2:4; 'none' skips warm-up)")
-    p.add_argument("--unix-socket-mode", type=lambda s: int(s, 8),
-                   default=int(_env("UNIX_SOCKET_MODE", "600"), 8),
+    p.add_argument("--unix-socket-mode", type=_octal,
+                   default=_env("UNIX_SOCKET_MODE", "600"),
                    help="octal file mode of Unix sockets (default 600)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return p

@@ -1,4 +1,4 @@
-"""Prometheus series: the go-grpc-prometheus server metrics and the planner's own, on one registry."""
+"""Prometheus series: go-grpc-prometheus's server metrics and the planner's own, one registry."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class Metrics:
                                   "Response latency of RPCs handled by the server.",
                                   _RPC_LABELS, buckets=_LATENCY_BUCKETS, registry=r)
         self.compute = Histogram("eplb_plan_compute_seconds",
-                                 "Engine time of a Rebalance (plan and scoring), excluding transport.",
+                                 "Engine time of a Rebalance (plan, scoring), without transport.",
                                  ("policy", "device"), buckets=_LATENCY_BUCKETS, registry=r)
         self.plan_balancedness = Histogram(
             "eplb_plan_balancedness", "Aggregate balancedness (mean / max GPU load) of new plans.",

@@ -1,4 +1,4 @@
-"""Assembles the grpc.aio server: placement service, health, reflection, metrics, warm-up, shutdown."""
+"""Assembles the grpc.aio server: service, health, reflection, metrics, warm-up, shutdown."""
 
 from __future__ import annotations
 
@@ -113,9 +113,12 @@ class PlacementServer:
         if cfg.reflection:
             names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self._server)
-        self._bind()
+        umask = os.umask(0o777 & ~cfg.unix_socket_mode)  # sockets are born with their mode
+        try:
+            self._bind()
+        finally:
+            os.umask(umask)
         await self._server.start()
-        self._protect_sockets()
         if cfg.metrics_port is not None:
             from prometheus_client import start_http_server
 
@@ -146,12 +149,6 @@ class PlacementServer:
                 port = self._server.add_insecure_port(address)
             host = address.rsplit(":", 1)[0]
             self.addresses.append(f"{host}:{port}")
-
-    def _protect_sockets(self):
-        for address in self.config.listen:
-            path = _unix_path(address)
-            if path is not None and os.path.exists(path):
-                os.chmod(path, self.config.unix_socket_mode)
 
     async def _warm_up(self, servicer, shapes):
         try:

@@ -1,4 +1,4 @@
-"""The PlacementService servicer: request -> validated arrays -> engine (on its thread) -> response."""
+"""The PlacementService servicer: request -> validated arrays -> engine thread -> response."""
 
 from __future__ import annotations
 
@@ -36,6 +36,17 @@ _ENGINE_FIELDS = {
     "objective": "history.objective", "half_life": "history.half_life",
     "robust_k": "history.robust_k",
 }
+
+
+class EngineRejected(Exception):
+    """The engine's ValueError (its contract for invalid input); the message names the argument."""
+
+
+def _engine_call(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as e:
+        raise EngineRejected(str(e)) from e
 
 
 def bad_request_status(violations) -> grpc.Status:
@@ -85,8 +96,13 @@ def migration_message(m) -> pb.Migration:
 
 
 def _bound_policy(policy: str) -> str:
-    """The lower bound a plan is scored against: the reference mode is hierarchical when it can be."""
+    """The bound a plan is scored against: the reference mode is hierarchical when it can be."""
     return "auto" if policy == "deepseek" else policy
+
+
+def _packed_tensor(array: np.ndarray) -> pb.Tensor:
+    """An int64 Tensor in int_values: readable for JSON clients such as grpcurl."""
+    return pb.Tensor(dtype=pb.DTYPE_INT64, shape=array.shape, int_values=array.ravel().tolist())
 
 
 def _numpy(tensor) -> np.ndarray:
@@ -122,7 +138,7 @@ class PlacementServicer(pb_grpc.PlacementServiceServicer):
             return await self.worker.run(job, args, deadline=deadline)
         except InvalidRequest as e:
             status = bad_request_status(e.violations)
-        except ValueError as e:  # the engine's contract: invalid input, message names the argument
+        except EngineRejected as e:
             status = bad_request_status([(_engine_field(str(e), method), str(e))])
         except Overloaded as e:
             status = _status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
@@ -141,21 +157,24 @@ class PlacementServicer(pb_grpc.PlacementServiceServicer):
         weight = torch.from_numpy(a.weight).to(self.device)
         current = (None if a.current_phy2log is None
                    else torch.from_numpy(a.current_phy2log).to(self.device))
-        plan = self.engine.plan(
-            weight, a.num_replicas, a.num_groups, a.num_nodes, a.num_gpus, policy=a.policy,
-            current_phy2log=current, max_moved_slots_per_layer=a.max_moved_slots_per_layer,
+        plan = _engine_call(
+            self.engine.plan, weight, a.num_replicas, a.num_groups, a.num_nodes, a.num_gpus,
+            policy=a.policy, current_phy2log=current,
+            max_moved_slots_per_layer=a.max_moved_slots_per_layer,
             max_moved_slots_total=a.max_moved_slots_total,
             min_balancedness_gain=a.min_balancedness_gain, from_scratch=a.from_scratch,
             objective=a.objective, half_life=a.half_life, robust_k=a.robust_k)
         topology = (a.num_groups, a.num_nodes, a.num_gpus)
         bound = _bound_policy(plan.policy)
-        plan_score = self.engine.evaluate(weight, plan.phy2log, *topology, policy=bound)
-        current_score = (None if current is None
-                         else self.engine.evaluate(weight, current, *topology, policy=bound))
+        plan_score = _engine_call(self.engine.evaluate, weight, plan.phy2log, *topology,
+                                  policy=bound)
+        current_score = (None if current is None else _engine_call(
+            self.engine.evaluate, weight, current, *topology, policy=bound))
         phy2log, log2phy, logcnt = (_numpy(t) for t in (plan.phy2log, plan.log2phy, plan.logcnt))
         seconds = time.perf_counter() - start
+        encode = _packed_tensor if a.packed else to_tensor
         response = pb.RebalanceResponse(
-            phy2log=to_tensor(phy2log), log2phy=to_tensor(log2phy), logcnt=to_tensor(logcnt),
+            phy2log=encode(phy2log), log2phy=encode(log2phy), logcnt=encode(logcnt),
             policy=_POLICY_ENUM[plan.policy], plan=score_message(plan_score),
             objective=_OBJECTIVE_ENUM[plan.objective], compute_seconds=seconds,
             device=str(self.device))
@@ -172,6 +191,6 @@ class PlacementServicer(pb_grpc.PlacementServiceServicer):
         policy = a.policy
         if policy in ("auto", "deepseek"):
             policy = "hierarchical" if a.num_groups % a.num_nodes == 0 else "global"
-        score = self.engine.evaluate(weight, phy2log, a.num_groups, a.num_nodes, a.num_gpus,
-                                     policy=policy)
+        score = _engine_call(self.engine.evaluate, weight, phy2log, a.num_groups, a.num_nodes,
+                             a.num_gpus, policy=policy)
         return pb.EvaluateResponse(score=score_message(score), policy=_POLICY_ENUM[policy])

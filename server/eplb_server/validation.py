@@ -75,6 +75,7 @@ class RebalanceArgs:
     objective: str
     half_life: float
     robust_k: float
+    packed: bool = False  # the loads came as float_values/int_values: answer in int_values too
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,8 @@ def _raise_any(violations):
 def _positive(topology, names, violations):
     for name in names:
         if getattr(topology, name) <= 0:
-            violations.append((f"topology.{name}", f"must be positive, got {getattr(topology, name)}"))
+            value = getattr(topology, name)
+            violations.append((f"topology.{name}", f"must be positive, got {value}"))
 
 
 def _check_divisions(p, k, n, g, e, policy, violations):
@@ -173,7 +175,8 @@ def _mapping_shape(tensor, field, layers, limits):
     if len(shape) != 2 or shape[0] != layers or shape[1] <= 0:
         _fail(f"{field}.shape", f"must be [layers={layers}, slots], got {shape}")
     if shape[1] > limits.max_replicas:
-        _fail(f"{field}.shape", f"{shape[1]} slots exceed the server limit of {limits.max_replicas}")
+        _fail(f"{field}.shape",
+              f"{shape[1]} slots exceed the server limit of {limits.max_replicas}")
     return shape[1]
 
 
@@ -232,8 +235,8 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
     if topo.num_logical_experts < 0:
         violations.append(("topology.num_logical_experts", "must be non-negative"))
     if topo.num_replicas > limits.max_replicas:
-        violations.append(("topology.num_replicas",
-                           f"{topo.num_replicas} exceeds the server limit of {limits.max_replicas}"))
+        violations.append(("topology.num_replicas", f"{topo.num_replicas} exceeds the server "
+                           f"limit of {limits.max_replicas}"))
     if len(request.model) > MAX_MODEL_NAME:
         violations.append(("model", f"longer than {MAX_MODEL_NAME} characters"))
     violations += _migration_options(request.migration) + _history_options(request.history)
@@ -289,7 +292,7 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
         from_scratch=m.from_scratch, max_moved_slots_per_layer=m.max_moved_slots_per_layer,
         max_moved_slots_total=m.max_moved_slots_total,
         min_balancedness_gain=m.min_balancedness_gain, objective=OBJECTIVES[h.objective],
-        half_life=h.half_life, robust_k=h.robust_k)
+        half_life=h.half_life, robust_k=h.robust_k, packed=not getattr(request, which).data)
 
 
 def parse_evaluate(request: pb.EvaluateRequest, limits: Limits) -> EvaluateArgs:

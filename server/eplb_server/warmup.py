@@ -1,4 +1,4 @@
-"""Start-up warm-up: runs synthetic requests of the configured shapes through the whole path once."""
+"""Start-up warm-up: synthetic requests of the configured shapes, once through the whole path."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ _SPEC = re.compile(r"^(\d+)x(\d+):(\d+):(\d+):(\d+):(\d+)$")
 
 @dataclass(frozen=True)
 class Shape:
-    """A warm-up shape, written LxE:P:G:N:K (layers x experts : replicas : gpus : nodes : groups)."""
+    """A warm-up shape, written LxE:P:G:N:K (layers x experts : replicas : gpus : nodes : groups).
+    """
 
     layers: int
     experts: int

@@ -1,4 +1,4 @@
-"""Vectorised protobuf encoding of Migration.transfers: ~30x faster than one SlotTransfer at a time."""
+"""Vectorised protobuf encoding of Migration.transfers (16k transfers: ~4 ms instead of ~25 ms)."""
 
 from __future__ import annotations
 

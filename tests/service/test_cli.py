@@ -67,3 +67,25 @@ def test_cuda_without_a_device_is_a_usage_error(capsys):
         main(["--device", "cuda"])
     assert caught.value.code == 2
     assert "CUDA" in capsys.readouterr().err
+
+
+def test_container_healthcheck_reports_serving(server, capsys):
+    from eplb_server import healthcheck
+
+    assert healthcheck.main([server.addresses[1]]) == 0
+    assert "SERVING" in capsys.readouterr().out
+
+
+def test_container_healthcheck_fails_without_a_server(tmp_path, capsys):
+    from eplb_server import healthcheck
+
+    assert healthcheck.main([f"unix://{tmp_path}/nothing.sock"]) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().out
+
+
+def test_a_malformed_variable_is_a_usage_error(monkeypatch, capsys):
+    monkeypatch.setenv("EPLB_METRICS_PORT", "ninety")
+    with pytest.raises(SystemExit) as caught:
+        main([])
+    assert caught.value.code == 2
+    assert "--metrics-port" in capsys.readouterr().err

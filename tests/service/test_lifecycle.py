@@ -9,7 +9,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from .servicekit import ControlledEngine, ServerThread, rebalance_request, stub
+from .servicekit import ControlledEngine, ServerThread, rebalance_request, stub, violations
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -100,6 +100,17 @@ def test_engine_fault_is_internal_and_the_server_keeps_serving(controlled):
     assert placement.Rebalance(rebalance_request(), timeout=30).HasField("phy2log")
     assert handled(running, "Internal") == 1
     assert health_of(running.channel) == SERVING
+
+
+def test_engine_value_error_is_invalid_argument_naming_the_field(controlled):
+    running, engine, placement = controlled()
+    engine.fail = ValueError("num_gpus (8) cannot host this placement")
+    with pytest.raises(grpc.RpcError) as caught:
+        placement.Rebalance(rebalance_request(), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in violations(caught.value)] == ["topology.num_gpus"]
+    engine.fail = None
+    assert placement.Rebalance(rebalance_request(), timeout=30).HasField("phy2log")
 
 
 def test_overload_is_resource_exhausted(controlled):

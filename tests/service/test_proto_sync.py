@@ -41,7 +41,8 @@ def _drop_default_json_names(message):
 
 def test_generated_descriptor_equals_the_proto_file(tmp_path):
     compiled = compiled_descriptor(tmp_path)
-    generated = descriptor_pb2.FileDescriptorProto.FromString(placement_pb2.DESCRIPTOR.serialized_pb)
+    generated = descriptor_pb2.FileDescriptorProto.FromString(
+        placement_pb2.DESCRIPTOR.serialized_pb)
     assert generated == compiled, (
         "client/eplb_client/v1 is stale: run protos/generate.py after editing the .proto")
 

@@ -112,13 +112,16 @@ def test_history_reports_each_window(client):
 def test_packed_values_equal_raw_bytes(client):
     weight = loads(seed=6)
     raw = client.Rebalance(rebalance_request(weight), timeout=30)
+    assert raw.phy2log.data and not raw.phy2log.int_values
     packed = rebalance_request(weight)
-    packed.expert_loads.CopyFrom(pb.Tensor(dtype=pb.DTYPE_INT64, shape=[4, 16],
-                                           int_values=weight.astype(np.int64).ravel().tolist()))
-    assert client.Rebalance(packed, timeout=30).phy2log == raw.phy2log
-    packed.expert_loads.CopyFrom(pb.Tensor(dtype=pb.DTYPE_FLOAT32, shape=[4, 16],
-                                           float_values=weight.ravel().tolist()))
-    assert client.Rebalance(packed, timeout=30).phy2log == raw.phy2log
+    for values in (dict(dtype=pb.DTYPE_INT64, int_values=weight.astype(np.int64).ravel()),
+                   dict(dtype=pb.DTYPE_FLOAT32, float_values=weight.ravel())):
+        packed.expert_loads.CopyFrom(pb.Tensor(shape=[4, 16], **values))
+        response = client.Rebalance(packed, timeout=30)
+        assert not response.phy2log.data  # packed in, packed out (readable as JSON)
+        for name in ("phy2log", "log2phy", "logcnt"):
+            np.testing.assert_array_equal(from_tensor(getattr(response, name)),
+                                          from_tensor(getattr(raw, name)))
 
 
 @pytest.mark.parametrize("policy", [pb.POLICY_AUTO, pb.POLICY_GLOBAL])

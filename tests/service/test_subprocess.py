@@ -1,4 +1,4 @@
-"""`python -m eplb_server` as a process: TCP and Unix socket, metrics over HTTP, SIGTERM -> exit 0."""
+"""`python -m eplb_server` as a process: TCP and Unix socket, metrics, SIGTERM -> exit 0."""
 
 import os
 import signal

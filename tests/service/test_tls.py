@@ -1,4 +1,4 @@
-"""Mutual TLS from certificate files: a client with a CA-signed certificate gets in, others do not."""
+"""Mutual TLS from certificate files: clients with a CA-signed certificate get in, others not."""
 
 import grpc
 import pytest
