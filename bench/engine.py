@@ -6,17 +6,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 import statistics
-import time
 
 import numpy as np
 import torch
 
 from eplb_server import evaluate, plan
 
-SNAPSHOTS = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "deepseek-v3"
+from .common import call_times, real_snapshots
 # (name, layers, experts, replicas, groups, nodes, gpus, policy)
 SHAPES = [
     ("58x256->288 K8 N4 G32 hier", 58, 256, 288, 8, 4, 32, "hierarchical"),
@@ -38,25 +35,15 @@ def synthetic(layers: int, experts: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.round(weight * 1000))
 
 
-def real_snapshots() -> list[torch.Tensor]:
-    out = []
-    for path in sorted(SNAPSHOTS.glob("*.json")):
-        rows = [r for r in json.loads(path.read_text())["logical_count"] if any(r)]
-        out.append(torch.tensor(rows, dtype=torch.float64))
-    return out
-
-
 def measure(weights, shape, policy, repeats):
     _, _, _, replicas, groups, nodes, gpus, constraint = shape
     if constraint == "global":  # the reference's global policy: one node, one group
         groups, nodes = 1, 1
     times, bal, gaps, worst = [], [], [], []
     for weight in weights:
-        plan(weight, replicas, groups, nodes, gpus, policy=policy)  # warm
-        for _ in range(repeats):
-            start = time.perf_counter()
-            result = plan(weight, replicas, groups, nodes, gpus, policy=policy)
-            times.append(time.perf_counter() - start)
+        run = lambda: plan(weight, replicas, groups, nodes, gpus, policy=policy)  # noqa: E731
+        times += call_times(run, repeats)
+        result = run()
         score = evaluate(weight, result.phy2log, groups, nodes, gpus, policy=constraint)
         bal.append(score.balancedness)
         gaps.append(score.mean_gap)
@@ -71,8 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     shapes = SHAPES[:2] if args.quick else SHAPES
-    real = real_snapshots()
-    print(f"| workload | shape | policy | ms (median) | balancedness | mean gap % | worst gap % |")
+    real = [torch.from_numpy(w) for w in real_snapshots().values()]
+    print("| workload | shape | policy | ms (median) | balancedness | mean gap % | worst gap % |")
     print("|---|---|---|---|---|---|---|")
     for shape in shapes:
         name, layers, experts = shape[0], shape[1], shape[2]

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import time
-from pathlib import Path
 
 import numpy as np
 
@@ -28,7 +25,8 @@ from eplb_server.engine import api
 from eplb_server.engine.history import DEFAULT_OBJECTIVE, OBJECTIVES
 from eplb_server.engine.scoring import gpu_loads, lower_bound
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "deepseek-v3"
+from .common import SNAPSHOTS, call_times, real_snapshots
+
 NUM_EXPERTS, NUM_GROUPS = 256, 8
 
 
@@ -89,16 +87,6 @@ def real_pair(rng, a, b, windows, step=0.2):
     return np.stack(out)
 
 
-def load_snapshots():
-    if not DATA.is_dir():
-        return {}
-    out = {}
-    for path in sorted(DATA.glob("*.json")):
-        rows = np.asarray(json.loads(path.read_text())["logical_count"], dtype=np.float64)
-        out[path.stem] = rows[rows.sum(1) > 0]
-    return out
-
-
 # ---------------------------------------------------------------- scoring
 def balancedness(load, phy2log, num_gpus):
     gpu = gpu_loads(load, phy2log, num_gpus)
@@ -132,13 +120,7 @@ def evaluate_series(series, topo, policy, history, points):
 
 def timing(series, topo, policy, history, repeats=5):
     def best(fn):
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times) * 1e3
+        return min(call_times(fn, repeats)) * 1e3
 
     single = best(lambda: api.plan(series[-1], *topo, policy=policy))
     return single, {o: best(lambda o=o: api.plan(series[-history:], *topo, policy=policy,
@@ -163,13 +145,13 @@ def main(argv=None):
         for name, make in (("random walk", random_walk), ("bursts", bursts), ("phases", phases)):
             rng = np.random.default_rng(1000 * seed + len(name))
             series[f"{name} #{seed}"] = make(rng, windows, args.layers)
-    snaps = load_snapshots()
+    snaps = real_snapshots()
     if snaps:
         rng = np.random.default_rng(7)
         for a, b in itertools.combinations(sorted(snaps), 2):
             series[f"real {a[:14]}|{b[:14]}"] = real_pair(rng, snaps[a], snaps[b], windows)
     else:
-        print(f"(real snapshots absent at {DATA}: skipped)")
+        print(f"(real snapshots absent at {SNAPSHOTS}: skipped)")
 
     print(f"policy={args.policy} P={args.replicas} G={args.gpus} N={args.nodes} K={NUM_GROUPS} "
           f"T={args.history}; next-window balancedness, mean of {args.points} steps per series; "

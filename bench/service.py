@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import pathlib
 import re
@@ -32,18 +31,16 @@ from eplb_client.v1 import placement_pb2 as pb
 from eplb_client.v1 import placement_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .common import call_times, real_snapshots
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SNAPSHOTS = ROOT.parent / "shared" / "data" / "deepseek-v3"
 TOPOLOGY = dict(num_replicas=288, num_groups=8, num_nodes=4, num_gpus=32)
 WARMUP_SHAPE = "58x256:288:32:4:8"
 
 
 def workloads():
     """[58, 256] loads: the real snapshots (dense layers dropped), else synthetic lognormal."""
-    real = []
-    for path in sorted(SNAPSHOTS.glob("*.json")):
-        counts = np.asarray(json.loads(path.read_text())["logical_count"], dtype=np.float64)
-        real.append(counts[counts.sum(axis=1) > 0])
+    real = list(real_snapshots().values())
     if real:
         return real, f"{len(real)} real DeepSeek-V3 snapshots"
     rng = np.random.default_rng(0)
@@ -66,17 +63,6 @@ def requests(loads, with_mapping):
     return out
 
 
-def timed(fn, repeats):
-    """Seconds per call, `repeats` calls after one untimed."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def engine_times(reqs, repeats):
     """The engine's own work for each request: plan, then score the plan (and the mapping)."""
     from eplb_server import evaluate, plan
@@ -92,7 +78,7 @@ def engine_times(reqs, repeats):
             evaluate(weight, result.phy2log, 8, 4, 32, policy=result.policy)
             if current is not None:
                 evaluate(weight, current, 8, 4, 32, policy=result.policy)
-        times += timed(work, repeats)
+        times += call_times(work, repeats)
     return times
 
 
@@ -148,7 +134,7 @@ def codec_times(reqs, target, repeats):
         response = pb.RebalanceResponse.FromString(raw)
         for t in (response.phy2log, response.log2phy, response.logcnt):
             from_tensor(t)
-    return timed(encode, repeats), timed(decode, repeats), len(encode()), len(raw)
+    return call_times(encode, repeats), call_times(decode, repeats), len(encode()), len(raw)
 
 
 def start_server(socket_path):

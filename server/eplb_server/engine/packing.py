@@ -320,7 +320,6 @@ def refine(item_weight, item_expert, expert_limit, pack_items, loads, max_moves)
     for move in range(max_moves):
         by_load = np.argsort(loads)
         heavy = by_load[num_packs - 1]
-        top = loads[heavy]
         enough = max(loads[by_load[num_packs - 2]], mean)
         best, other, a, b = _best_single_swap(
             item_weight, item_expert, expert_limit, pack_items, loads, by_load, heavy, enough)
