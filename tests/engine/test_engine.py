@@ -131,17 +131,27 @@ def test_one_gpu_one_layer_and_p_equals_e(policy, device):
         assert (logcnt == 1).all()
 
 
-@pytest.mark.parametrize("num_gpus", [2, 4])
-def test_packer_spreads_replicas_of_one_expert_over_gpus(num_gpus):
-    from eplb_server.engine.mapping import expert_counts
-    from eplb_server.engine.refined import refined_plan
+def test_spread_separates_replicas_when_the_peak_allows():
+    from eplb_server.engine.packing import spread
 
-    weight = np.array([[100.0, 60, 40, 30, 20, 10, 5, 1]])
-    phy2log = refined_plan(weight, 16, 1, 1, num_gpus)
-    counts = expert_counts(phy2log, 8)[0]
-    assert counts[0] > 1
-    for gpu in phy2log.reshape(num_gpus, -1):
-        assert (np.bincount(gpu, minlength=8) <= -(-counts // num_gpus)).all()
+    pack_weight = np.array([[10.0, 10.0], [10.0, 10.0], [12.0, 1.0]])
+    pack_expert = np.array([[0, 0], [1, 2], [3, 4]])
+    limit = np.ones(5, np.int64)
+    loads = pack_weight.sum(1)
+    spread(pack_weight, pack_expert, limit, loads)
+    for row in pack_expert:
+        assert len(set(row.tolist())) == 2
+    assert loads.max() == 20.0
+
+
+def test_spread_keeps_duplicates_that_would_raise_the_peak():
+    from eplb_server.engine.packing import spread
+
+    pack_weight = np.array([[10.0, 10.0], [20.0, 0.0]])
+    pack_expert = np.array([[0, 0], [1, 2]])
+    loads = pack_weight.sum(1)
+    spread(pack_weight, pack_expert, np.ones(3, np.int64), loads)
+    assert pack_expert[0].tolist() == [0, 0] and loads.tolist() == [20.0, 20.0]
 
 
 def test_global_plan_is_near_bound_on_real_snapshot(snapshot_paths):

@@ -13,7 +13,7 @@ from .mapping import build_log2phy, expert_counts, replica_ranks
 from .reference import reference_plan
 from .migration import MigrationOptions, keep_current
 from .refined import refined_plan
-from .scoring import Score, gpu_loads, score
+from .scoring import Score, score
 
 POLICIES = ("auto", "hierarchical", "global", "deepseek")
 # Numba's default threading layer must not be entered from two threads at once.
@@ -90,10 +90,6 @@ def _plan_arrays(load: np.ndarray, num_replicas: int, num_groups: int, num_nodes
         return reference_plan(load, num_replicas, num_groups, num_nodes, num_gpus)
     groups, nodes = _constraint(policy, num_groups, num_nodes)
     phy2log = refined_plan(load, num_replicas, groups, nodes, num_gpus)
-    # Never worse than the reference under the same constraint, layer by layer.
-    baseline = reference_plan(load, num_replicas, groups, nodes, num_gpus)[0]
-    worse = gpu_loads(load, phy2log, num_gpus).max(1) > gpu_loads(load, baseline, num_gpus).max(1)
-    phy2log[worse] = baseline[worse]
     num_experts = load.shape[1]
     return phy2log, replica_ranks(phy2log, num_experts), expert_counts(phy2log, num_experts)
 

@@ -60,13 +60,7 @@ def best_node_loads(group_load: np.ndarray, num_nodes: int):
     node_of = np.empty((num_layers, num_groups), np.int64)
     peak = np.empty(num_layers)
     for layer in range(num_layers):
-        pieces = np.argsort(-group_load[layer], kind="stable")
-        weight = group_load[layer][pieces]
-        ids, limit = np.arange(num_groups), np.ones(num_groups, np.int64)
-        packs, loads = packing.lpt(weight, ids, limit, num_nodes)
-        packing.refine(weight, ids, limit, packs, loads, 10 * num_groups)
-        for node in range(num_nodes):
-            node_of[layer, pieces[packs[node]]] = node
+        node_of[layer], loads = packing.pack_distinct(group_load[layer], num_nodes)
         peak[layer] = loads.max()
     return node_of, peak
 

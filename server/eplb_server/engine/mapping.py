@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 
-def replica_ranks(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
-    """Rank of each slot among its expert's replicas, in slot order.
-
-    phy2log: [L, P] -> [L, P] int64
-    """
+@numba.njit(cache=True, nogil=True)
+def _ranks_and_counts(phy2log, num_experts):
     num_layers, num_slots = phy2log.shape
-    order = np.argsort(phy2log, axis=1, kind="stable")
-    sorted_experts = np.take_along_axis(phy2log, order, 1)
-    first = np.zeros_like(sorted_experts)
-    starts = np.ones_like(sorted_experts, dtype=bool)
-    starts[:, 1:] = sorted_experts[:, 1:] != sorted_experts[:, :-1]
-    position = np.broadcast_to(np.arange(num_slots), phy2log.shape)
-    first = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
     rank = np.empty_like(phy2log)
-    np.put_along_axis(rank, order, position - first, 1)
-    return rank
+    counts = np.zeros((num_layers, num_experts), np.int64)
+    for layer in range(num_layers):
+        for slot in range(num_slots):
+            expert = phy2log[layer, slot]
+            rank[layer, slot] = counts[layer, expert]
+            counts[layer, expert] += 1
+    return rank, counts
+
+
+def replica_ranks(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
+    """Rank of each slot among its expert's replicas, in slot order. phy2log: [L, P] -> [L, P]."""
+    return _ranks_and_counts(np.ascontiguousarray(phy2log, dtype=np.int64), num_experts)[0]
 
 
 def expert_counts(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
-    """logcnt: [L, P] -> [L, E] int64, replicas of each expert."""
-    num_layers = phy2log.shape[0]
-    counts = np.zeros((num_layers, num_experts), np.int64)
-    np.add.at(counts, (np.arange(num_layers)[:, None], phy2log), 1)
-    return counts
+    """logcnt: [L, P] -> [L, E] int64, replicas of each expert (entries must lie in [0, E))."""
+    return _ranks_and_counts(np.ascontiguousarray(phy2log, dtype=np.int64), num_experts)[1]
 
 
 def build_log2phy(phy2log: np.ndarray, rank: np.ndarray, logcnt: np.ndarray) -> np.ndarray:

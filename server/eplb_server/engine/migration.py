@@ -30,6 +30,9 @@ import torch
 # aggregate balancedness within 0.2% of from-scratch planning, inside the 0.5% target.
 DEFAULT_TOLERANCE = 0.002
 _NO_PEAK = np.inf
+# Repair counts a move that copies an expert onto a node that holds no replica of it at this
+# fraction of its peak reduction, so that it prefers moves inside a node.
+CROSS_NODE_FACTOR = 0.8
 
 
 @dataclass(frozen=True)
@@ -212,18 +215,15 @@ def relabel(new_phy2log, current_phy2log, num_experts, num_nodes, num_gpus, hier
 
 
 @numba.njit(cache=True, nogil=True)
-def _replace_peak(weight, cur, counts, load, order, head, nxt, per_gpu, a, y, bound, delta,
-                  touched, touched_list):
-    """Heaviest load among the GPUs that slot a's change from x to y touches (the hot GPU is
-    always one of them); inf when it cannot beat bound."""
+def _touched_peak(weight, cur, counts, load, head, nxt, per_gpu, a, y, delta, touched,
+                  touched_list):
+    """Heaviest load, after slot a changes from x = cur[a] to y, among the GPUs that hold x or y
+    (slot a's GPU included). delta, touched: [G] zeros / False scratch (restored)."""
     x = cur[a]
     share_x = weight[x] / counts[x]
     grow_x = weight[x] / (counts[x] - 1) - share_x
     share_y = weight[y] / counts[y]
     new_share_y = weight[y] / (counts[y] + 1)
-    ga = a // per_gpu
-    if load[ga] - share_x + new_share_y >= bound and ga == order[0]:
-        return np.inf
     n_touched = 0
     for pass_ in range(2):
         p = head[x] if pass_ == 0 else head[y]
@@ -244,149 +244,193 @@ def _replace_peak(weight, cur, counts, load, order, head, nxt, per_gpu, a, y, bo
     for t in range(n_touched):
         g = touched_list[t]
         new_peak = max(new_peak, load[g] + delta[g])
-    for t in range(n_touched):
-        g = touched_list[t]
         touched[g] = False
         delta[g] = 0.0
     return new_peak
 
 
 @numba.njit(cache=True, nogil=True)
-def _repair_layer(weight, row, num_gpus, slot_node, allowed, group_size, max_steps, target,
-                  move_slot, move_expert, peak_after):
+def _others_bound(weight, counts, load, head, nxt, per_gpu, x, skip_gpu):
+    """Heaviest load among the GPUs (other than skip_gpu) holding x once x loses a replica."""
+    grow_x = weight[x] / (counts[x] - 1) - weight[x] / counts[x]
+    bound = 0.0
+    p = head[x]
+    while p >= 0:
+        g = p // per_gpu
+        if g != skip_gpu:
+            bound = max(bound, load[g] + grow_x)  # (several replicas on one GPU: a lower bound)
+        p = nxt[p]
+    return bound
+
+
+@numba.njit(cache=True, nogil=True)
+def _resort(by_share, position, weight, counts, e):
+    """Restores by_share (experts ascending by weight / (count + 1)) after e's count changed."""
+    key = weight[e] / (counts[e] + 1)
+    i = position[e]
+    while i > 0 and weight[by_share[i - 1]] / (counts[by_share[i - 1]] + 1) > key:
+        by_share[i] = by_share[i - 1]
+        position[by_share[i]] = i
+        i -= 1
+    while i + 1 < by_share.size and weight[by_share[i + 1]] / (counts[by_share[i + 1]] + 1) < key:
+        by_share[i] = by_share[i + 1]
+        position[by_share[i]] = i
+        i += 1
+    by_share[i] = e
+    position[e] = i
+
+
+@numba.njit(cache=True, nogil=True)
+def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_size, max_steps,
+                  target, cross_factor, move_slot, move_expert, peak_after):
     """Greedy repair of one layer's mapping, recording each slot change.
 
-    weight: [E]; row: [P] (not modified); allowed: [N, K] bool, may group k sit on node n.
-    Writes up to max_steps slot changes into move_slot/move_expert [max_steps] and the peak after
-    each into peak_after (inf in the middle of a two-slot swap). A move is taken when every GPU
-    it touches ends below the hot GPU's load (so ties at the peak are worked off one GPU at a
-    time), scored by how far below per slot changed. Stops at the step budget, when no move
-    helps, or once the peak is <= target. Returns the number of changes.
+    weight: [E]; row: [P] (not modified); slot_node: [P] node index into allowed [N, K] bool
+    (may group k sit on node n); gpu_node: [G] physical node of each GPU. Writes up to max_steps
+    slot changes into move_slot/move_expert [max_steps] and the peak after each into peak_after
+    (inf in the middle of a two-slot swap). Each step lowers the hot GPU: a slot on it takes
+    another expert, a slot elsewhere takes a replica of one of its experts, or two slots swap.
+    A move counts by how far below the hot GPU's load every GPU it touches ends, per slot
+    changed, times cross_factor when a slot receives an expert its node does not hold. Scans
+    are ordered (experts by share, GPUs by load) so that they stop at the first candidate that
+    cannot beat the best so far. Stops at the step budget, when no move helps, or once the peak
+    is <= target. Returns the number of changes.
     """
     num_slots = row.size
     num_experts = weight.size
+    num_nodes = gpu_node.max() + 1
     per_gpu = num_slots // num_gpus
     cur = row.copy()
     counts = np.zeros(num_experts, np.int64)
+    node_has = np.zeros((num_nodes, num_experts), np.int64)
     for p in range(num_slots):
         counts[cur[p]] += 1
+        node_has[gpu_node[p // per_gpu], cur[p]] += 1
     load = np.zeros(num_gpus)
-    for p in range(num_slots):
-        load[p // per_gpu] += weight[cur[p]] / counts[cur[p]]
-    # slots of each expert, as linked lists: head [E], nxt [P]
     delta = np.zeros(num_gpus)
     touched = np.zeros(num_gpus, np.bool_)
     touched_list = np.empty(num_gpus, np.int64)
     head = np.full(num_experts, -1, np.int64)
     nxt = np.full(num_slots, -1, np.int64)
+    by_share = np.argsort(weight / (counts + 1))
+    position = np.empty(num_experts, np.int64)
+    for i in range(num_experts):
+        position[by_share[i]] = i
     steps = 0
     while steps < max_steps:
+        load[:] = 0.0
+        for p in range(num_slots):
+            load[p // per_gpu] += weight[cur[p]] / counts[cur[p]]
         head[:] = -1
         for p in range(num_slots - 1, -1, -1):
             nxt[p] = head[cur[p]]
             head[cur[p]] = p
-        order = np.argsort(-load)
-        hot = order[0]
+        order = np.argsort(load)  # ascending; the hot GPU last
+        hot = order[num_gpus - 1]
         peak = load[hot]
         if peak <= target:
             break
-        node = slot_node[hot * per_gpu]
-        best_peak = peak
-        best_score = 0.0  # peak reduction per slot changed
+        hot_node = gpu_node[hot]
+        max_share = 0.0
+        for e in range(num_experts):
+            if counts[e] >= 2:
+                max_share = max(max_share, weight[e] / counts[e])
+        best_score = 0.0  # peak reduction per slot changed, cross-node moves discounted
         best_kind = -1
         best_a = -1
         best_b = -1
-        # Replacement: a slot on the hot GPU gets any expert y instead of its x, or any slot
-        # elsewhere gets a replica of an expert y on the hot GPU (which thins y's replicas).
-        for family in range(2):
-            first = 0 if family == 1 else hot * per_gpu
-            last = num_slots if family == 1 else (hot + 1) * per_gpu
-            for a in range(first, last):
-                x = cur[a]
-                if counts[x] < 2:
-                    continue
-                if family == 1 and a // per_gpu == hot:
-                    continue
-                # The GPUs holding x's other replicas all get heavier whatever y is: when one of
-                # them would end above the best move so far, no y can help (pruning; a GPU that
-                # also holds y is ignored).
-                grow_x = weight[x] / (counts[x] - 1) - weight[x] / counts[x]
-                ga = a // per_gpu
-                x_bound = 0.0
-                p = head[x]
-                while p >= 0:
-                    g = p // per_gpu
-                    if g != ga:
-                        delta[g] += grow_x
-                        x_bound = max(x_bound, load[g] + delta[g])
-                    p = nxt[p]
-                p = head[x]
-                while p >= 0:
-                    delta[p // per_gpu] = 0.0
-                    p = nxt[p]
-                if x_bound >= best_peak:
-                    continue
-                node_a = slot_node[a]
-                ny = num_experts if family == 0 else per_gpu
-                for j in range(ny):
-                    y = j if family == 0 else cur[hot * per_gpu + j]
-                    if y == x or not allowed[node_a, y // group_size]:
-                        continue
-                    if family == 1 and j > 0:
-                        dup = False
-                        for i in range(j):
-                            if cur[hot * per_gpu + i] == y:
-                                dup = True
-                        if dup:
-                            continue
-                    new_peak = _replace_peak(weight, cur, counts, load, order, head, nxt,
-                                             per_gpu, a, y, best_peak, delta, touched,
-                                             touched_list)
-                    gain = peak - new_peak
-                    if gain > best_score:
-                        best_score = gain
-                        best_peak = new_peak
-                        best_kind = 0
-                        best_a = a
-                        best_b = y
-        # Swap: slot a on the hot GPU and slot b elsewhere exchange experts (two changes).
+        # 1. A slot on the hot GPU takes expert y instead of x (y by ascending new share).
         for a in range(hot * per_gpu, (hot + 1) * per_gpu):
             x = cur[a]
+            if counts[x] < 2:
+                continue
             share_x = weight[x] / counts[x]
-            for b in range(num_slots):
-                h = b // per_gpu
-                if h == hot:
+            # x's other replicas all get heavier whatever y is: the gain is at most peak - that.
+            x_bound = _others_bound(weight, counts, load, head, nxt, per_gpu, x, hot)
+            for i in range(num_experts):
+                if x_bound >= peak - best_score:
+                    break
+                y = by_share[i]
+                if peak - share_x + weight[y] / (counts[y] + 1) >= peak - best_score:
+                    break
+                if y == x or not allowed[slot_node[a], y // group_size]:
                     continue
-                z = cur[b]
-                if z == x:
-                    continue
-                if not (allowed[slot_node[b], x // group_size]
-                        and allowed[node, z // group_size]):
-                    continue
-                share_z = weight[z] / counts[z]
-                if share_z >= share_x:
-                    continue
-                new_peak = max(peak - share_x + share_z, load[h] + share_x - share_z)
-                gain = (peak - new_peak) / 2.0
+                gain = peak - _touched_peak(weight, cur, counts, load, head, nxt, per_gpu, a, y,
+                                            delta, touched, touched_list)
+                if node_has[hot_node, y] == 0:
+                    gain *= cross_factor
                 if gain > best_score:
-                    best_score = gain
-                    best_peak = new_peak
-                    best_kind = 1
-                    best_a = a
-                    best_b = b
+                    best_score, best_kind, best_a, best_b = gain, 0, a, y
+        # 2. A slot on another GPU takes a replica of expert y on the hot GPU (GPUs by load).
+        for j in range(per_gpu):
+            y = cur[hot * per_gpu + j]
+            dup = False
+            for i in range(j):
+                if cur[hot * per_gpu + i] == y:
+                    dup = True
+            if dup:
+                continue
+            new_share_y = weight[y] / (counts[y] + 1)
+            on_hot = 0
+            for i in range(per_gpu):
+                if cur[hot * per_gpu + i] == y:
+                    on_hot += 1
+            if peak - on_hot * (weight[y] / counts[y] - new_share_y) >= peak - best_score:
+                continue
+            for r in range(num_gpus - 1):
+                g = order[r]
+                if load[g] + new_share_y - max_share >= peak - best_score:
+                    break
+                factor = 1.0 if node_has[gpu_node[g], y] > 0 else cross_factor
+                for a in range(g * per_gpu, (g + 1) * per_gpu):
+                    x = cur[a]
+                    if x == y or counts[x] < 2 or not allowed[slot_node[a], y // group_size]:
+                        continue
+                    if load[g] - weight[x] / counts[x] + new_share_y >= peak - best_score:
+                        continue
+                    gain = peak - _touched_peak(weight, cur, counts, load, head, nxt, per_gpu,
+                                                a, y, delta, touched, touched_list)
+                    gain *= factor
+                    if gain > best_score:
+                        best_score, best_kind, best_a, best_b = gain, 0, a, y
+        # 3. Swap: slot a on the hot GPU and slot b elsewhere exchange experts (two changes).
+        for r in range(num_gpus - 1):
+            h = order[r]
+            if load[h] >= peak - 2.0 * best_score:
+                break
+            h_node = gpu_node[h]
+            for a in range(hot * per_gpu, (hot + 1) * per_gpu):
+                x = cur[a]
+                share_x = weight[x] / counts[x]
+                if not allowed[slot_node[h * per_gpu], x // group_size]:
+                    continue
+                for b in range(h * per_gpu, (h + 1) * per_gpu):
+                    z = cur[b]
+                    share_z = weight[z] / counts[z]
+                    if z == x or share_z >= share_x or not allowed[slot_node[a], z // group_size]:
+                        continue
+                    new_peak = max(peak - share_x + share_z, load[h] + share_x - share_z)
+                    gain = (peak - new_peak) / 2.0
+                    if h_node != hot_node and (node_has[hot_node, z] == 0
+                                               or node_has[h_node, x] == 0):
+                        gain *= cross_factor
+                    if gain > best_score:
+                        best_score, best_kind, best_a, best_b = gain, 1, a, b
         if best_kind < 0 or best_score <= peak * 1e-12:
             break
         if best_kind == 0:
-            if steps + 1 > max_steps:
-                break
             x = cur[best_a]
             y = best_b
             cur[best_a] = y
             counts[x] -= 1
             counts[y] += 1
+            node = gpu_node[best_a // per_gpu]
+            node_has[node, x] -= 1
+            node_has[node, y] += 1
+            _resort(by_share, position, weight, counts, x)
+            _resort(by_share, position, weight, counts, y)
             move_slot[steps] = best_a
             move_expert[steps] = y
-            peak_after[steps] = best_peak
             steps += 1
         else:
             if steps + 2 > max_steps:
@@ -395,26 +439,36 @@ def _repair_layer(weight, row, num_gpus, slot_node, allowed, group_size, max_ste
             z = cur[best_b]
             cur[best_a] = z
             cur[best_b] = x
+            node_has[hot_node, x] -= 1
+            node_has[hot_node, z] += 1
+            node_has[gpu_node[best_b // per_gpu], z] -= 1
+            node_has[gpu_node[best_b // per_gpu], x] += 1
             move_slot[steps] = best_a
             move_expert[steps] = z
             peak_after[steps] = _NO_PEAK
             move_slot[steps + 1] = best_b
             move_expert[steps + 1] = x
-            peak_after[steps + 1] = best_peak
             steps += 2
-        load[:] = 0.0
+        peak_now = 0.0
+        for g in range(num_gpus):
+            delta[g] = 0.0
         for p in range(num_slots):
-            load[p // per_gpu] += weight[cur[p]] / counts[cur[p]]
-        peak_after[steps - 1] = load.max()
+            delta[p // per_gpu] += weight[cur[p]] / counts[cur[p]]
+        for g in range(num_gpus):
+            peak_now = max(peak_now, delta[g])
+            delta[g] = 0.0
+        peak_after[steps - 1] = peak_now
     return steps
 
 
 @numba.njit(cache=True, parallel=True)
-def repair(weight, current_phy2log, num_gpus, slot_node, allowed, group_size, max_steps, target):
+def repair(weight, current_phy2log, num_gpus, slot_node, gpu_node, allowed, group_size,
+           max_steps, target, cross_factor):
     """Greedy repair trajectories of every layer.
 
-    weight: [L, E]; current_phy2log: [L, P]; slot_node: [P]; allowed: [L, N, K] bool;
-    max_steps: [L] int64; target: [L] peak at which to stop.
+    weight: [L, E]; current_phy2log: [L, P]; slot_node: [P] (index into allowed);
+    gpu_node: [G] physical node; allowed: [L, N, K] bool; max_steps: [L] int64; target: [L]
+    peak at which to stop; cross_factor: weight of a cross-node move's gain.
     -> (steps [L], move_slot [L, S], move_expert [L, S], peak_after [L, S]), S = max(max_steps).
     """
     num_layers = weight.shape[0]
@@ -425,8 +479,9 @@ def repair(weight, current_phy2log, num_gpus, slot_node, allowed, group_size, ma
     steps = np.zeros(num_layers, np.int64)
     for layer in numba.prange(num_layers):
         steps[layer] = _repair_layer(weight[layer], current_phy2log[layer], num_gpus, slot_node,
-                                     allowed[layer], group_size, max_steps[layer], target[layer],
-                                     move_slot[layer], move_expert[layer], peak_after[layer])
+                                     gpu_node, allowed[layer], group_size, max_steps[layer],
+                                     target[layer], cross_factor, move_slot[layer],
+                                     move_expert[layer], peak_after[layer])
     return steps, move_slot, move_expert, peak_after
 
 
@@ -533,8 +588,10 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
     allowed = _allowed(current, num_groups, num_nodes, num_experts, hierarchical)
     if allowed.shape[0] != num_layers:
         allowed = np.ascontiguousarray(np.broadcast_to(allowed, (num_layers,) + allowed.shape[1:]))
+    gpu_node = np.arange(num_gpus, dtype=np.int64) * num_nodes // num_gpus
     steps, move_slot, move_expert, peak_after = repair(
-        weight, current, num_gpus, slot_node, allowed, group_size, cap.astype(np.int64), target)
+        weight, current, num_gpus, slot_node, gpu_node, allowed, group_size,
+        cap.astype(np.int64), target, CROSS_NODE_FACTOR)
 
     # Options per layer: (moves, peak, kind, repair steps); kind 0 current, 1 repair, 2 new.
     menus = []

@@ -1,7 +1,9 @@
 """Compiled kernels of the refined engine: replication, LPT packing, swap refinement, count search.
 
 Each kernel solves one independent problem (a layer, or a layer's node); `solve_batch` runs a
-batch of them in parallel. Pure functions of their array arguments.
+batch of them in parallel. Replication and the LPT start make the reference's decisions (in
+float32, lowest index among equals), and every later step only lowers the peak, so a refined
+plan is never worse than the reference's for the same problem. Pure functions of their arrays.
 """
 
 from __future__ import annotations
@@ -11,49 +13,69 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
-def adams_counts(weight, num_slots):
-    """Replica counts attaining R* = min over counts of max w/c (greedy apportionment).
+def _before(key, a, b):
+    """Heap order: larger key first, then lower index."""
+    return key[a] > key[b] or (key[a] == key[b] and a < b)
 
-    weight: [E] float64 -> counts [E] int64 summing to num_slots; ties go to the lower index.
+
+@numba.njit(cache=True, nogil=True)
+def _sift_down(heap, size, key, i, larger_first):
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            return
+        right = child + 1
+        if right < size:
+            if larger_first:
+                if _before(key, heap[right], heap[child]):
+                    child = right
+            elif key[heap[right]] < key[heap[child]] or (
+                    key[heap[right]] == key[heap[child]] and heap[right] < heap[child]):
+                child = right
+        a, b = heap[child], heap[i]
+        if larger_first:
+            better = _before(key, a, b)
+        else:
+            better = key[a] < key[b] or (key[a] == key[b] and a < b)
+        if not better:
+            return
+        heap[i], heap[child] = a, b
+        i = child
+
+
+@numba.njit(cache=True, nogil=True)
+def _sift_up(heap, key, i):
+    """Min-heap (smaller key, then lower index, first)."""
+    while i > 0:
+        parent = (i - 1) // 2
+        a, b = heap[i], heap[parent]
+        if key[a] < key[b] or (key[a] == key[b] and a < b):
+            heap[i], heap[parent] = b, a
+            i = parent
+        else:
+            return
+
+
+@numba.njit(cache=True, nogil=True)
+def adams_counts(weight, num_slots):
+    """Replica counts attaining R* = min over counts of max w/c: each extra replica goes to the
+    expert with the largest load per replica, the lower index among equals.
+
+    weight: [E] (float32 reproduces the reference's choices) -> counts [E] int64
     """
     num_experts = weight.size
     counts = np.ones(num_experts, np.int64)
-    # Binary max-heap of experts keyed by (w/c, -index).
+    divisor = np.ones(num_experts, weight.dtype)
+    key = weight.copy()
     heap = np.arange(num_experts)
-    value = weight.copy()
-
-    def above(a, b):
-        return value[a] > value[b] or (value[a] == value[b] and a < b)
-
-    for start in range(num_experts // 2 - 1, -1, -1):
-        i = start
-        while True:
-            child = 2 * i + 1
-            if child >= num_experts:
-                break
-            if child + 1 < num_experts and above(heap[child + 1], heap[child]):
-                child += 1
-            if above(heap[child], heap[i]):
-                heap[i], heap[child] = heap[child], heap[i]
-                i = child
-            else:
-                break
+    for i in range(num_experts // 2 - 1, -1, -1):
+        _sift_down(heap, num_experts, key, i, True)
     for _ in range(num_slots - num_experts):
         top = heap[0]
         counts[top] += 1
-        value[top] = weight[top] / counts[top]
-        i = 0
-        while True:
-            child = 2 * i + 1
-            if child >= num_experts:
-                break
-            if child + 1 < num_experts and above(heap[child + 1], heap[child]):
-                child += 1
-            if above(heap[child], heap[i]):
-                heap[i], heap[child] = heap[child], heap[i]
-                i = child
-            else:
-                break
+        divisor[top] += 1
+        key[top] = weight[top] / divisor[top]
+        _sift_down(heap, num_experts, key, 0, True)
     return counts
 
 
@@ -72,8 +94,7 @@ def _pair_peak(order, piece, counts, num_pairs):
             back -= 1
             back_left = counts[order[back]]
         if front == back:
-            take = min(front_left // 2, num_pairs - done)
-            take = max(take, 1)
+            take = max(min(front_left // 2, num_pairs - done), 1)
         else:
             take = min(front_left, back_left, num_pairs - done)
         peak = max(peak, piece[order[front]] + piece[order[back]])
@@ -164,119 +185,147 @@ def count_search_pairs(weight, counts, max_steps):
 
 
 @numba.njit(cache=True, nogil=True)
-def _crowded(pack_items, pack, item_expert, expert_limit, expert, skip):
-    """Whether the pack (ignoring slot `skip`) already holds as many replicas of `expert` as
-    its fair share allows (1 unless the expert has more replicas than there are packs)."""
-    held = 0
-    for j in range(pack_items.shape[1]):
-        if j != skip and item_expert[pack_items[pack, j]] == expert:
-            held += 1
-    return held >= expert_limit[expert]
+def _items_of(weight, weight32, counts):
+    """Replicas as items, heaviest (in float32) first, each expert's replicas adjacent.
 
-
-@numba.njit(cache=True, nogil=True)
-def _sift_down(heap, size, key, i):
-    while True:
-        child = 2 * i + 1
-        if child >= size:
-            return
-        if child + 1 < size and (key[heap[child + 1]], heap[child + 1]) < (key[heap[child]],
-                                                                           heap[child]):
-            child += 1
-        if (key[heap[child]], heap[child]) < (key[heap[i]], heap[i]):
-            heap[i], heap[child] = heap[child], heap[i]
-            i = child
-        else:
-            return
-
-
-@numba.njit(cache=True, nogil=True)
-def _sift_up(heap, key, i):
-    while i > 0:
-        parent = (i - 1) // 2
-        if (key[heap[i]], heap[i]) < (key[heap[parent]], heap[parent]):
-            heap[i], heap[parent] = heap[parent], heap[i]
-            i = parent
-        else:
-            return
-
-
-@numba.njit(cache=True, nogil=True)
-def lpt(item_weight, item_expert, expert_limit, num_packs):
-    """Heaviest item to the lightest pack with room, avoiding packs that hold the same expert.
-
-    Items must be sorted heaviest first with each expert's replicas adjacent (as `_items_of`
-    makes them), so a pack holds the current expert iff it was the last one placed there.
-    item_weight, item_expert: [n]; expert_limit: [E] replicas of an expert one pack may hold
-    -> (pack_items [m, n/m] item ids, loads [m])
+    -> (item weight [n] float64, item weight [n] float32, item expert [n] int64)
     """
-    n = item_weight.size
+    n = counts.sum()
+    item_weight = np.empty(n)
+    item_weight32 = np.empty(n, np.float32)
+    item_expert = np.empty(n, np.int64)
+    piece32 = np.empty(weight.size, np.float32)
+    for e in range(weight.size):
+        piece32[e] = weight32[e] / np.float32(counts[e])
+    k = 0
+    for e in np.argsort(-piece32):
+        for _ in range(counts[e]):
+            item_weight[k] = weight[e] / counts[e]
+            item_weight32[k] = piece32[e]
+            item_expert[k] = e
+            k += 1
+    return item_weight, item_weight32, item_expert
+
+
+@numba.njit(cache=True, nogil=True)
+def lpt(item_weight32, num_packs):
+    """Heaviest item to the lightest pack with room (float32 loads, lowest index among equals),
+    as the reference packs. Items must come heaviest first.
+
+    item_weight32: [n] float32 -> pack_items [m, n/m] item ids
+    """
+    n = item_weight32.size
     cap = n // num_packs
     pack_items = np.empty((num_packs, cap), np.int64)
-    loads = np.zeros(num_packs)
+    loads = np.zeros(num_packs, np.float32)
     filled = np.zeros(num_packs, np.int64)
-    last_expert = np.full(num_packs, -1, np.int64)
     heap = np.arange(num_packs)
     size = num_packs
-    skipped = np.empty(num_packs, np.int64)
     for item in range(n):
-        expert = item_expert[item]
-        # Set aside the lightest packs that already hold this expert, while others remain.
-        num_skipped = 0
-        while last_expert[heap[0]] == expert and expert_limit[expert] == 1 and size > 1:
-            skipped[num_skipped] = heap[0]
-            num_skipped += 1
-            heap[0] = heap[size - 1]
-            size -= 1
-            _sift_down(heap, size, loads, 0)
         pack = heap[0]
         pack_items[pack, filled[pack]] = item
         filled[pack] += 1
-        loads[pack] += item_weight[item]
-        last_expert[pack] = expert
+        loads[pack] += item_weight32[item]
         if filled[pack] == cap:
-            heap[0] = heap[size - 1]
             size -= 1
-        _sift_down(heap, size, loads, 0)
-        for k in range(num_skipped):
-            heap[size] = skipped[k]
-            size += 1
-            _sift_up(heap, loads, size - 1)
-    return pack_items, loads
+            heap[0] = heap[size]
+        _sift_down(heap, size, loads, 0, False)
+    return pack_items
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_single_swap(item_weight, item_expert, expert_limit, pack_items, loads, by_load, heavy,
-                      enough):
-    """Best 1-for-1 swap between the heaviest pack and any other, lightest packs first.
+def _held(pack_expert, pack, expert, skip):
+    held = 0
+    for j in range(pack_expert.shape[1]):
+        if j != skip and pack_expert[pack, j] == expert:
+            held += 1
+    return held
 
-    Stops early once a swap brings both touched packs down to `enough` (no lower peak is
-    reachable by this move). Returns (objective, other pack, slot in heavy, slot in other).
+
+@numba.njit(cache=True, nogil=True)
+def _insert_sorted(pack_weight, pack_expert, pack, slot, weight, expert):
+    """Puts (weight, expert) into `slot` of the pack and restores descending weight order."""
+    cap = pack_weight.shape[1]
+    j = slot
+    while j > 0 and pack_weight[pack, j - 1] < weight:
+        pack_weight[pack, j] = pack_weight[pack, j - 1]
+        pack_expert[pack, j] = pack_expert[pack, j - 1]
+        j -= 1
+    while j < cap - 1 and pack_weight[pack, j + 1] > weight:
+        pack_weight[pack, j] = pack_weight[pack, j + 1]
+        pack_expert[pack, j] = pack_expert[pack, j + 1]
+        j += 1
+    pack_weight[pack, j] = weight
+    pack_expert[pack, j] = expert
+
+
+@numba.njit(cache=True, nogil=True)
+def _swap(pack_weight, pack_expert, loads, p, a, q, b):
+    wa, ea = pack_weight[p, a], pack_expert[p, a]
+    wb, eb = pack_weight[q, b], pack_expert[q, b]
+    loads[p] += wb - wa
+    loads[q] += wa - wb
+    _insert_sorted(pack_weight, pack_expert, p, a, wb, eb)
+    _insert_sorted(pack_weight, pack_expert, q, b, wa, ea)
+
+
+@numba.njit(cache=True, nogil=True)
+def _resort(by_load, loads, moved):
+    """Restores ascending order of by_load after loads[moved] changed."""
+    m = by_load.size
+    i = 0
+    while by_load[i] != moved:
+        i += 1
+    while i > 0 and loads[by_load[i - 1]] > loads[moved]:
+        by_load[i] = by_load[i - 1]
+        i -= 1
+    while i < m - 1 and loads[by_load[i + 1]] < loads[moved]:
+        by_load[i] = by_load[i + 1]
+        i += 1
+    by_load[i] = moved
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_single_swap(pack_weight, pack_expert, limit, loads, by_load, enough):
+    """Best 1-for-1 swap between the heaviest pack and another, lightest packs first.
+
+    Per item of the heaviest pack only the partner closest to halving the gap is tried (items
+    are sorted, so a binary search finds it). Stops once a swap brings both packs down to
+    `enough`. Returns (objective, other pack, slot in heaviest, slot in other), other < 0 if none.
     """
-    num_packs, cap = pack_items.shape
+    num_packs, cap = pack_weight.shape
+    heavy = by_load[num_packs - 1]
     top = loads[heavy]
     best = top - 1e-12 * abs(top)
     other, a_best, b_best = -1, -1, -1
-    for k in range(num_packs):
+    for k in range(num_packs - 1):
         o = by_load[k]
-        if o == heavy:
-            continue
         low = loads[o]
         if 0.5 * (top + low) >= best:
             break
         gap = top - low
         for a in range(cap):
-            wa = item_weight[pack_items[heavy, a]]
-            for b in range(cap):
-                delta = wa - item_weight[pack_items[o, b]]
+            wa = pack_weight[heavy, a]
+            ideal = wa - 0.5 * gap
+            lo, hi = 0, cap  # first slot of o with weight <= ideal
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if pack_weight[o, mid] > ideal:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            for b in (lo - 1, lo):
+                if b < 0 or b >= cap:
+                    continue
+                delta = wa - pack_weight[o, b]
                 if delta <= 0.0 or delta >= gap:
                     continue
                 objective = max(top - delta, low + delta)
-                if objective < best and not _crowded(
-                        pack_items, o, item_expert, expert_limit,
-                        item_expert[pack_items[heavy, a]], b) and not _crowded(
-                        pack_items, heavy, item_expert, expert_limit,
-                        item_expert[pack_items[o, b]], a):
+                if objective < best \
+                        and _held(pack_expert, o, pack_expert[heavy, a], b) \
+                        < limit[pack_expert[heavy, a]] \
+                        and _held(pack_expert, heavy, pack_expert[o, b], a) \
+                        < limit[pack_expert[o, b]]:
                     best, other, a_best, b_best = objective, o, a, b
         if best <= enough:
             break
@@ -284,156 +333,182 @@ def _best_single_swap(item_weight, item_expert, expert_limit, pack_items, loads,
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_pair_swap(item_weight, item_expert, expert_limit, pack_items, loads, heavy, light):
+def _pair_swap_fits(pack_expert, limit, p, x, y, q, u, v):
+    """Whether experts from slots x, y of p fit into q in place of slots u, v (fair shares)."""
+    for s in (x, y):
+        expert = pack_expert[p, s]
+        held = 0
+        for j in range(pack_expert.shape[1]):
+            if j != u and j != v and pack_expert[q, j] == expert:
+                held += 1
+        if pack_expert[p, x] == expert:
+            held += 1
+        if pack_expert[p, y] == expert:
+            held += 1
+        if held > limit[expert]:
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_pair_swap(pack_weight, pack_expert, limit, loads, heavy, light):
     """Best 2-for-2 swap between the heaviest and the lightest pack: (objective, slots x4)."""
-    cap = pack_items.shape[1]
+    cap = pack_weight.shape[1]
     top, low = loads[heavy], loads[light]
     best = top - 1e-12 * abs(top)
     gap = top - low
     found = (-1, -1, -1, -1)
     for x in range(cap):
         for y in range(x + 1, cap):
-            pair_heavy = item_weight[pack_items[heavy, x]] + item_weight[pack_items[heavy, y]]
+            pair_heavy = pack_weight[heavy, x] + pack_weight[heavy, y]
             for u in range(cap):
                 for v in range(u + 1, cap):
-                    delta = pair_heavy - (item_weight[pack_items[light, u]]
-                                          + item_weight[pack_items[light, v]])
+                    delta = pair_heavy - (pack_weight[light, u] + pack_weight[light, v])
                     if delta <= 0.0 or delta >= gap:
                         continue
                     objective = max(top - delta, low + delta)
-                    if objective < best and _pair_swap_ok(
-                            pack_items, item_expert, expert_limit, heavy, x, y, light, u, v):
+                    if objective < best \
+                            and _pair_swap_fits(pack_expert, limit, heavy, x, y, light, u, v) \
+                            and _pair_swap_fits(pack_expert, limit, light, u, v, heavy, x, y):
                         best, found = objective, (x, y, u, v)
     return best, found
 
 
 @numba.njit(cache=True, nogil=True)
-def refine(item_weight, item_expert, expert_limit, pack_items, loads, max_moves):
+def refine(pack_weight, pack_expert, limit, loads, max_moves):
     """Local search on the heaviest pack: 1-for-1 swaps with any pack, else 2-for-2 with the
-    lightest, until no move lowers the peak. pack_items [m, c] and loads [m] change in place.
+    lightest, until no move lowers the peak. Never raises the peak.
 
-    The floor max(second-heaviest load, mean load) ends a scan early: a swap that brings the
-    heaviest pack below it cannot lower this step's peak further. Returns the moves made.
+    pack_weight [m, c] (each row sorted descending), pack_expert [m, c], loads [m] change in
+    place; limit [E]: most replicas of an expert a pack may hold. Returns the moves made.
     """
-    num_packs, cap = pack_items.shape
+    num_packs, cap = pack_weight.shape
+    if cap < 2 or num_packs < 2:
+        return 0
     mean = loads.sum() / num_packs
+    by_load = np.argsort(loads)
     for move in range(max_moves):
-        by_load = np.argsort(loads)
         heavy = by_load[num_packs - 1]
         enough = max(loads[by_load[num_packs - 2]], mean)
-        best, other, a, b = _best_single_swap(
-            item_weight, item_expert, expert_limit, pack_items, loads, by_load, heavy, enough)
+        best, other, a, b = _best_single_swap(pack_weight, pack_expert, limit, loads, by_load,
+                                              enough)
         if other >= 0:
-            moved = item_weight[pack_items[heavy, a]] - item_weight[pack_items[other, b]]
-            pack_items[heavy, a], pack_items[other, b] = pack_items[other, b], pack_items[heavy, a]
+            _swap(pack_weight, pack_expert, loads, heavy, a, other, b)
         else:
-            light = by_load[0]
-            if cap < 2 or light == heavy:
-                return move
-            best, (x, y, u, v) = _best_pair_swap(
-                item_weight, item_expert, expert_limit, pack_items, loads, heavy, light)
+            other = by_load[0]
+            best, (x, y, u, v) = _best_pair_swap(pack_weight, pack_expert, limit, loads, heavy,
+                                                 other)
             if x < 0:
                 return move
-            other = light
-            moved = (item_weight[pack_items[heavy, x]] + item_weight[pack_items[heavy, y]]
-                     - item_weight[pack_items[light, u]] - item_weight[pack_items[light, v]])
-            pack_items[heavy, x], pack_items[light, u] = pack_items[light, u], pack_items[heavy, x]
-            pack_items[heavy, y], pack_items[light, v] = pack_items[light, v], pack_items[heavy, y]
-        loads[heavy] -= moved
-        loads[other] += moved
+            # Swap the higher slot first so that re-sorting keeps the lower slot's item in place.
+            wx, ex = pack_weight[heavy, x], pack_expert[heavy, x]
+            wu, eu = pack_weight[other, u], pack_expert[other, u]
+            _swap(pack_weight, pack_expert, loads, heavy, y, other, v)
+            xs, us = _slot_of(pack_weight, pack_expert, heavy, wx, ex), \
+                _slot_of(pack_weight, pack_expert, other, wu, eu)
+            _swap(pack_weight, pack_expert, loads, heavy, xs, other, us)
+        _resort(by_load, loads, heavy)
+        _resort(by_load, loads, other)
     return max_moves
 
 
 @numba.njit(cache=True, nogil=True)
-def _pair_swap_ok(pack_items, item_expert, expert_limit, heavy, x, y, light, u, v):
-    """Whether swapping slots (x, y) of `heavy` with (u, v) of `light` keeps shares fair."""
-    for pack, p, q, incoming in ((light, u, v, (x, y)), (heavy, x, y, (u, v))):
-        source = heavy if pack == light else light
-        for slot in incoming:
-            expert = item_expert[pack_items[source, slot]]
-            held = 0
-            for j in range(pack_items.shape[1]):
-                if j != p and j != q and item_expert[pack_items[pack, j]] == expert:
-                    held += 1
-            for other in incoming:
-                if item_expert[pack_items[source, other]] == expert:
-                    held += 1
-            if held > expert_limit[expert]:
-                return False
-    return True
+def _slot_of(pack_weight, pack_expert, pack, weight, expert):
+    for j in range(pack_weight.shape[1]):
+        if pack_weight[pack, j] == weight and pack_expert[pack, j] == expert:
+            return j
+    return -1
 
 
 @numba.njit(cache=True, nogil=True)
-def _separate_pairs(item_weight, item_expert, pack_items):
-    """Splits pairs that hold one expert twice by swaps that do not raise the peak."""
-    num_packs = pack_items.shape[0]
-    loads = item_weight[pack_items[:, 0]] + item_weight[pack_items[:, 1]]
+def spread(pack_weight, pack_expert, limit, loads):
+    """Moves replicas out of packs holding more of one expert than its fair share, by swaps
+    that keep both packs at or below the current peak."""
+    num_packs, cap = pack_weight.shape
     peak = loads.max()
     for p in range(num_packs):
-        if item_expert[pack_items[p, 0]] != item_expert[pack_items[p, 1]]:
-            continue
-        keep, spare = item_weight[pack_items[p, 0]], pack_items[p, 1]
-        for q in range(num_packs):
+        for a in range(cap):
+            expert = pack_expert[p, a]
+            if _held(pack_expert, p, expert, -1) <= limit[expert]:
+                continue
             done = False
-            for j in range(2):
-                y = pack_items[q, j]
-                mate = pack_items[q, 1 - j]
-                if (item_expert[y] == item_expert[spare] or item_expert[mate] == item_expert[spare]
-                        or keep + item_weight[y] > peak
-                        or loads[q] - item_weight[y] + item_weight[spare] > peak):
+            for q in range(num_packs):
+                if q == p or _held(pack_expert, q, expert, -1) >= limit[expert]:
                     continue
-                pack_items[p, 1], pack_items[q, j] = y, spare
-                loads[p] = keep + item_weight[y]
-                loads[q] += item_weight[spare] - item_weight[y]
-                done = True
-                break
-            if done:
-                break
-
-
-@numba.njit(cache=True, nogil=True)
-def _items_of(weight, counts):
-    """Replicas as items, heaviest first, each expert's replicas adjacent."""
-    n = counts.sum()
-    item_weight = np.empty(n)
-    item_expert = np.empty(n, np.int64)
-    k = 0
-    for e in np.argsort(-(weight / counts)):
-        for _ in range(counts[e]):
-            item_weight[k] = weight[e] / counts[e]
-            item_expert[k] = e
-            k += 1
-    return item_weight, item_expert
+                for b in range(cap):
+                    other = pack_expert[q, b]
+                    delta = pack_weight[p, a] - pack_weight[q, b]
+                    if other != expert and _held(pack_expert, p, other, a) < limit[other] \
+                            and loads[p] - delta <= peak and loads[q] + delta <= peak:
+                        _swap(pack_weight, pack_expert, loads, p, a, q, b)
+                        done = True
+                        break
+                if done:
+                    break
 
 
 @numba.njit(cache=True, nogil=True)
 def solve_one(weight, num_slots, num_packs, max_moves, count_steps):
-    """Replicates and packs one problem. weight: [E] -> slot_expert [num_slots] int64.
+    """Replicates and packs one problem. weight: [E] float64 -> slot_expert [num_slots] int64.
 
     Slot s sits in pack s // (num_slots / num_packs); within a pack, slots go by expert id.
     """
     cap = num_slots // num_packs
-    counts = adams_counts(weight, num_slots)
+    weight32 = weight.astype(np.float32)
+    counts = adams_counts(weight32, num_slots)
     if cap == 2 and count_steps > 0:
         count_search_pairs(weight, counts, count_steps)
-    item_weight, item_expert = _items_of(weight, counts)
-    if cap == 2:
-        pack_items = np.empty((num_packs, 2), np.int64)
+    item_weight, item_weight32, item_expert = _items_of(weight, weight32, counts)
+    pack_items = np.empty((num_packs, cap), np.int64)
+    if cap == 2:  # largest with smallest: optimal for given counts
         for p in range(num_packs):
             pack_items[p, 0] = p
             pack_items[p, 1] = num_slots - 1 - p
-        _separate_pairs(item_weight, item_expert, pack_items)
+    elif cap == 1:
+        pack_items[:, 0] = np.arange(num_packs)
     else:
-        expert_limit = (counts + num_packs - 1) // num_packs
-        pack_items, loads = lpt(item_weight, item_expert, expert_limit, num_packs)
-        if cap > 1:
-            refine(item_weight, item_expert, expert_limit, pack_items, loads, max_moves)
+        pack_items = lpt(item_weight32, num_packs)
+    pack_weight = np.empty((num_packs, cap))
+    pack_expert = np.empty((num_packs, cap), np.int64)
+    loads = np.zeros(num_packs)
+    for p in range(num_packs):
+        for j in range(cap):  # LPT fills packs heaviest first: rows are sorted descending
+            pack_weight[p, j] = item_weight[pack_items[p, j]]
+            pack_expert[p, j] = item_expert[pack_items[p, j]]
+            loads[p] += pack_weight[p, j]
+    limit = (counts + num_packs - 1) // num_packs
+    refine(pack_weight, pack_expert, limit, loads, max_moves)
+    spread(pack_weight, pack_expert, limit, loads)
     slot_expert = np.empty(num_slots, np.int64)
     for p in range(num_packs):
-        experts = np.sort(item_expert[pack_items[p]])
-        for j in range(cap):
-            slot_expert[p * cap + j] = experts[j]
+        slot_expert[p * cap:(p + 1) * cap] = np.sort(pack_expert[p])
     return slot_expert
+
+
+@numba.njit(cache=True, nogil=True)
+def pack_distinct(weight, num_packs):
+    """LPT and refinement of distinct items into equal-count packs.
+
+    weight: [n] float64 -> (pack of each item [n] int64, pack loads [m])
+    """
+    n = weight.size
+    cap = n // num_packs
+    order = np.argsort(-weight, kind="mergesort")
+    pack_items = lpt(weight[order].astype(np.float32), num_packs)
+    pack_weight = np.empty((num_packs, cap))
+    pack_item = np.empty((num_packs, cap), np.int64)
+    loads = np.zeros(num_packs)
+    for p in range(num_packs):
+        for j in range(cap):
+            pack_item[p, j] = order[pack_items[p, j]]
+            pack_weight[p, j] = weight[pack_item[p, j]]
+            loads[p] += pack_weight[p, j]
+    refine(pack_weight, pack_item, np.ones(n, np.int64), loads, 10 * n)
+    pack_of = np.empty(n, np.int64)
+    for p in range(num_packs):
+        for j in range(cap):
+            pack_of[pack_item[p, j]] = p
+    return pack_of, loads
 
 
 @numba.njit(cache=True, parallel=True)

@@ -76,6 +76,12 @@ def _inverse(perm: np.ndarray) -> np.ndarray:
     return inv
 
 
+def reference_group_packing(weight: np.ndarray, num_groups: int, num_nodes: int):
+    """The reference's groups-to-nodes LPT. weight: [L, E] float32 -> (node [L, K], rank [L, K])."""
+    group_load = weight.reshape(weight.shape[0], num_groups, -1).sum(-1, dtype=np.float32)
+    return _lpt(group_load, num_nodes)
+
+
 def reference_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
                    num_gpus: int):
     """deepseek-ai/EPLB's rebalance_experts, policy chosen as the reference does.
@@ -91,8 +97,7 @@ def reference_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_n
     experts_per_node = num_experts // num_nodes
     slots_per_gpu = num_replicas // num_gpus
 
-    group_load = weight.reshape(num_layers, num_groups, group_size).sum(-1, dtype=np.float32)
-    group_pack, group_rank = _lpt(group_load, num_nodes)
+    group_pack, group_rank = reference_group_packing(weight, num_groups, num_nodes)
     log2mlog = ((group_pack * groups_per_node + group_rank) * group_size)[:, :, None] \
         + np.arange(group_size)
     log2mlog = log2mlog.reshape(num_layers, num_experts)

@@ -1,4 +1,4 @@
-"""The refined engine: exact group-to-node assignment, then replication and packing per node."""
+"""The refined engine: groups to nodes, then replication and packing per node."""
 
 from __future__ import annotations
 
@@ -6,33 +6,63 @@ import numpy as np
 
 from . import packing
 from .hierarchy import best_node_loads
+from .reference import reference_group_packing
+from .scoring import gpu_loads
 
 MAX_MOVES_PER_ITEM = 4  # refinement cap: moves per replica
 COUNT_SEARCH_STEPS = 64  # replica-count moves per problem at 2 slots per GPU
+
+
+def _plan_nodes(weight: np.ndarray, node_groups: np.ndarray, num_replicas: int,
+                num_gpus: int) -> np.ndarray:
+    """weight: [L, E], node_groups: [L, N, K/N] groups of each node in order -> phy2log [L, P].
+
+    Node n owns slots [n * P/N, (n + 1) * P/N); every replica of a group stays on its node.
+    """
+    num_layers, num_nodes, _ = node_groups.shape
+    group_size = weight.shape[1] // (node_groups.shape[1] * node_groups.shape[2])
+    node_experts = (node_groups[..., None] * group_size + np.arange(group_size))
+    node_experts = node_experts.reshape(num_layers * num_nodes, -1)
+    layer_of_row = np.repeat(np.arange(num_layers), num_nodes)
+    node_weight = np.ascontiguousarray(weight[layer_of_row[:, None], node_experts])
+    slots_per_node = num_replicas // num_nodes
+    local = packing.solve_batch(node_weight, slots_per_node, num_gpus // num_nodes,
+                                MAX_MOVES_PER_ITEM * slots_per_node, COUNT_SEARCH_STEPS)
+    return np.take_along_axis(node_experts, local, 1).reshape(num_layers, num_replicas)
+
+
+def _groups_by_node(node_of_group: np.ndarray, order_key: np.ndarray, num_nodes: int):
+    """[L, K] node of each group, [L, K] key ordering groups within a node -> [L, N, K/N]."""
+    num_layers, num_groups = node_of_group.shape
+    order = np.argsort(node_of_group * num_groups + order_key, axis=1, kind="stable")
+    return order.reshape(num_layers, num_nodes, num_groups // num_nodes)
 
 
 def refined_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
                  num_gpus: int) -> np.ndarray:
     """Hierarchical plan (num_nodes == 1 and num_groups == 1 give the global one).
 
-    weight: [L, E] float64 -> phy2log [L, P] int64. Every replica of a group's experts stays on
-    the group's node; node n owns slots [n * P/N, (n + 1) * P/N).
+    weight: [L, E] float64 -> phy2log [L, P] int64. Groups go to nodes as the reference puts
+    them, so each layer's plan is never worse than the reference's; where the exact
+    assignment (least loaded heaviest node) differs, both are planned and the better is kept.
     """
     num_layers, num_experts = weight.shape
-    group_size = num_experts // num_groups
-    if num_nodes > 1:
-        group_load = weight.reshape(num_layers, num_groups, group_size).sum(-1)
-        node_of_group, _ = best_node_loads(group_load, num_nodes)
-        # Node n's experts: its groups in ascending order, each group's experts in order.
-        group_order = np.argsort(node_of_group * num_groups + np.arange(num_groups), axis=1)
-        node_experts = (group_order[:, :, None] * group_size + np.arange(group_size))
-        node_experts = node_experts.reshape(num_layers * num_nodes, -1)
-    else:
-        node_experts = np.broadcast_to(np.arange(num_experts), (num_layers, num_experts))
-    layer_of_row = np.repeat(np.arange(num_layers), num_nodes)
-    node_weight = np.ascontiguousarray(weight[layer_of_row[:, None], node_experts])
-    slots_per_node = num_replicas // num_nodes
-    local = packing.solve_batch(node_weight, slots_per_node, num_gpus // num_nodes,
-                                MAX_MOVES_PER_ITEM * slots_per_node, COUNT_SEARCH_STEPS)
-    phy2log = np.take_along_axis(node_experts, local, 1)
-    return phy2log.reshape(num_layers, num_replicas)
+    if num_nodes == 1:
+        all_groups = np.broadcast_to(np.arange(num_groups), (num_layers, 1, num_groups))
+        return _plan_nodes(weight, all_groups, num_replicas, num_gpus)
+    ref_node, ref_rank = reference_group_packing(weight.astype(np.float32), num_groups, num_nodes)
+    phy2log = _plan_nodes(weight, _groups_by_node(ref_node, ref_rank, num_nodes),
+                          num_replicas, num_gpus)
+    group_load = weight.reshape(num_layers, num_groups, -1).sum(-1)
+    exact_node, exact_peak = best_node_loads(group_load, num_nodes)
+    ref_peak = np.stack([np.where(ref_node == node, group_load, 0.0).sum(1)
+                         for node in range(num_nodes)], 1).max(1)
+    differ = np.flatnonzero(exact_peak < ref_peak)
+    if differ.size:
+        rank = np.argsort(np.argsort(-group_load[differ], axis=1, kind="stable"), axis=1)
+        other = _plan_nodes(weight[differ], _groups_by_node(exact_node[differ], rank, num_nodes),
+                            num_replicas, num_gpus)
+        better = gpu_loads(weight[differ], other, num_gpus).max(1) \
+            < gpu_loads(weight[differ], phy2log[differ], num_gpus).max(1)
+        phy2log[differ[better]] = other[better]
+    return phy2log
