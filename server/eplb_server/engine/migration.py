@@ -33,6 +33,9 @@ _NO_PEAK = np.inf
 # Repair counts a move that copies an expert onto a node that holds no replica of it at this
 # fraction of its peak reduction, so that it prefers moves inside a node.
 CROSS_NODE_FACTOR = 0.8
+# Repair offers a new replica of a hot expert to slots on this many of the lightest GPUs only:
+# such moves are rarely the best (swaps are), and scanning every slot dominated the search.
+_LIGHT_GPUS = 4
 
 
 @dataclass(frozen=True)
@@ -312,6 +315,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
     touched_list = np.empty(num_gpus, np.int64)
     head = np.full(num_experts, -1, np.int64)
     nxt = np.full(num_slots, -1, np.int64)
+    share = weight / counts  # [E], kept up to date
     by_share = np.argsort(weight / (counts + 1))
     position = np.empty(num_experts, np.int64)
     for i in range(num_experts):
@@ -320,7 +324,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
     while steps < max_steps:
         load[:] = 0.0
         for p in range(num_slots):
-            load[p // per_gpu] += weight[cur[p]] / counts[cur[p]]
+            load[p // per_gpu] += share[cur[p]]
         head[:] = -1
         for p in range(num_slots - 1, -1, -1):
             nxt[p] = head[cur[p]]
@@ -334,7 +338,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
         max_share = 0.0
         for e in range(num_experts):
             if counts[e] >= 2:
-                max_share = max(max_share, weight[e] / counts[e])
+                max_share = max(max_share, share[e])
         best_score = 0.0  # peak reduction per slot changed, cross-node moves discounted
         best_kind = -1
         best_a = -1
@@ -344,7 +348,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             x = cur[a]
             if counts[x] < 2:
                 continue
-            share_x = weight[x] / counts[x]
+            share_x = share[x]
             # x's other replicas all get heavier whatever y is: the gain is at most peak - that.
             x_bound = _others_bound(weight, counts, load, head, nxt, per_gpu, x, hot)
             for i in range(num_experts):
@@ -361,7 +365,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
                     gain *= cross_factor
                 if gain > best_score:
                     best_score, best_kind, best_a, best_b = gain, 0, a, y
-        # 2. A slot on another GPU takes a replica of expert y on the hot GPU (GPUs by load).
+        # 2. A slot on one of the lightest GPUs takes a replica of expert y on the hot GPU.
         for j in range(per_gpu):
             y = cur[hot * per_gpu + j]
             dup = False
@@ -375,18 +379,20 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             for i in range(per_gpu):
                 if cur[hot * per_gpu + i] == y:
                     on_hot += 1
-            if peak - on_hot * (weight[y] / counts[y] - new_share_y) >= peak - best_score:
-                continue
-            for r in range(num_gpus - 1):
+            # The hot GPU ends at least this heavy whichever slot takes y.
+            hot_after = peak - on_hot * (share[y] - new_share_y)
+            for r in range(min(num_gpus - 1, _LIGHT_GPUS)):
                 g = order[r]
-                if load[g] + new_share_y - max_share >= peak - best_score:
+                if hot_after >= peak - best_score or \
+                        load[g] + new_share_y - max_share >= peak - best_score:
                     break
                 factor = 1.0 if node_has[gpu_node[g], y] > 0 else cross_factor
                 for a in range(g * per_gpu, (g + 1) * per_gpu):
                     x = cur[a]
                     if x == y or counts[x] < 2 or not allowed[slot_node[a], y // group_size]:
                         continue
-                    if load[g] - weight[x] / counts[x] + new_share_y >= peak - best_score:
+                    if load[g] - share[x] + new_share_y >= peak - best_score \
+                            or hot_after >= peak - best_score:
                         continue
                     gain = peak - _touched_peak(weight, cur, counts, load, head, nxt, per_gpu,
                                                 a, y, delta, touched, touched_list)
@@ -401,12 +407,13 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             h_node = gpu_node[h]
             for a in range(hot * per_gpu, (hot + 1) * per_gpu):
                 x = cur[a]
-                share_x = weight[x] / counts[x]
-                if not allowed[slot_node[h * per_gpu], x // group_size]:
+                share_x = share[x]
+                if share_x <= 2.0 * best_score or \
+                        not allowed[slot_node[h * per_gpu], x // group_size]:
                     continue
                 for b in range(h * per_gpu, (h + 1) * per_gpu):
                     z = cur[b]
-                    share_z = weight[z] / counts[z]
+                    share_z = share[z]
                     if z == x or share_z >= share_x or not allowed[slot_node[a], z // group_size]:
                         continue
                     new_peak = max(peak - share_x + share_z, load[h] + share_x - share_z)
@@ -427,6 +434,8 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             node = gpu_node[best_a // per_gpu]
             node_has[node, x] -= 1
             node_has[node, y] += 1
+            share[x] = weight[x] / counts[x]
+            share[y] = weight[y] / counts[y]
             _resort(by_share, position, weight, counts, x)
             _resort(by_share, position, weight, counts, y)
             move_slot[steps] = best_a
@@ -453,7 +462,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
         for g in range(num_gpus):
             delta[g] = 0.0
         for p in range(num_slots):
-            delta[p // per_gpu] += weight[cur[p]] / counts[cur[p]]
+            delta[p // per_gpu] += share[cur[p]]
         for g in range(num_gpus):
             peak_now = max(peak_now, delta[g])
             delta[g] = 0.0
@@ -502,21 +511,55 @@ def transfers(current_phy2log: np.ndarray, phy2log: np.ndarray, num_nodes: int, 
     """current_phy2log, phy2log: [L, P] -> (transfers [M, 4] int64 of (layer, slot, expert,
     source_slot), cross_node [M] bool). Sources hold the expert in the current mapping and are
     on the same GPU if possible, else the same node, else anywhere (lowest slot id)."""
-    num_layers, num_slots = phy2log.shape
+    current = np.ascontiguousarray(current_phy2log, dtype=np.int64)
+    new = np.ascontiguousarray(phy2log, dtype=np.int64)
+    num_experts = int(max(current.max(initial=0), new.max(initial=0))) + 1
+    moves, cross = _transfers(current, new, num_nodes, num_gpus, num_experts)
+    return moves, cross
+
+
+@numba.njit(cache=True, nogil=True)
+def _transfers(current, new, num_nodes, num_gpus, num_experts):
+    """See transfers. current, new: [L, P] int64 -> ([M, 4] int64, [M] bool)."""
+    num_layers, num_slots = new.shape
     per_gpu = num_slots // num_gpus
-    layer, slot = np.nonzero(phy2log != current_phy2log)
-    expert = phy2log[layer, slot]
-    if layer.size == 0:
-        return np.zeros((0, 4), np.int64), np.zeros(0, bool)
-    holds = current_phy2log[layer] == expert[:, None]  # [M, P]
-    slots = np.arange(num_slots)
-    node = slot_nodes(num_slots, num_nodes, num_gpus)
-    rank = np.where(slots // per_gpu == (slot // per_gpu)[:, None], 0,
-                    np.where(node == node[slot][:, None], 1, 2))
-    cost = np.where(holds, rank * num_slots + slots, 3 * num_slots)
-    source = cost.argmin(1)
-    out = np.stack([layer, slot, expert, source], 1).astype(np.int64)
-    return out, node[source] != node[slot]
+    total = 0
+    for layer in range(num_layers):
+        for p in range(num_slots):
+            if new[layer, p] != current[layer, p]:
+                total += 1
+    out = np.empty((total, 4), np.int64)
+    cross = np.zeros(total, np.bool_)
+    head = np.empty(num_experts, np.int64)  # lowest current slot of each expert ...
+    nxt = np.empty(num_slots, np.int64)  # ... and the next one, ascending
+    m = 0
+    for layer in range(num_layers):
+        head[:] = -1
+        for p in range(num_slots - 1, -1, -1):
+            e = current[layer, p]
+            nxt[p] = head[e]
+            head[e] = p
+        for p in range(num_slots):
+            e = new[layer, p]
+            if e == current[layer, p]:
+                continue
+            gpu = p // per_gpu
+            node = gpu * num_nodes // num_gpus
+            best, best_rank = -1, 3
+            q = head[e]
+            while q >= 0:
+                g = q // per_gpu
+                rank = 0 if g == gpu else (1 if g * num_nodes // num_gpus == node else 2)
+                if rank < best_rank:
+                    best, best_rank = q, rank
+                q = nxt[q]
+            out[m, 0] = layer
+            out[m, 1] = p
+            out[m, 2] = e
+            out[m, 3] = best
+            cross[m] = best_rank == 2
+            m += 1
+    return out, cross
 
 
 def slot_nodes(num_slots: int, num_nodes: int, num_gpus: int) -> np.ndarray:

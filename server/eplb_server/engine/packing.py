@@ -12,6 +12,9 @@ import numba
 import numpy as np
 
 
+PAIR_SWAP_ALL_MAX_CAP = 5  # most slots per pack at which 2-for-2 swaps try every pack
+
+
 @numba.njit(cache=True, nogil=True)
 def _before(key, a, b):
     """Heap order: larger key first, then lower index."""
@@ -351,36 +354,69 @@ def _pair_swap_fits(pack_expert, limit, p, x, y, q, u, v):
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_pair_swap(pack_weight, pack_expert, limit, loads, heavy, light):
-    """Best 2-for-2 swap between the heaviest and the lightest pack: (objective, slots x4)."""
+def _pair_sums(pack_weight, pack):
+    """Sums of every two slots of a pack, ascending: (sums [c(c-1)/2], first slots, second slots)."""
     cap = pack_weight.shape[1]
-    top, low = loads[heavy], loads[light]
-    best = top - 1e-12 * abs(top)
-    gap = top - low
-    found = (-1, -1, -1, -1)
+    count = cap * (cap - 1) // 2
+    sums = np.empty(count)
+    first = np.empty(count, np.int64)
+    second = np.empty(count, np.int64)
+    k = 0
     for x in range(cap):
         for y in range(x + 1, cap):
-            pair_heavy = pack_weight[heavy, x] + pack_weight[heavy, y]
-            for u in range(cap):
-                for v in range(u + 1, cap):
-                    delta = pair_heavy - (pack_weight[light, u] + pack_weight[light, v])
-                    if delta <= 0.0 or delta >= gap:
-                        continue
-                    objective = max(top - delta, low + delta)
-                    if objective < best \
-                            and _pair_swap_fits(pack_expert, limit, heavy, x, y, light, u, v) \
-                            and _pair_swap_fits(pack_expert, limit, light, u, v, heavy, x, y):
-                        best, found = objective, (x, y, u, v)
-    return best, found
+            sums[k], first[k], second[k] = pack_weight[pack, x] + pack_weight[pack, y], x, y
+            k += 1
+    order = np.argsort(sums)
+    return sums[order], first[order], second[order]
 
 
 @numba.njit(cache=True, nogil=True)
-def refine(pack_weight, pack_expert, limit, loads, max_moves):
-    """Local search on the heaviest pack: 1-for-1 swaps with any pack, else 2-for-2 with the
-    lightest, until no move lowers the peak. Never raises the peak.
+def _best_pair_swap_any(pack_weight, pack_expert, limit, loads, by_load, partners):
+    """Best 2-for-2 swap between the heaviest pack and the `partners` lightest others, lightest
+    first, skipping packs that cannot beat the best found. For each pair of the heaviest pack only the other pack's
+    pair closest to halving the gap is tried (binary search over sorted pair sums).
+
+    Returns (objective, other pack, (x, y, u, v)): slots x, y of the heaviest pack go to slots
+    u, v of the other; other < 0 when no swap lowers the peak.
+    """
+    num_packs = pack_weight.shape[0]
+    heavy = by_load[num_packs - 1]
+    top = loads[heavy]
+    best, other, found = top - 1e-12 * abs(top), -1, (-1, -1, -1, -1)
+    heavy_sums, heavy_x, heavy_y = _pair_sums(pack_weight, heavy)
+    for k in range(min(partners, num_packs - 1)):
+        o = by_load[k]
+        low = loads[o]
+        if 0.5 * (top + low) >= best:
+            break
+        gap = top - low
+        sums, first, second = _pair_sums(pack_weight, o)
+        for i in range(heavy_sums.size):
+            ideal = heavy_sums[i] - 0.5 * gap
+            j = np.searchsorted(sums, ideal)
+            for c in (j - 1, j):
+                if c < 0 or c >= sums.size:
+                    continue
+                delta = heavy_sums[i] - sums[c]
+                if delta <= 0.0 or delta >= gap:
+                    continue
+                objective = max(top - delta, low + delta)
+                x, y, u, v = heavy_x[i], heavy_y[i], first[c], second[c]
+                if objective < best \
+                        and _pair_swap_fits(pack_expert, limit, heavy, x, y, o, u, v) \
+                        and _pair_swap_fits(pack_expert, limit, o, u, v, heavy, x, y):
+                    best, other, found = objective, o, (x, y, u, v)
+    return best, other, found
+
+
+@numba.njit(cache=True, nogil=True)
+def refine(pack_weight, pack_expert, limit, loads, max_moves, good_enough, pair_partners):
+    """Local search on the heaviest pack: 1-for-1 swaps with any pack, else 2-for-2 with one of
+    the `pair_partners` lightest packs, until no move lowers the peak. Never raises the peak.
 
     pack_weight [m, c] (each row sorted descending), pack_expert [m, c], loads [m] change in
-    place; limit [E]: most replicas of an expert a pack may hold. Returns the moves made.
+    place; limit [E]: most replicas of an expert a pack may hold. Stops early once the peak
+    is at most `good_enough`. Returns the moves made.
     """
     num_packs, cap = pack_weight.shape
     if cap < 2 or num_packs < 2:
@@ -389,16 +425,17 @@ def refine(pack_weight, pack_expert, limit, loads, max_moves):
     by_load = np.argsort(loads)
     for move in range(max_moves):
         heavy = by_load[num_packs - 1]
+        if loads[heavy] <= good_enough:
+            return move
         enough = max(loads[by_load[num_packs - 2]], mean)
         best, other, a, b = _best_single_swap(pack_weight, pack_expert, limit, loads, by_load,
                                               enough)
         if other >= 0:
             _swap(pack_weight, pack_expert, loads, heavy, a, other, b)
         else:
-            other = by_load[0]
-            best, (x, y, u, v) = _best_pair_swap(pack_weight, pack_expert, limit, loads, heavy,
-                                                 other)
-            if x < 0:
+            best, other, (x, y, u, v) = _best_pair_swap_any(
+                pack_weight, pack_expert, limit, loads, by_load, pair_partners)
+            if other < 0:
                 return move
             # Swap the higher slot first so that re-sorting keeps the lower slot's item in place.
             wx, ex = pack_weight[heavy, x], pack_expert[heavy, x]
@@ -448,10 +485,12 @@ def spread(pack_weight, pack_expert, limit, loads):
 
 
 @numba.njit(cache=True, nogil=True)
-def solve_one(weight, num_slots, num_packs, max_moves, count_steps):
+def solve_one(weight, num_slots, num_packs, max_moves, count_steps, tolerance):
     """Replicates and packs one problem. weight: [E] float64 -> slot_expert [num_slots] int64.
 
-    Slot s sits in pack s // (num_slots / num_packs); within a pack, slots go by expert id.
+    Refinement stops once the peak is within `tolerance` (relative) of the packing's lower
+    bound max(mean load, largest item). Slot s sits in pack s // (num_slots / num_packs);
+    within a pack, slots go by expert id.
     """
     cap = num_slots // num_packs
     weight32 = weight.astype(np.float32)
@@ -477,7 +516,11 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps):
             pack_expert[p, j] = item_expert[pack_items[p, j]]
             loads[p] += pack_weight[p, j]
     limit = (counts + num_packs - 1) // num_packs
-    refine(pack_weight, pack_expert, limit, loads, max_moves)
+    good_enough = max(loads.sum() / num_packs, item_weight.max()) * (1.0 + tolerance)
+    # 2-for-2 swaps with every pack pay off where packs hold few items (measured: at 4 per
+    # GPU they cut the mean gap 0.26% -> 0.08%); with more items, the lightest pack suffices.
+    pair_partners = num_packs if cap <= PAIR_SWAP_ALL_MAX_CAP else 1
+    refine(pack_weight, pack_expert, limit, loads, max_moves, good_enough, pair_partners)
     spread(pack_weight, pack_expert, limit, loads)
     slot_expert = np.empty(num_slots, np.int64)
     for p in range(num_packs):
@@ -503,7 +546,7 @@ def pack_distinct(weight, num_packs):
             pack_item[p, j] = order[pack_items[p, j]]
             pack_weight[p, j] = weight[pack_item[p, j]]
             loads[p] += pack_weight[p, j]
-    refine(pack_weight, pack_item, np.ones(n, np.int64), loads, 10 * n)
+    refine(pack_weight, pack_item, np.ones(n, np.int64), loads, 10 * n, 0.0, num_packs)
     pack_of = np.empty(n, np.int64)
     for p in range(num_packs):
         for j in range(cap):
@@ -512,9 +555,9 @@ def pack_distinct(weight, num_packs):
 
 
 @numba.njit(cache=True, parallel=True)
-def solve_batch(weight, num_slots, num_packs, max_moves, count_steps):
+def solve_batch(weight, num_slots, num_packs, max_moves, count_steps, tolerance):
     """Independent problems in parallel. weight: [B, E] float64 -> slot_expert [B, num_slots]."""
     out = np.empty((weight.shape[0], num_slots), np.int64)
     for b in numba.prange(weight.shape[0]):
-        out[b] = solve_one(weight[b], num_slots, num_packs, max_moves, count_steps)
+        out[b] = solve_one(weight[b], num_slots, num_packs, max_moves, count_steps, tolerance)
     return out
