@@ -12,6 +12,7 @@ import numba
 import numpy as np
 
 
+COUNT_SEARCH_WIDTH = 4  # receivers per replica-count step: this many largest and smallest pieces
 PAIR_SWAP_ALL_MAX_CAP = 5  # most slots per pack at which 2-for-2 swaps try every pack
 
 
@@ -111,7 +112,37 @@ def _pair_peak(order, piece, counts, num_pairs):
 
 @numba.njit(cache=True, nogil=True)
 def _sorted_by_piece(piece):
+    """Experts by piece size, largest first, lower index first among equals."""
     return np.argsort(-piece, kind="mergesort")
+
+
+@numba.njit(cache=True, nogil=True)
+def _ahead(piece, a, b):
+    return piece[a] > piece[b] or (piece[a] == piece[b] and a < b)
+
+
+@numba.njit(cache=True, nogil=True)
+def _resorted(order, piece, a, b):
+    """`order` sorted as `_sorted_by_piece` except experts a and b, whose pieces changed:
+    the sorted order in O(E)."""
+    if _ahead(piece, b, a):
+        a, b = b, a
+    out = np.empty_like(order)
+    k, pending = 0, 0
+    for e in order:
+        if e == a or e == b:
+            continue
+        while pending < 2 and _ahead(piece, a if pending == 0 else b, e):
+            out[k] = a if pending == 0 else b
+            k += 1
+            pending += 1
+        out[k] = e
+        k += 1
+    while pending < 2:
+        out[k] = a if pending == 0 else b
+        k += 1
+        pending += 1
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -123,25 +154,27 @@ def _move_replica(weight, counts, piece, donor, receiver):
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_replica_move(weight, counts, piece, num_pairs, width):
+def _best_replica_move(weight, counts, piece, order, num_pairs, width):
     """The replica move (donor -> receiver) whose pairing has the lowest peak.
 
-    Receivers: the `width` experts with the largest pieces; donors: the 2 * `width` experts
-    whose pieces grow least when they give up a replica. Returns (peak, donor, receiver).
+    Receivers: the `width` experts with the largest pieces (to shrink them) and the `width`
+    with the smallest (to make small partners for large pieces); donors: the 2 * `width`
+    experts whose pieces grow least when they give up a replica. order: experts by piece, largest first. Returns (peak, donor, receiver).
     """
-    order = _sorted_by_piece(piece)
-    donor_cost = np.full(weight.size, np.inf)
-    for e in range(weight.size):
+    num_experts = weight.size
+    donor_cost = np.full(num_experts, np.inf)
+    for e in range(num_experts):
         if counts[e] > 1:
             donor_cost[e] = weight[e] / (counts[e] - 1)
     donors = np.argsort(donor_cost, kind="mergesort")[:2 * width]
     best_peak, best_donor, best_receiver = np.inf, -1, -1
-    for r in order[:width]:
+    for k in range(min(2 * width, num_experts)):
+        r = order[k] if k < width else order[num_experts - 1 - (k - width)]
         for d in donors:
             if d == r or counts[d] <= 1:
                 continue
             _move_replica(weight, counts, piece, d, r)
-            trial = _pair_peak(_sorted_by_piece(piece), piece, counts, num_pairs)
+            trial = _pair_peak(_resorted(order, piece, d, r), piece, counts, num_pairs)
             _move_replica(weight, counts, piece, r, d)
             if trial < best_peak:
                 best_peak, best_donor, best_receiver = trial, d, r
@@ -149,33 +182,37 @@ def _best_replica_move(weight, counts, piece, num_pairs, width):
 
 
 @numba.njit(cache=True, nogil=True)
-def count_search_pairs(weight, counts, max_steps):
+def count_search_pairs(weight, counts, max_steps, width):
     """Moves replicas between experts while that lowers the peak of a 2-slots-per-GPU packing
     (largest piece with smallest is the optimal pairing for given counts). When no single move
     helps, problems of at most 64 experts try two moves in a row (the first may raise the peak).
 
-    weight: [E] float64, counts: [E] int64 (updated in place) -> peak load
+    weight: [E] float64, counts: [E] int64 (updated in place); width: receivers tried per
+    step -> peak load
     """
     num_pairs = counts.sum() // 2
     piece = weight / counts
-    peak = _pair_peak(_sorted_by_piece(piece), piece, counts, num_pairs)
-    width = 4
+    order = _sorted_by_piece(piece)
+    peak = _pair_peak(order, piece, counts, num_pairs)
     for _ in range(max_steps):
-        trial, donor, receiver = _best_replica_move(weight, counts, piece, num_pairs, width)
+        trial, donor, receiver = _best_replica_move(weight, counts, piece, order, num_pairs,
+                                                    width)
         if donor >= 0 and trial < peak * (1.0 - 1e-12):
             _move_replica(weight, counts, piece, donor, receiver)
+            order = _resorted(order, piece, donor, receiver)
             peak = trial
             continue
-        if weight.size > 64:  # two-move lookahead costs O(E^2 log E): small problems only
+        if weight.size > 64:  # two-move lookahead costs O(E^3): small problems only
             break
         best, first, second = peak * (1.0 - 1e-12), (-1, -1), (-1, -1)
-        order = _sorted_by_piece(piece)
         for r in order[:width]:
             for d in range(weight.size):
                 if d == r or counts[d] <= 1:
                     continue
                 _move_replica(weight, counts, piece, d, r)
-                trial, d2, r2 = _best_replica_move(weight, counts, piece, num_pairs, width)
+                moved = _resorted(order, piece, d, r)
+                trial, d2, r2 = _best_replica_move(weight, counts, piece, moved, num_pairs,
+                                                   width)
                 _move_replica(weight, counts, piece, r, d)
                 if d2 >= 0 and trial < best:
                     best, first, second = trial, (d, r), (d2, r2)
@@ -183,6 +220,7 @@ def count_search_pairs(weight, counts, max_steps):
             break
         _move_replica(weight, counts, piece, first[0], first[1])
         _move_replica(weight, counts, piece, second[0], second[1])
+        order = _sorted_by_piece(piece)
         peak = best
     return peak
 
@@ -496,7 +534,7 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps, tolerance):
     weight32 = weight.astype(np.float32)
     counts = adams_counts(weight32, num_slots)
     if cap == 2 and count_steps > 0:
-        count_search_pairs(weight, counts, count_steps)
+        count_search_pairs(weight, counts, count_steps, COUNT_SEARCH_WIDTH)
     item_weight, item_weight32, item_expert = _items_of(weight, weight32, counts)
     pack_items = np.empty((num_packs, cap), np.int64)
     if cap == 2:  # largest with smallest: optimal for given counts
