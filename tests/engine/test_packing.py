@@ -1,0 +1,80 @@
+"""The compiled packing kernels: refinement keeps items, order and fair shares, never raises the peak."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eplb_server.engine import packing
+
+
+@st.composite
+def packings(draw):
+    num_packs = draw(st.integers(2, 8))
+    cap = draw(st.integers(2, 6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    num_experts = draw(st.integers(1, num_packs * cap))
+    experts = np.concatenate([np.arange(num_experts),
+                              rng.integers(0, num_experts, num_packs * cap - num_experts)])
+    rng.shuffle(experts)
+    expert_weight = rng.lognormal(0, 1, num_experts)
+    counts = np.bincount(experts, minlength=num_experts)
+    weight = expert_weight[experts] / counts[experts]
+    pack_weight = weight.reshape(num_packs, cap)
+    pack_expert = experts.reshape(num_packs, cap)
+    order = np.argsort(-pack_weight, axis=1, kind="stable")
+    pack_weight = np.take_along_axis(pack_weight, order, 1).copy()
+    pack_expert = np.take_along_axis(pack_expert, order, 1).copy()
+    limit = np.full(num_experts, num_packs * cap, np.int64) if draw(st.booleans()) \
+        else (counts + num_packs - 1) // num_packs
+    return pack_weight, pack_expert, limit.astype(np.int64)
+
+
+def held_over_limit(pack_expert, limit):
+    return sum(max(0, np.count_nonzero(row == e) - limit[e])
+               for row in pack_expert for e in set(row.tolist()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(packings(), st.sampled_from([1, 100]))
+def test_refine_and_spread_preserve_items_and_never_raise_the_peak(packing_case, partners):
+    pack_weight, pack_expert, limit = packing_case
+    before = sorted(zip(pack_weight.ravel().tolist(), pack_expert.ravel().tolist()))
+    loads = pack_weight.sum(1)
+    peak, excess = loads.max(), held_over_limit(pack_expert, limit)
+    packing.refine(pack_weight, pack_expert, limit, loads, 1000, 0.0, partners)
+    packing.spread(pack_weight, pack_expert, limit, loads)
+    assert sorted(zip(pack_weight.ravel().tolist(), pack_expert.ravel().tolist())) == before
+    assert np.allclose(loads, pack_weight.sum(1))
+    assert (np.diff(pack_weight, axis=1) <= 0).all()
+    assert loads.max() <= peak * (1 + 1e-12)
+    assert held_over_limit(pack_expert, limit) <= excess
+
+
+def test_pair_swaps_with_every_pack_beat_pair_swaps_with_the_lightest_only():
+    start = np.array([[24.0, 23, 17, 2], [28, 15, 8, 3], [24, 22, 22, 10], [29, 12, 4, 4]])
+    peaks = []
+    for partners in (1, 4):
+        pack_weight, loads = start.copy(), start.sum(1)
+        pack_expert = np.arange(16).reshape(4, 4)
+        packing.refine(pack_weight, pack_expert, np.ones(16, np.int64), loads, 50, 0.0, partners)
+        peaks.append(loads.max())
+    assert peaks == [63.0, 62.0]
+
+
+@pytest.mark.parametrize("num_slots", [8, 16, 24])
+def test_adams_counts_attain_the_replication_bound(num_slots):
+    rng = np.random.default_rng(num_slots)
+    weight = rng.lognormal(0, 1, 8)
+    counts = packing.adams_counts(weight, num_slots)
+    assert counts.sum() == num_slots and (counts >= 1).all()
+    best = (weight / counts).max()
+    for donor in range(8):  # no single move of a replica lowers the largest piece
+        for receiver in range(8):
+            if donor != receiver and counts[donor] > 1:
+                moved = counts.copy()
+                moved[donor] -= 1
+                moved[receiver] += 1
+                assert (weight / moved).max() >= best
