@@ -11,7 +11,6 @@ from .scoring import gpu_loads
 
 MAX_MOVES_PER_ITEM = 4  # refinement cap: moves per replica
 COUNT_SEARCH_STEPS = 64  # replica-count moves per problem at 2 slots per GPU
-REFINE_TOLERANCE = 0.0  # stop refining within this relative distance of the packing bound
 
 
 def _plan_nodes(weight: np.ndarray, node_groups: np.ndarray, num_replicas: int,
@@ -28,8 +27,7 @@ def _plan_nodes(weight: np.ndarray, node_groups: np.ndarray, num_replicas: int,
     node_weight = np.ascontiguousarray(weight[layer_of_row[:, None], node_experts])
     slots_per_node = num_replicas // num_nodes
     local = packing.solve_batch(node_weight, slots_per_node, num_gpus // num_nodes,
-                                MAX_MOVES_PER_ITEM * slots_per_node, COUNT_SEARCH_STEPS,
-                                REFINE_TOLERANCE)
+                                MAX_MOVES_PER_ITEM * slots_per_node, COUNT_SEARCH_STEPS)
     return np.take_along_axis(node_experts, local, 1).reshape(num_layers, num_replicas)
 
 
