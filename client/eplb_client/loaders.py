@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -12,6 +13,39 @@ LOGICAL_COUNT = "logical_count"
 
 class LoadError(ValueError):
     """A file that does not hold the expected array."""
+
+
+def _check_npy_header(fp, available: int, where) -> None:
+    """Raises LoadError unless the .npy header at fp's position declares at most `available`
+    bytes of data: a header's shape is never trusted with an allocation the file cannot fill."""
+    start = fp.tell()
+    version = np.lib.format.read_magic(fp)
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise LoadError(f"{where}: unsupported .npy format version {version}")
+    # Versions 2.0 and 3.0 share a header layout (3.0 allows utf-8 field names).
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    try:
+        shape, _, dtype = read(fp)
+    except Exception as e:  # numpy parses the header as Python source: many error types
+        raise LoadError(f"{where}: malformed .npy header: {e}") from None
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if needed > available - (fp.tell() - start):
+        raise LoadError(f"{where}: header declares shape {list(shape)} of {dtype}, "
+                        f"more data than the file holds")
+
+
+def _checked_npy(path):
+    with open(path, "rb") as f:
+        _check_npy_header(f, os.fstat(f.fileno()).st_size, path)
+
+
+def _checked_npz(path):
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if info.filename.endswith(".npy"):
+                with z.open(info) as member:
+                    _check_npy_header(member, info.file_size, f"{path}[{info.filename}]")
 
 
 def _pick(mapping: dict, key: str | None, path, default_keys=()) -> tuple[str, object]:
@@ -49,8 +83,10 @@ def read_array(path, key: str | None = None, default_keys=()) -> tuple[np.ndarra
                 return np.asarray(v), k
             return np.asarray(data), None
         if ext == ".npy":
+            _checked_npy(path)
             return np.load(path, allow_pickle=False), None
         if ext == ".npz":
+            _checked_npz(path)
             with np.load(path, allow_pickle=False) as z:
                 k, v = _pick(dict(z.items()), key, path, default_keys)
                 return np.asarray(v), k
@@ -59,9 +95,21 @@ def read_array(path, key: str | None = None, default_keys=()) -> tuple[np.ndarra
                 from safetensors.numpy import load_file
             except ImportError:
                 raise LoadError("reading .safetensors needs the safetensors package") from None
-            k, v = _pick(load_file(path), key, path, default_keys)
+            try:
+                tensors = load_file(path)
+            except OSError:
+                raise
+            except Exception as e:  # SafetensorError and kin: a malformed file
+                raise LoadError(f"{path}: not a valid safetensors file: {e}") from None
+            k, v = _pick(tensors, key, path, default_keys)
             return np.asarray(v), k
-    except (OSError, json.JSONDecodeError) as e:
+    except LoadError:
+        raise
+    except RecursionError:
+        raise LoadError(f"{path}: nested too deeply") from None
+    # Malformed content: bad JSON or text encoding, ragged lists, broken .npy headers, truncated
+    # data, bad zip archives, pickled objects.
+    except (OSError, ValueError, EOFError, SyntaxError, zipfile.BadZipFile) as e:
         raise LoadError(f"{path}: {e}") from None
     raise LoadError(f"{path}: unsupported file type {ext or '(none)'}; "
                     "use .json, .npy, .npz or .safetensors")

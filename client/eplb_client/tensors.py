@@ -66,6 +66,9 @@ def from_tensor(t: pb.Tensor, *, max_elements: int | None = None) -> np.ndarray:
     dtype = _NUMPY_OF[t.dtype]
     if t.float_values:
         values = np.asarray(t.float_values, dtype=np.float64)
+        if dtype.kind == "i" and values.size and not (
+                np.isfinite(values).all() and (values == np.round(values)).all()):
+            raise TensorError(f"float_values of a {dtype.name} tensor must be whole numbers")
     elif t.int_values:
         values = np.asarray(t.int_values, dtype=np.int64)
     else:
@@ -76,4 +79,10 @@ def from_tensor(t: pb.Tensor, *, max_elements: int | None = None) -> np.ndarray:
         return np.frombuffer(t.data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
     if values.size != count:
         raise TensorError(f"{values.size} values given, shape {list(shape)} needs {count}")
+    if dtype.kind == "i" and values.size:  # no silent wrap-around into the integer type
+        bits = dtype.itemsize * 8 - 1  # [-2^bits, 2^bits): exact as Python ints and as floats
+        low, high = values.min(), values.max()
+        if int(low) < -(1 << bits) or (high >= 2.0 ** bits if values.dtype.kind == "f"
+                                         else int(high) >= 1 << bits):
+            raise TensorError(f"values outside the range of {dtype.name}")
     return values.astype(dtype.newbyteorder("=")).reshape(shape)

@@ -146,14 +146,15 @@ def scrape(port: int) -> dict:
 
 
 class ServerProcess:
-    """`python -m eplb_server` with the given flags and EPLB_* variables, its log in a file."""
+    """`python -m eplb_server` with the given flags and EPLB_* variables, its log in a file
+    (run in `cwd`, the repository by default)."""
 
-    def __init__(self, args, log_path, env=None):
+    def __init__(self, args, log_path, env=None, cwd=None):
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "eplb_server", *args], stdout=self._log,
-            stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
+            stderr=subprocess.STDOUT, cwd=cwd or REPO, env={**os.environ, **(env or {})})
 
     def log(self) -> str:
         return self.log_path.read_text()
