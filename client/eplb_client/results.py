@@ -86,6 +86,8 @@ class Migration(_AsDict):
     layers_kept_for_lack_of_gain: int
     transfers: np.ndarray
     transfer_cross_node: np.ndarray
+    layer_balancedness_before: np.ndarray  # [L] mean / peak GPU load, current mapping
+    layer_balancedness_after: np.ndarray  # [L] the same for the returned mapping
 
     @classmethod
     def from_proto(cls, m: pb.Migration) -> "Migration":
@@ -99,6 +101,10 @@ class Migration(_AsDict):
             transfers=_frozen(np.asarray(rows, dtype=np.int64).reshape(-1, 4)),
             transfer_cross_node=_frozen(np.asarray([t.cross_node for t in m.transfers],
                                                    dtype=bool)),
+            layer_balancedness_before=_frozen(np.asarray(m.layer_balancedness_before,
+                                                         dtype=np.float64)),
+            layer_balancedness_after=_frozen(np.asarray(m.layer_balancedness_after,
+                                                        dtype=np.float64)),
         )
 
 

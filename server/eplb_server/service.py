@@ -89,7 +89,9 @@ def migration_message(m) -> pb.Migration:
     message = pb.Migration(
         slots_changed=int(m.slots_changed), cross_node_copies=int(m.cross_node_copies),
         layer_slots_changed=m.layer_slots_changed.tolist(), layer_changed=m.layer_changed.tolist(),
-        layers_kept_for_lack_of_gain=int(m.layers_kept_for_lack_of_gain))
+        layers_kept_for_lack_of_gain=int(m.layers_kept_for_lack_of_gain),
+        layer_balancedness_before=m.layer_balancedness_before.tolist(),
+        layer_balancedness_after=m.layer_balancedness_after.tolist())
     transfers = wire.encode_transfers(_numpy(m.transfers), _numpy(m.transfer_cross_node))
     message.MergeFromString(transfers)
     return message

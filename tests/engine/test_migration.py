@@ -199,3 +199,53 @@ def test_keep_current_direct_call_zero_budget_default_tolerance():
     out, migration = keep_current(current.copy(), current, weight, 2, 4, MigrationOptions(),
                                   num_groups=4, hierarchical=True)
     assert (out == current).all() and migration.slots_changed == 0
+
+
+@pytest.mark.parametrize("policy", ["hierarchical", "global"])
+def test_layer_balancedness_before_and_after(policy):
+    weight = workload(11, 4, 64)
+    current = plan(torch.tensor(weight), 96, 8, 4, 16, policy=policy).phy2log
+    new = drift(weight, 12, 0.5)
+    result = plan(torch.tensor(new), 96, 8, 4, 16, policy=policy, current_phy2log=current)
+    m = result.migration
+    before = evaluate(torch.tensor(new), current, 8, 4, 16, policy=policy).layer_balancedness
+    after = evaluate(torch.tensor(new), result.phy2log, 8, 4, 16,
+                     policy=policy).layer_balancedness
+    assert m.layer_balancedness_before.dtype == torch.float64
+    assert m.layer_balancedness_before.shape == m.layer_balancedness_after.shape == (4,)
+    assert torch.allclose(m.layer_balancedness_before, before.double(), rtol=1e-9)
+    assert torch.allclose(m.layer_balancedness_after, after.double(), rtol=1e-9)
+    assert (m.layer_balancedness_after >= m.layer_balancedness_before * (1 - 1e-9)).all()
+
+
+def test_plan_keeping_nodes_keeps_the_current_group_assignment():
+    from eplb_server.engine.migration import current_node_of_group, plan_keeping_nodes
+    weight = workload(13, 6, 64)
+    current = plan(torch.tensor(weight), 96, 8, 4, 16, policy="hierarchical").phy2log.numpy()
+    kept = current_node_of_group(current, 8, 4, 64)
+    assert kept is not None and kept.shape == (6, 8)
+    # unlimited slack: every layer keeps its assignment, and the plan stays hierarchical
+    out = plan_keeping_nodes(drift(weight, 14, 0.5), 96, 8, 4, 16, current, tolerance=np.inf)
+    assert (current_node_of_group(out, 8, 4, 64) == kept).all()
+    counts = np.zeros((6, 64), int)
+    np.add.at(counts, (np.arange(6)[:, None], out), 1)
+    assert (counts >= 1).all()
+    # a mapping whose groups span nodes has no assignment to keep
+    assert current_node_of_group(np.tile(np.arange(96) % 64, (2, 1)), 8, 4, 64) is None
+
+
+def test_global_repair_prefers_moves_inside_a_node():
+    from eplb_server.engine import migration
+    weight = workload(15, 6, 64)
+    current = plan(torch.tensor(weight), 96, 8, 4, 16, policy="global").phy2log.numpy()
+    new_load = drift(weight, 16, 0.3)
+    new = plan(torch.tensor(new_load), 96, 8, 4, 16, policy="global").phy2log.numpy()
+    cross = []
+    for factor in (1.0, 0.5):
+        old, migration.CROSS_NODE_FACTOR = migration.CROSS_NODE_FACTOR, factor
+        try:
+            _, m = keep_current(new, current, new_load, 4, 16, MigrationOptions(), num_groups=8)
+        finally:
+            migration.CROSS_NODE_FACTOR = old
+        cross.append(m.cross_node_copies / max(m.slots_changed, 1))
+    assert cross[1] <= cross[0]

@@ -148,20 +148,24 @@ class SlotTransfer(_message.Message):
     def __init__(self, layer: _Optional[int] = ..., slot: _Optional[int] = ..., expert: _Optional[int] = ..., source_slot: _Optional[int] = ..., cross_node: bool = ...) -> None: ...
 
 class Migration(_message.Message):
-    __slots__ = ("slots_changed", "cross_node_copies", "layer_slots_changed", "layer_changed", "layers_kept_for_lack_of_gain", "transfers")
+    __slots__ = ("slots_changed", "cross_node_copies", "layer_slots_changed", "layer_changed", "layers_kept_for_lack_of_gain", "transfers", "layer_balancedness_before", "layer_balancedness_after")
     SLOTS_CHANGED_FIELD_NUMBER: _ClassVar[int]
     CROSS_NODE_COPIES_FIELD_NUMBER: _ClassVar[int]
     LAYER_SLOTS_CHANGED_FIELD_NUMBER: _ClassVar[int]
     LAYER_CHANGED_FIELD_NUMBER: _ClassVar[int]
     LAYERS_KEPT_FOR_LACK_OF_GAIN_FIELD_NUMBER: _ClassVar[int]
     TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_BALANCEDNESS_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    LAYER_BALANCEDNESS_AFTER_FIELD_NUMBER: _ClassVar[int]
     slots_changed: int
     cross_node_copies: int
     layer_slots_changed: _containers.RepeatedScalarFieldContainer[int]
     layer_changed: _containers.RepeatedScalarFieldContainer[bool]
     layers_kept_for_lack_of_gain: int
     transfers: _containers.RepeatedCompositeFieldContainer[SlotTransfer]
-    def __init__(self, slots_changed: _Optional[int] = ..., cross_node_copies: _Optional[int] = ..., layer_slots_changed: _Optional[_Iterable[int]] = ..., layer_changed: _Optional[_Iterable[bool]] = ..., layers_kept_for_lack_of_gain: _Optional[int] = ..., transfers: _Optional[_Iterable[_Union[SlotTransfer, _Mapping]]] = ...) -> None: ...
+    layer_balancedness_before: _containers.RepeatedScalarFieldContainer[float]
+    layer_balancedness_after: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, slots_changed: _Optional[int] = ..., cross_node_copies: _Optional[int] = ..., layer_slots_changed: _Optional[_Iterable[int]] = ..., layer_changed: _Optional[_Iterable[bool]] = ..., layers_kept_for_lack_of_gain: _Optional[int] = ..., transfers: _Optional[_Iterable[_Union[SlotTransfer, _Mapping]]] = ..., layer_balancedness_before: _Optional[_Iterable[float]] = ..., layer_balancedness_after: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RebalanceResponse(_message.Message):
     __slots__ = ("phy2log", "log2phy", "logcnt", "policy", "plan", "current", "migration", "objective", "compute_seconds", "device")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -11,10 +12,11 @@ import torch
 from .history import history_planner
 from .mapping import build_log2phy, expert_counts, replica_ranks
 from .reference import reference_plan
-from .migration import MigrationOptions, keep_current
+from .migration import MigrationOptions, keep_current, plan_keeping_nodes
 from .refined import refined_plan
 from .scoring import Score, score
 
+NODE_TOLERANCE = 0.01  # issue 5: slack on the heaviest node for keeping the current assignment
 POLICIES = ("auto", "hierarchical", "global", "deepseek")
 # Numba's default threading layer must not be entered from two threads at once.
 _ENGINE_LOCK = threading.Lock()
@@ -85,11 +87,18 @@ def _constraint(policy: str, num_groups: int, num_nodes: int) -> tuple[int, int]
 
 
 def _plan_arrays(load: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
-                 num_gpus: int, policy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 num_gpus: int, policy: str, current: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """current [L, P]: a hierarchical plan keeps its group-to-node assignment where that costs
+    no balance (issue 5), so that migration need not move whole groups between nodes."""
     if policy == "deepseek":
         return reference_plan(load, num_replicas, num_groups, num_nodes, num_gpus)
     groups, nodes = _constraint(policy, num_groups, num_nodes)
-    phy2log = refined_plan(load, num_replicas, groups, nodes, num_gpus)
+    if current is not None and nodes > 1:
+        phy2log = plan_keeping_nodes(load, num_replicas, groups, nodes, num_gpus, current,
+                                     NODE_TOLERANCE)
+    else:
+        phy2log = refined_plan(load, num_replicas, groups, nodes, num_gpus)
     num_experts = load.shape[1]
     return phy2log, replica_ranks(phy2log, num_experts), expert_counts(phy2log, num_experts)
 
@@ -129,6 +138,8 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     current = None if current_phy2log is None else _current_mapping(
         current_phy2log, num_layers, num_replicas, num_experts)
     migration = None
+    if planner is _plan_arrays and current is not None and not from_scratch:
+        planner = functools.partial(_plan_arrays, current=current)
     with _ENGINE_LOCK:
         phy2log, rank, logcnt = planner(load, num_replicas, num_groups, num_nodes,
                                 num_gpus, resolved)

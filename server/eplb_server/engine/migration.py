@@ -24,6 +24,9 @@ import numba
 import numpy as np
 import torch
 
+from .refined import refined_plan
+from .hierarchy import best_node_loads
+
 # Default relative peak tolerance: a layer keeps its current mapping (or takes the cheaper
 # repair) when its peak GPU load is within 0.2% of the best affordable plan's. Re-measuring the
 # same workload moves per-layer peaks by more than that (noise), while 0.2% per layer keeps the
@@ -36,6 +39,7 @@ CROSS_NODE_FACTOR = 0.8
 # Repair offers a new replica of a hot expert to slots on this many of the lightest GPUs only:
 # such moves are rarely the best (swaps are), and scanning every slot dominated the search.
 _LIGHT_GPUS = 4
+SCAN_ALL = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class Migration:
     layers_kept_for_lack_of_gain: int
     transfers: torch.Tensor  # [M, 4] int64: (layer, slot, expert, source_slot)
     transfer_cross_node: torch.Tensor  # [M] bool
+    layer_balancedness_before: torch.Tensor  # [L] float64: mean / peak GPU load, current mapping
+    layer_balancedness_after: torch.Tensor  # [L] float64: the same for the returned mapping
 
 
 # --------------------------------------------------------------------------- assignment
@@ -122,35 +128,48 @@ def max_weight_assignment(score):
 
 
 @numba.njit(cache=True, nogil=True)
-def _overlap(new_row, cur_row, new_start, cur_start, length, scratch):
-    """Multiset overlap of new_row[new_start:+length] and cur_row[cur_start:+length].
-
-    scratch: [E] int64 zeros (restored on return).
-    """
-    for k in range(length):
-        scratch[new_row[new_start + k]] += 1
-    kept = 0
-    for k in range(length):
-        e = cur_row[cur_start + k]
-        if scratch[e] > 0:
-            scratch[e] -= 1
-            kept += 1
-    for k in range(length):
-        scratch[new_row[new_start + k]] = 0
-    for k in range(length):
-        scratch[cur_row[cur_start + k]] = 0
-    return kept
-
-
-@numba.njit(cache=True, nogil=True)
 def _match_blocks(new_row, cur_row, new_first, cur_first, count, block, scratch):
     """Best assignment of `count` new blocks of `block` slots (starting at block new_first) to
-    current blocks (starting at cur_first). -> cur block index for each new block, [count]."""
-    score = np.empty((count, count))
+    current blocks (starting at cur_first). -> cur block index for each new block, [count].
+
+    The overlaps (multiset intersections) come from each expert's current slots, so the cost is
+    about one step per replica pair rather than count^2 * block. scratch: [E] int64 (clobbered).
+    """
+    score = np.zeros((count, count))
+    lo = cur_first * block
+    hi = (cur_first + count) * block
+    head = scratch  # head[e]: lowest current slot in range holding e, -1 if none
+    for k in range(lo, hi):
+        head[cur_row[k]] = -1
+    for k in range(new_first * block, (new_first + count) * block):
+        head[new_row[k]] = -1
+    nxt = np.empty(hi - lo, np.int64)
+    for q in range(hi - 1, lo - 1, -1):
+        e = cur_row[q]
+        nxt[q - lo] = head[e]
+        head[e] = q
+    claimed = np.zeros(hi - lo, np.bool_)
     for a in range(count):
-        for b in range(count):
-            score[a, b] = _overlap(new_row, cur_row, (new_first + a) * block,
-                                   (cur_first + b) * block, block, scratch)
+        first = (new_first + a) * block
+        for k in range(first, first + block):
+            last_block = -1
+            q = head[new_row[k]]
+            while q >= 0:
+                b = (q - lo) // block
+                if b != last_block and not claimed[q - lo]:
+                    claimed[q - lo] = True
+                    score[a, b] += 1.0
+                    last_block = b
+                q = nxt[q - lo]
+        for k in range(first, first + block):  # un-claim for the next new block
+            q = head[new_row[k]]
+            while q >= 0:
+                claimed[q - lo] = False
+                q = nxt[q - lo]
+    for k in range(lo, hi):
+        scratch[cur_row[k]] = 0
+    for k in range(new_first * block, (new_first + count) * block):
+        scratch[new_row[k]] = 0
     return max_weight_assignment(score) + cur_first
 
 
@@ -284,6 +303,21 @@ def _resort(by_share, position, weight, counts, e):
 
 
 @numba.njit(cache=True, nogil=True)
+def _reposition(order, load, g):
+    """Restores order (GPUs by ascending load, [G]) after load[g] changed."""
+    i = 0
+    while order[i] != g:
+        i += 1
+    while i > 0 and load[order[i - 1]] > load[g]:
+        order[i] = order[i - 1]
+        i -= 1
+    while i + 1 < order.size and load[order[i + 1]] < load[g]:
+        order[i] = order[i + 1]
+        i += 1
+    order[i] = g
+
+
+@numba.njit(cache=True, nogil=True)
 def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_size, max_steps,
                   target, cross_factor, move_slot, move_expert, peak_after):
     """Greedy repair of one layer's mapping, recording each slot change.
@@ -321,88 +355,28 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
     for i in range(num_experts):
         position[by_share[i]] = i
     steps = 0
+    stale = True  # loads, GPU order and replica lists need a full rebuild (counts changed)
+    order = np.empty(num_gpus, np.int64)
     while steps < max_steps:
-        load[:] = 0.0
-        for p in range(num_slots):
-            load[p // per_gpu] += share[cur[p]]
-        head[:] = -1
-        for p in range(num_slots - 1, -1, -1):
-            nxt[p] = head[cur[p]]
-            head[cur[p]] = p
-        order = np.argsort(load)  # ascending; the hot GPU last
+        if stale:
+            load[:] = 0.0
+            for p in range(num_slots):
+                load[p // per_gpu] += share[cur[p]]
+            order[:] = np.argsort(load)  # ascending; the hot GPU last
+            stale = False
         hot = order[num_gpus - 1]
         peak = load[hot]
         if peak <= target:
             break
         hot_node = gpu_node[hot]
-        max_share = 0.0
-        for e in range(num_experts):
-            if counts[e] >= 2:
-                max_share = max(max_share, share[e])
         best_score = 0.0  # peak reduction per slot changed, cross-node moves discounted
         best_kind = -1
         best_a = -1
         best_b = -1
-        # 1. A slot on the hot GPU takes expert y instead of x (y by ascending new share).
-        for a in range(hot * per_gpu, (hot + 1) * per_gpu):
-            x = cur[a]
-            if counts[x] < 2:
-                continue
-            share_x = share[x]
-            # x's other replicas all get heavier whatever y is: the gain is at most peak - that.
-            x_bound = _others_bound(weight, counts, load, head, nxt, per_gpu, x, hot)
-            for i in range(num_experts):
-                if x_bound >= peak - best_score:
-                    break
-                y = by_share[i]
-                if peak - share_x + weight[y] / (counts[y] + 1) >= peak - best_score:
-                    break
-                if y == x or not allowed[slot_node[a], y // group_size]:
-                    continue
-                gain = peak - _touched_peak(weight, cur, counts, load, head, nxt, per_gpu, a, y,
-                                            delta, touched, touched_list)
-                if node_has[hot_node, y] == 0:
-                    gain *= cross_factor
-                if gain > best_score:
-                    best_score, best_kind, best_a, best_b = gain, 0, a, y
-        # 2. A slot on one of the lightest GPUs takes a replica of expert y on the hot GPU.
-        for j in range(per_gpu):
-            y = cur[hot * per_gpu + j]
-            dup = False
-            for i in range(j):
-                if cur[hot * per_gpu + i] == y:
-                    dup = True
-            if dup:
-                continue
-            new_share_y = weight[y] / (counts[y] + 1)
-            on_hot = 0
-            for i in range(per_gpu):
-                if cur[hot * per_gpu + i] == y:
-                    on_hot += 1
-            # The hot GPU ends at least this heavy whichever slot takes y.
-            hot_after = peak - on_hot * (share[y] - new_share_y)
-            for r in range(min(num_gpus - 1, _LIGHT_GPUS)):
-                g = order[r]
-                if hot_after >= peak - best_score or \
-                        load[g] + new_share_y - max_share >= peak - best_score:
-                    break
-                factor = 1.0 if node_has[gpu_node[g], y] > 0 else cross_factor
-                for a in range(g * per_gpu, (g + 1) * per_gpu):
-                    x = cur[a]
-                    if x == y or counts[x] < 2 or not allowed[slot_node[a], y // group_size]:
-                        continue
-                    if load[g] - share[x] + new_share_y >= peak - best_score \
-                            or hot_after >= peak - best_score:
-                        continue
-                    gain = peak - _touched_peak(weight, cur, counts, load, head, nxt, per_gpu,
-                                                a, y, delta, touched, touched_list)
-                    gain *= factor
-                    if gain > best_score:
-                        best_score, best_kind, best_a, best_b = gain, 0, a, y
         # 3. Swap: slot a on the hot GPU and slot b elsewhere exchange experts (two changes).
         for r in range(num_gpus - 1):
             h = order[r]
-            if load[h] >= peak - 2.0 * best_score:
+            if peak - load[h] <= 4.0 * best_score:  # a swap gains at most a quarter of that
                 break
             h_node = gpu_node[h]
             for a in range(hot * per_gpu, (hot + 1) * per_gpu):
@@ -423,6 +397,73 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
                         gain *= cross_factor
                     if gain > best_score:
                         best_score, best_kind, best_a, best_b = gain, 1, a, b
+        # Moves that change replica counts are scanned only when no swap helps (they cost
+        # far more to scan and are rarely the best).
+        if best_kind < 0 or SCAN_ALL:
+            head[:] = -1
+            for p in range(num_slots - 1, -1, -1):
+                nxt[p] = head[cur[p]]
+                head[cur[p]] = p
+            max_share = 0.0
+            for e in range(num_experts):
+                if counts[e] >= 2:
+                    max_share = max(max_share, share[e])
+            # 1. A slot on the hot GPU takes expert y instead of x (y by ascending new share).
+            for a in range(hot * per_gpu, (hot + 1) * per_gpu):
+                x = cur[a]
+                if counts[x] < 2:
+                    continue
+                share_x = share[x]
+                # x's other replicas all get heavier whatever y is: the gain is at most peak - that.
+                x_bound = _others_bound(weight, counts, load, head, nxt, per_gpu, x, hot)
+                for i in range(num_experts):
+                    if x_bound >= peak - best_score:
+                        break
+                    y = by_share[i]
+                    if peak - share_x + weight[y] / (counts[y] + 1) >= peak - best_score:
+                        break
+                    if y == x or not allowed[slot_node[a], y // group_size]:
+                        continue
+                    gain = peak - _touched_peak(weight, cur, counts, load, head, nxt, per_gpu, a, y,
+                                                delta, touched, touched_list)
+                    if node_has[hot_node, y] == 0:
+                        gain *= cross_factor
+                    if gain > best_score:
+                        best_score, best_kind, best_a, best_b = gain, 0, a, y
+            # 2. A slot on one of the lightest GPUs takes a replica of expert y on the hot GPU.
+            for j in range(per_gpu):
+                y = cur[hot * per_gpu + j]
+                dup = False
+                for i in range(j):
+                    if cur[hot * per_gpu + i] == y:
+                        dup = True
+                if dup:
+                    continue
+                new_share_y = weight[y] / (counts[y] + 1)
+                on_hot = 0
+                for i in range(per_gpu):
+                    if cur[hot * per_gpu + i] == y:
+                        on_hot += 1
+                # The hot GPU ends at least this heavy whichever slot takes y.
+                hot_after = peak - on_hot * (share[y] - new_share_y)
+                for r in range(min(num_gpus - 1, _LIGHT_GPUS)):
+                    g = order[r]
+                    if hot_after >= peak - best_score or \
+                            load[g] + new_share_y - max_share >= peak - best_score:
+                        break
+                    factor = 1.0 if node_has[gpu_node[g], y] > 0 else cross_factor
+                    for a in range(g * per_gpu, (g + 1) * per_gpu):
+                        x = cur[a]
+                        if x == y or counts[x] < 2 or not allowed[slot_node[a], y // group_size]:
+                            continue
+                        if load[g] - share[x] + new_share_y >= peak - best_score \
+                                or hot_after >= peak - best_score:
+                            continue
+                        gain = peak - _touched_peak(weight, cur, counts, load, head, nxt, per_gpu,
+                                                    a, y, delta, touched, touched_list)
+                        gain *= factor
+                        if gain > best_score:
+                            best_score, best_kind, best_a, best_b = gain, 0, a, y
         if best_kind < 0 or best_score <= peak * 1e-12:
             break
         if best_kind == 0:
@@ -441,6 +482,11 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             move_slot[steps] = best_a
             move_expert[steps] = y
             steps += 1
+            stale = True
+            load[:] = 0.0
+            for p in range(num_slots):
+                load[p // per_gpu] += share[cur[p]]
+            peak_after[steps - 1] = load.max()
         else:
             if steps + 2 > max_steps:
                 break
@@ -458,15 +504,13 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             move_slot[steps + 1] = best_b
             move_expert[steps + 1] = x
             steps += 2
-        peak_now = 0.0
-        for g in range(num_gpus):
-            delta[g] = 0.0
-        for p in range(num_slots):
-            delta[p // per_gpu] += share[cur[p]]
-        for g in range(num_gpus):
-            peak_now = max(peak_now, delta[g])
-            delta[g] = 0.0
-        peak_after[steps - 1] = peak_now
+            # Counts are unchanged: two GPUs' loads move, re-sort them into the order.
+            h = best_b // per_gpu
+            load[hot] += share[z] - share[x]
+            load[h] += share[x] - share[z]
+            _reposition(order, load, hot)
+            _reposition(order, load, h)
+            peak_after[steps - 1] = load[order[num_gpus - 1]]
     return steps
 
 
@@ -636,6 +680,48 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
         weight, current, num_gpus, slot_node, gpu_node, allowed, group_size,
         cap.astype(np.int64), target, CROSS_NODE_FACTOR)
 
+    if per_layer == 0 and total == 0:
+        kind, count, peak = _cheapest_within(peak_cur, peak_new, steps, peak_after, tolerance)
+    else:
+        kind, count, peak = _budgeted(peak_cur, peak_new, new_moves, steps, peak_after,
+                                      tolerance, per_layer, total)
+    finite = np.where(np.isfinite(peak_after), peak_after, np.inf).min(1, initial=np.inf)
+    has_better = (np.minimum(finite, peak_new) < peak_cur) & (new_moves > 0)
+    gain = _ratios(mean, peak) - _ratios(mean, peak_cur)
+    kind = np.where((kind != 0) & (gain < options.min_balancedness_gain), 0, kind)
+    kept_for_gain = int(((kind == 0) & has_better).sum())
+    out = np.where((kind == 2)[:, None], relabelled, current)
+    for layer in np.flatnonzero(kind == 1):
+        out[layer] = _apply(current[layer], move_slot[layer], move_expert[layer], count[layer])
+    return out, migration_summary(current, out, num_nodes, num_gpus, kept_for_gain, weight)
+
+
+def _cheapest_within(peak_cur, peak_new, steps, peak_after, tolerance):
+    """Per layer, the option with fewest moves whose peak is within tolerance of the best one:
+    kind 0 the current mapping, 1 the first `count` repair changes, 2 the relabelled new plan.
+
+    peak_cur, peak_new: [L]; steps: [L]; peak_after: [L, S] (inf mid-swap) -> (kind [L],
+    count [L], peak [L]).
+    """
+    num_layers, width = peak_after.shape
+    valid = np.arange(width)[None, :] < steps[:, None]
+    after = np.where(valid, peak_after, np.inf)
+    best = np.minimum(np.minimum(peak_cur, peak_new), after.min(1, initial=np.inf))
+    limit = best * (1.0 + tolerance)
+    ok = after <= limit[:, None]
+    first = ok.argmax(1)
+    kind = np.where(peak_cur <= limit, 0, np.where(ok.any(1), 1, 2))
+    count = np.where(kind == 1, first + 1, 0)
+    rows = np.arange(num_layers)
+    peak = np.where(kind == 0, peak_cur,
+                    np.where(kind == 1, after[rows, np.minimum(first, width - 1)], peak_new))
+    return kind, count, peak
+
+
+def _budgeted(peak_cur, peak_new, new_moves, steps, peak_after, tolerance, per_layer, total):
+    """Like _cheapest_within, under a per-layer and/or total movement budget: the total is
+    shared out greedily by peak reduction per moved slot. -> (kind [L], count [L], peak [L])."""
+    num_layers = peak_cur.shape[0]
     # Options per layer: (moves, peak, kind, repair steps); kind 0 current, 1 repair, 2 new.
     menus = []
     for layer in range(num_layers):
@@ -683,35 +769,32 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
             best_peak = front[-1][1]
             chosen[layer] = next(i for i, m in enumerate(front)
                                  if m[1] <= best_peak * (1.0 + tolerance))
-
-    out = current.copy()
-    kept_for_gain = 0
-    for layer, front in enumerate(menus):
-        moves, peak, kind, count = front[chosen[layer]]
-        has_better = any(m[1] < peak_cur[layer] for m in menus[layer]) or \
-            peak_new[layer] < peak_cur[layer]
-        gain = _ratio(mean[layer], peak) - _ratio(mean[layer], peak_cur[layer])
-        if kind != 0 and gain < options.min_balancedness_gain:
-            kind = 0
-        if kind == 0:
-            if has_better and new_moves[layer] > 0:
-                kept_for_gain += 1
-        elif kind == 1:
-            out[layer] = _apply(current[layer], move_slot[layer], move_expert[layer], count)
-        else:
-            out[layer] = relabelled[layer]
-    return out, migration_summary(current, out, num_nodes, num_gpus, kept_for_gain)
+    picked = [front[chosen[layer]] for layer, front in enumerate(menus)]
+    kind = np.array([m[2] for m in picked], np.int64)
+    count = np.array([m[3] for m in picked], np.int64)
+    peak = np.array([m[1] for m in picked], np.float64)
+    return kind, count, peak
 
 
-def _ratio(num: float, den: float) -> float:
-    return float(num / den) if den > 0 else 1.0
+def _ratios(mean: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """Balancedness mean / peak per layer ([L], [L] -> [L]); 1 where the peak is 0."""
+    return np.where(peak > 0, mean / np.where(peak > 0, peak, 1.0), 1.0)
 
 
 def migration_summary(current_phy2log: np.ndarray, phy2log: np.ndarray, num_nodes: int,
-                      num_gpus: int, kept_for_gain: int) -> Migration:
-    """The Migration record for moving current_phy2log [L, P] to phy2log [L, P]."""
+                      num_gpus: int, kept_for_gain: int, load: np.ndarray | None = None
+                      ) -> Migration:
+    """The Migration record for moving current_phy2log [L, P] to phy2log [L, P]; with load
+    [L, E], also each layer's balancedness (mean / peak GPU load) before and after."""
     moves, cross = transfers(current_phy2log, phy2log, num_nodes, num_gpus)
     changed = (phy2log != current_phy2log).sum(1)
+    num_layers = phy2log.shape[0]
+    if load is None:
+        before = after = np.full(num_layers, np.nan)
+    else:
+        mean = load.sum(1) / num_gpus
+        before = _ratios(mean, _peaks(load, current_phy2log, num_gpus))
+        after = _ratios(mean, _peaks(load, phy2log, num_gpus))
     return Migration(
         slots_changed=int(changed.sum()),
         cross_node_copies=int(cross.sum()),
@@ -720,4 +803,45 @@ def migration_summary(current_phy2log: np.ndarray, phy2log: np.ndarray, num_node
         layers_kept_for_lack_of_gain=int(kept_for_gain),
         transfers=torch.from_numpy(moves),
         transfer_cross_node=torch.from_numpy(np.asarray(cross, dtype=bool)),
+        layer_balancedness_before=torch.from_numpy(np.asarray(before, dtype=np.float64)),
+        layer_balancedness_after=torch.from_numpy(np.asarray(after, dtype=np.float64)),
     )
+
+
+def current_node_of_group(current_phy2log: np.ndarray, num_groups: int, num_nodes: int,
+                          num_experts: int) -> np.ndarray | None:
+    """Node of each group in a hierarchical current mapping [L, P] -> [L, K] int64, or None when
+    some group's replicas span nodes (the mapping is not hierarchical)."""
+    num_layers, num_slots = current_phy2log.shape
+    group = current_phy2log // (num_experts // num_groups)
+    node = np.broadcast_to(np.arange(num_slots) // (num_slots // num_nodes), group.shape)
+    lo = np.full((num_layers, num_groups), num_nodes, np.int64)
+    hi = np.full((num_layers, num_groups), -1, np.int64)
+    rows = np.arange(num_layers)[:, None]
+    np.minimum.at(lo, (rows, group), node)
+    np.maximum.at(hi, (rows, group), node)
+    if (lo != hi).any():
+        return None
+    return lo
+
+
+def plan_keeping_nodes(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
+                       num_gpus: int, current_phy2log: np.ndarray,
+                       tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
+    """The refined hierarchical plan, except that a layer keeps the current mapping's
+    group-to-node assignment when its heaviest node is within tolerance of the best
+    assignment's (then whole groups need not move between nodes).
+
+    weight: [L, E] float64; current_phy2log: [L, P] -> phy2log [L, P] int64.
+    """
+    num_layers, num_experts = weight.shape
+    group_load = weight.reshape(num_layers, num_groups, -1).sum(-1)
+    kept = current_node_of_group(current_phy2log, num_groups, num_nodes, num_experts)
+    if kept is None:
+        return refined_plan(weight, num_replicas, num_groups, num_nodes, num_gpus)
+    _, best_peak = best_node_loads(group_load, num_nodes)
+    node_load = np.zeros((num_layers, num_nodes))
+    np.add.at(node_load, (np.arange(num_layers)[:, None], kept), group_load)
+    keep = node_load.max(1) <= best_peak * (1.0 + tolerance)
+    return refined_plan(weight, num_replicas, num_groups, num_nodes, num_gpus,
+                        node_of_group=np.where(keep[:, None], kept, -1))

@@ -39,28 +39,33 @@ def _groups_by_node(node_of_group: np.ndarray, order_key: np.ndarray, num_nodes:
 
 
 def refined_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
-                 num_gpus: int) -> np.ndarray:
+                 num_gpus: int, node_of_group: np.ndarray | None = None) -> np.ndarray:
     """Hierarchical plan (num_nodes == 1 and num_groups == 1 give the global one).
 
     weight: [L, E] float64 -> phy2log [L, P] int64. Groups go to nodes as the reference puts
     them, so each layer's plan is never worse than the reference's; where the exact
     assignment (least loaded heaviest node) differs, both are planned and the better is kept.
+    node_of_group: [L, K], a node for each group that a layer must keep (rows holding -1
+    choose as above); such layers are not compared with the reference.
     """
     num_layers, num_experts = weight.shape
     if num_nodes == 1:
         all_groups = np.broadcast_to(np.arange(num_groups), (num_layers, 1, num_groups))
         return _plan_nodes(weight, all_groups, num_replicas, num_gpus)
-    ref_node, ref_rank = reference_group_packing(weight.astype(np.float32), num_groups, num_nodes)
-    phy2log = _plan_nodes(weight, _groups_by_node(ref_node, ref_rank, num_nodes),
-                          num_replicas, num_gpus)
     group_load = weight.reshape(num_layers, num_groups, -1).sum(-1)
+    load_rank = np.argsort(np.argsort(-group_load, axis=1, kind="stable"), axis=1)
+    node, rank = reference_group_packing(weight.astype(np.float32), num_groups, num_nodes)
+    fixed = np.zeros(num_layers, bool) if node_of_group is None else (node_of_group >= 0).all(1)
+    node = np.where(fixed[:, None], node_of_group if node_of_group is not None else node, node)
+    rank = np.where(fixed[:, None], load_rank, rank)
+    phy2log = _plan_nodes(weight, _groups_by_node(node, rank, num_nodes), num_replicas, num_gpus)
     exact_node, exact_peak = best_node_loads(group_load, num_nodes)
-    ref_peak = np.stack([np.where(ref_node == node, group_load, 0.0).sum(1)
-                         for node in range(num_nodes)], 1).max(1)
-    differ = np.flatnonzero(exact_peak < ref_peak)
+    ref_peak = np.stack([np.where(node == n, group_load, 0.0).sum(1)
+                         for n in range(num_nodes)], 1).max(1)
+    differ = np.flatnonzero((exact_peak < ref_peak) & ~fixed)
     if differ.size:
-        rank = np.argsort(np.argsort(-group_load[differ], axis=1, kind="stable"), axis=1)
-        other = _plan_nodes(weight[differ], _groups_by_node(exact_node[differ], rank, num_nodes),
+        other = _plan_nodes(weight[differ],
+                            _groups_by_node(exact_node[differ], load_rank[differ], num_nodes),
                             num_replicas, num_gpus)
         better = gpu_loads(weight[differ], other, num_gpus).max(1) \
             < gpu_loads(weight[differ], phy2log[differ], num_gpus).max(1)
