@@ -52,9 +52,10 @@ def best_node_loads(group_load: np.ndarray, num_nodes: int):
     num_layers, num_groups = group_load.shape
     parts = node_partitions(num_groups, num_nodes)
     if parts is not None:
-        onehot = np.zeros((len(parts), num_groups, num_nodes))
-        np.put_along_axis(onehot, parts[:, :, None], 1.0, 2)
-        peak = np.einsum("lk,pkn->lpn", group_load, onehot).max(-1)
+        onehot = np.zeros((num_groups, len(parts), num_nodes))
+        np.put_along_axis(onehot, parts.T[:, :, None], 1.0, 2)
+        node_load = group_load @ onehot.reshape(num_groups, -1)
+        peak = node_load.reshape(num_layers, len(parts), num_nodes).max(-1)
         choice = peak.argmin(1)
         return parts[choice], peak[np.arange(num_layers), choice]
     node_of = np.empty((num_layers, num_groups), np.int64)
