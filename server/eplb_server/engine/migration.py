@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .refined import refined_plan
+from .scoring import balance_ratio, gpu_loads
 from .hierarchy import best_node_loads
 
 # Default relative peak tolerance: a layer keeps its current mapping (or takes the cheaper
@@ -543,12 +544,7 @@ def repair(weight, current_phy2log, num_gpus, slot_node, gpu_node, allowed, grou
 
 def _peaks(weight: np.ndarray, phy2log: np.ndarray, num_gpus: int) -> np.ndarray:
     """weight: [L, E], phy2log: [L, P] -> peak GPU load [L]."""
-    num_layers, num_experts = weight.shape
-    counts = np.zeros((num_layers, num_experts), np.int64)
-    np.add.at(counts, (np.arange(num_layers)[:, None], phy2log), 1)
-    share = weight / np.maximum(counts, 1)
-    slot_load = np.take_along_axis(share, phy2log, 1)
-    return slot_load.reshape(num_layers, num_gpus, -1).sum(-1).max(1)
+    return gpu_loads(weight, phy2log, num_gpus).max(1)
 
 
 def transfers(current_phy2log: np.ndarray, phy2log: np.ndarray, num_nodes: int, num_gpus: int):
@@ -687,7 +683,7 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
                                       tolerance, per_layer, total)
     finite = np.where(np.isfinite(peak_after), peak_after, np.inf).min(1, initial=np.inf)
     has_better = (np.minimum(finite, peak_new) < peak_cur) & (new_moves > 0)
-    gain = _ratios(mean, peak) - _ratios(mean, peak_cur)
+    gain = balance_ratio(mean, peak) - balance_ratio(mean, peak_cur)
     kind = np.where((kind != 0) & (gain < options.min_balancedness_gain), 0, kind)
     kept_for_gain = int(((kind == 0) & has_better).sum())
     out = np.where((kind == 2)[:, None], relabelled, current)
@@ -776,11 +772,6 @@ def _budgeted(peak_cur, peak_new, new_moves, steps, peak_after, tolerance, per_l
     return kind, count, peak
 
 
-def _ratios(mean: np.ndarray, peak: np.ndarray) -> np.ndarray:
-    """Balancedness mean / peak per layer ([L], [L] -> [L]); 1 where the peak is 0."""
-    return np.where(peak > 0, mean / np.where(peak > 0, peak, 1.0), 1.0)
-
-
 def migration_summary(current_phy2log: np.ndarray, phy2log: np.ndarray, num_nodes: int,
                       num_gpus: int, kept_for_gain: int, load: np.ndarray | None = None
                       ) -> Migration:
@@ -793,8 +784,8 @@ def migration_summary(current_phy2log: np.ndarray, phy2log: np.ndarray, num_node
         before = after = np.full(num_layers, np.nan)
     else:
         mean = load.sum(1) / num_gpus
-        before = _ratios(mean, _peaks(load, current_phy2log, num_gpus))
-        after = _ratios(mean, _peaks(load, phy2log, num_gpus))
+        before = balance_ratio(mean, _peaks(load, current_phy2log, num_gpus))
+        after = balance_ratio(mean, _peaks(load, phy2log, num_gpus))
     return Migration(
         slots_changed=int(changed.sum()),
         cross_node_copies=int(cross.sum()),

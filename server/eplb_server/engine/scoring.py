@@ -55,7 +55,8 @@ def lower_bound(weight: np.ndarray, num_slots: int, num_groups: int, num_nodes: 
     return bound
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def balance_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den elementwise, 1 where den is 0 (a layer with no load is balanced)."""
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 1.0)
 
 
@@ -66,7 +67,7 @@ def score(weight: np.ndarray, phy2log: np.ndarray, num_groups: int, num_nodes: i
     if weight.ndim == 3:
         per_window = [gpu_loads(w, phy2log, num_gpus) for w in weight]
         window_balancedness = torch.tensor(
-            [float(_ratio(g.mean(1).sum(), g.max(1).sum())) for g in per_window],
+            [float(balance_ratio(g.mean(1).sum(), g.max(1).sum())) for g in per_window],
             dtype=torch.float64)
         weight = weight.sum(0)
     load = gpu_loads(weight, phy2log, num_gpus)
@@ -76,8 +77,8 @@ def score(weight: np.ndarray, phy2log: np.ndarray, num_groups: int, num_nodes: i
     as_tensor = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
     return Score(
         gpu_load=as_tensor(load),
-        layer_balancedness=as_tensor(_ratio(mean, peak)),
-        balancedness=float(_ratio(mean.sum(), peak.sum())),
+        layer_balancedness=as_tensor(balance_ratio(mean, peak)),
+        balancedness=float(balance_ratio(mean.sum(), peak.sum())),
         layer_max_load=as_tensor(peak),
         layer_lower_bound=as_tensor(bound),
         layer_gap=as_tensor(gap),
