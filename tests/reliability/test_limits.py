@@ -49,16 +49,20 @@ def giant_requests():
     return out
 
 
-@pytest.mark.parametrize("name", list(giant_requests()))
-def test_declared_giants_are_refused_before_allocation(name):
-    request = giant_requests()[name]
+def peak_allocation_while_refused(parse, request) -> int:
+    """Bytes allocated at the peak while `parse` rejects the request as invalid."""
     tracemalloc.start()
     try:
         with pytest.raises(InvalidRequest):
-            parse_rebalance(request, LIMITS)
-        _, peak = tracemalloc.get_traced_memory()
+            parse(request, LIMITS)
+        return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+@pytest.mark.parametrize("name", list(giant_requests()))
+def test_declared_giants_are_refused_before_allocation(name):
+    peak = peak_allocation_while_refused(parse_rebalance, giant_requests()[name])
     assert peak < 256 << 10, f"{peak} bytes allocated for {name}"
 
 
@@ -67,14 +71,7 @@ def test_evaluate_giants_are_refused_before_allocation():
         topology=pb.Topology(num_groups=1, num_nodes=1, num_gpus=1),
         expert_loads=declared([512, 4096], data=b"\0" * 8),
         phy2log=declared([512, 16384], pb.DTYPE_INT64))
-    tracemalloc.start()
-    try:
-        with pytest.raises(InvalidRequest):
-            parse_evaluate(request, LIMITS)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 256 << 10
+    assert peak_allocation_while_refused(parse_evaluate, request) < 256 << 10
 
 
 def test_tensor_decoding_checks_sizes_before_allocating():

@@ -24,6 +24,7 @@ import numba
 import numpy as np
 import torch
 
+from .packing import resort
 from .refined import refined_plan
 from .scoring import balance_ratio, gpu_loads
 from .hierarchy import best_node_loads
@@ -304,21 +305,6 @@ def _resort(by_share, position, weight, counts, e):
 
 
 @numba.njit(cache=True, nogil=True)
-def _reposition(order, load, g):
-    """Restores order (GPUs by ascending load, [G]) after load[g] changed."""
-    i = 0
-    while order[i] != g:
-        i += 1
-    while i > 0 and load[order[i - 1]] > load[g]:
-        order[i] = order[i - 1]
-        i -= 1
-    while i + 1 < order.size and load[order[i + 1]] < load[g]:
-        order[i] = order[i + 1]
-        i += 1
-    order[i] = g
-
-
-@numba.njit(cache=True, nogil=True)
 def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_size, max_steps,
                   target, cross_factor, move_slot, move_expert, peak_after):
     """Greedy repair of one layer's mapping, recording each slot change.
@@ -509,8 +495,8 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             h = best_b // per_gpu
             load[hot] += share[z] - share[x]
             load[h] += share[x] - share[z]
-            _reposition(order, load, hot)
-            _reposition(order, load, h)
+            resort(order, load, hot)
+            resort(order, load, h)
             peak_after[steps - 1] = load[order[num_gpus - 1]]
     return steps
 

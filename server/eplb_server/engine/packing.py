@@ -311,7 +311,7 @@ def _swap(pack_weight, pack_expert, loads, p, a, q, b):
 
 
 @numba.njit(cache=True, nogil=True)
-def _resort(by_load, loads, moved):
+def resort(by_load, loads, moved):
     """Restores ascending order of by_load after loads[moved] changed."""
     m = by_load.size
     i = 0
@@ -479,8 +479,8 @@ def refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners):
             xs, us = _slot_of(pack_weight, pack_expert, heavy, wx, ex), \
                 _slot_of(pack_weight, pack_expert, other, wu, eu)
             _swap(pack_weight, pack_expert, loads, heavy, xs, other, us)
-        _resort(by_load, loads, heavy)
-        _resort(by_load, loads, other)
+        resort(by_load, loads, heavy)
+        resort(by_load, loads, other)
     return max_moves
 
 
