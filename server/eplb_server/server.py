@@ -187,6 +187,9 @@ async def serve(config: Config, engine=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop_requested.set)
     await server.stop_requested.wait()
+    # Draining has begun: a repeated SIGTERM must not turn a clean exit into a kill.
+    loop.remove_signal_handler(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     log.info("shutting down (grace %.1f s)", config.grace_period)
     await server.stop()
     return 1 if server.warmup_error is not None else 0

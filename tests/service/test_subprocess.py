@@ -3,6 +3,7 @@
 import os
 import signal
 import stat
+import time
 
 import eplb_server
 import grpc
@@ -96,3 +97,24 @@ def test_sigterm_turns_health_off_drains_and_exits_zero(tmp_path):
     assert status == 0, server.log()
     assert "shutting down" in server.log()
     assert not socket_path.exists()
+
+
+def test_repeated_sigterm_while_draining_still_exits_zero(tmp_path):
+    """Orchestrators may signal twice; the second SIGTERM must not kill the draining server."""
+    server = ServerProcess([], tmp_path / "server.log", env={
+        "EPLB_LISTEN": "127.0.0.1:0", "EPLB_METRICS_PORT": "0", "EPLB_GRACE_PERIOD": "2",
+        "EPLB_DEVICE": "cpu"})
+    try:
+        server.wait_serving(server.tcp_address())
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while "shutting down" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(20):  # keep signalling through the drain and the interpreter's exit
+            if server.proc.poll() is not None:
+                break
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.02)
+    finally:
+        status = server.stop()
+    assert status == 0, server.log()
