@@ -59,6 +59,13 @@ class Metrics:
         self.slots_changed = Histogram("eplb_migration_slots_changed",
                                        "Slots whose expert changes, per Rebalance with a mapping.",
                                        buckets=_SLOT_BUCKETS, registry=r)
+        self.cross_node_copies = Counter("eplb_migration_cross_node_copies",
+                                         "Expert copies between nodes in returned transfer plans.",
+                                         registry=r)
+        self.layers_kept = Counter("eplb_migration_layers_kept_for_lack_of_gain",
+                                   "Layers that kept their current mapping although a better "
+                                   "plan existed (gain below the minimum or over budget).",
+                                   registry=r)
         self.request_size = Histogram("eplb_request_size_bytes", "Serialized request size.",
                                       ("grpc_method",), buckets=_SIZE_BUCKETS, registry=r)
         self.pending = Gauge("eplb_engine_pending_requests",
@@ -79,6 +86,8 @@ class Metrics:
             self.current_balancedness.labels(policy).observe(response.current.balancedness)
         if response.HasField("migration"):
             self.slots_changed.observe(response.migration.slots_changed)
+            self.cross_node_copies.inc(response.migration.cross_node_copies)
+            self.layers_kept.inc(response.migration.layers_kept_for_lack_of_gain)
 
 
 def _rpc_type(handler) -> str:

@@ -50,6 +50,14 @@ def test_series_after_calls(server):
     assert delta(before, after, "eplb_migration_slots_changed_count") == \
         int(second.HasField("migration"))
     assert delta(before, after, "eplb_migration_slots_changed_sum") == moved
+    migration = second.migration
+    for name in ("eplb_migration_cross_node_copies_total",
+                 "eplb_migration_layers_kept_for_lack_of_gain_total"):
+        assert (name, ()) in after
+    assert delta(before, after, "eplb_migration_cross_node_copies_total") == \
+        migration.cross_node_copies
+    assert delta(before, after, "eplb_migration_layers_kept_for_lack_of_gain_total") == \
+        migration.layers_kept_for_lack_of_gain
     assert delta(before, after, "eplb_request_size_bytes_count", grpc_method="Rebalance") == 3
     assert delta(before, after, "eplb_request_size_bytes_sum", grpc_method="Rebalance") > 0
     assert after[("eplb_engine_pending_requests", ())] == 0
