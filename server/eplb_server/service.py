@@ -16,6 +16,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from . import validation, wire
+from .engine.api import resolve_policy
 from .validation import InvalidRequest
 from .worker import DeadlineExpired, Overloaded
 
@@ -190,9 +191,7 @@ class PlacementServicer(pb_grpc.PlacementServiceServicer):
         """Scores the given mapping."""
         weight = torch.from_numpy(a.weight).to(self.device)
         phy2log = torch.from_numpy(a.phy2log).to(self.device)
-        policy = a.policy
-        if policy in ("auto", "deepseek"):
-            policy = "hierarchical" if a.num_groups % a.num_nodes == 0 else "global"
+        policy = resolve_policy(_bound_policy(a.policy), a.num_groups, a.num_nodes)
         score = _engine_call(self.engine.evaluate, weight, phy2log, a.num_groups, a.num_nodes,
                              a.num_gpus, policy=policy)
         return pb.EvaluateResponse(score=score_message(score), policy=_POLICY_ENUM[policy])

@@ -35,9 +35,11 @@ MAX_REQUEST_BYTES = (1 << 31) - 1  # gRPC's message length is an int32
 class Limits:
     """Size limits, checked on the shapes before any request-sized allocation."""
 
-    max_layers: int = 512
-    max_experts: int = 4096
-    max_replicas: int = 16384
+    # Defaults cover today's largest MoE deployments (Kimi K2: 60 x 384 -> 480; DeepSeek at
+    # EP320: 61 x 512 -> 640) with room, and bound a plan's time to seconds.
+    max_layers: int = 256
+    max_experts: int = 1024
+    max_replicas: int = 2048
     max_windows: int = 64
     max_request_bytes: int = 64 << 20  # enforced by gRPC (RESOURCE_EXHAUSTED) before parsing
 

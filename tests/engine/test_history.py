@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from eplb_server.engine import api
 from eplb_server.engine.history import (DEFAULT_OBJECTIVE, OBJECTIVES, expected_peak,
-                                        reduce_history, resolve_objective, window_balancedness)
+                                        reduce_history, resolve_objective)
 
 ALL = OBJECTIVES + ("default",)
 # (E, P, K, N, G, policy)
@@ -158,11 +158,3 @@ def test_bad_parameters_raise(name, value):
         api.plan(drifting(0, 3, 2, 16), 24, 4, 2, 4, **{name: value})
 
 
-def test_window_balancedness_matches_evaluate():
-    history = drifting(2, 5, 3, 16)
-    result = api.plan(history, 24, 4, 2, 4)
-    score = api.evaluate(history, result.phy2log, 4, 2, 4)
-    ours = window_balancedness(history, result.phy2log.numpy(), 4)
-    assert score.window_balancedness.shape == (5,)
-    assert np.allclose(score.window_balancedness.numpy(), ours)
-    assert ((ours > 0) & (ours <= 1 + 1e-12)).all()

@@ -166,8 +166,10 @@ def test_from_scratch_ignores_the_current_mapping():
     weight = torch.tensor(workload(4, 2, 32))
     current = plan(torch.tensor(drift(workload(4, 2, 32), 5, 1.0)), 48, 4, 2, 8).phy2log
     result = plan(weight, 48, 4, 2, 8, current_phy2log=current, from_scratch=True)
-    assert result.migration is None
     assert torch.equal(result.phy2log, plan(weight, 48, 4, 2, 8).phy2log)
+    # Still says what moving to the plan costs.
+    assert result.migration.slots_changed == int((result.phy2log != current).sum())
+    assert result.migration.layer_changed.tolist() == (result.phy2log != current).any(1).tolist()
 
 
 def test_drift_keeps_balance_and_moves_less():
@@ -223,7 +225,7 @@ def test_plan_keeping_nodes_keeps_the_current_group_assignment():
     weight = workload(13, 6, 64)
     current = plan(torch.tensor(weight), 96, 8, 4, 16, policy="hierarchical").phy2log.numpy()
     kept = current_node_of_group(current, 8, 4, 64)
-    assert kept is not None and kept.shape == (6, 8)
+    assert kept.shape == (6, 8) and (kept >= 0).all()
     # unlimited slack: every layer keeps its assignment, and the plan stays hierarchical
     out = plan_keeping_nodes(drift(weight, 14, 0.5), 96, 8, 4, 16, current, tolerance=np.inf)
     assert (current_node_of_group(out, 8, 4, 64) == kept).all()
@@ -231,7 +233,19 @@ def test_plan_keeping_nodes_keeps_the_current_group_assignment():
     np.add.at(counts, (np.arange(6)[:, None], out), 1)
     assert (counts >= 1).all()
     # a mapping whose groups span nodes has no assignment to keep
-    assert current_node_of_group(np.tile(np.arange(96) % 64, (2, 1)), 8, 4, 64) is None
+    assert (current_node_of_group(np.tile(np.arange(96) % 64, (2, 1)), 8, 4, 64) == -1).all()
+
+
+def test_uneven_group_counts_per_node_are_not_kept():
+    """Groups each on one node, but 3 groups on node 0 and 1 on node 1: no assignment to keep,
+    so the plan is as good as one made from scratch (review finding)."""
+    from eplb_server.engine.migration import current_node_of_group, plan_keeping_nodes
+    weight = np.array([[10.0, 9.0, 1.0, 1.0]])
+    current = np.array([[0, 0, 0, 0, 1, 2, 3, 3]])
+    assert (current_node_of_group(current, 4, 2, 4) == -1).all()
+    kept = plan_keeping_nodes(weight, 8, 4, 2, 2, current, tolerance=np.inf)
+    scratch = plan(torch.tensor(weight), 8, 4, 2, 2, policy="hierarchical").phy2log.numpy()
+    assert np.array_equal(kept, scratch)
 
 
 def test_global_repair_prefers_moves_inside_a_node():

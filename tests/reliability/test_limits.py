@@ -13,7 +13,7 @@ from eplb_server.validation import InvalidRequest, Limits, parse_evaluate, parse
 from ..service.servicekit import SMALL, loads, rebalance_request, stub
 
 F64 = pb.DTYPE_FLOAT64
-LIMITS = Limits()  # the production defaults: 512 layers, 4096 experts, 16384 slots, 64 windows
+LIMITS = Limits()  # the production defaults
 
 
 def declared(shape, dtype=F64, **values):
@@ -23,17 +23,18 @@ def declared(shape, dtype=F64, **values):
 
 def giant_requests():
     """(name, request): each declares far more than it carries."""
-    top = pb.Topology(num_replicas=16384, num_groups=1, num_nodes=1, num_gpus=1)
-    at_limit = [64, 512, 4096]  # 1 GiB of float64 declared: within every dimension limit
+    top = pb.Topology(num_replicas=LIMITS.max_replicas, num_groups=1, num_nodes=1, num_gpus=1)
+    # Every dimension at its limit (128 MiB of float64 at the defaults), almost nothing sent.
+    at_limit = [LIMITS.max_windows, LIMITS.max_layers, LIMITS.max_experts]
     out = {
         "2^40 layers": pb.RebalanceRequest(topology=top, expert_loads=declared([1 << 40, 16])),
         "2^40 x 2^40": pb.RebalanceRequest(topology=top,
                                            expert_loads=declared([1 << 40, 1 << 40])),
         "2^62 windows": pb.RebalanceRequest(topology=top,
                                             expert_loads=declared([1 << 62, 4, 16])),
-        "1 GiB at the limits, 8 bytes sent": pb.RebalanceRequest(
+        "all at the limits, 8 bytes sent": pb.RebalanceRequest(
             topology=top, expert_loads=declared(at_limit, data=b"\0" * 8)),
-        "1 GiB at the limits, 3 packed values": pb.RebalanceRequest(
+        "all at the limits, 3 packed values": pb.RebalanceRequest(
             topology=top, expert_loads=declared(at_limit, float_values=[1, 2, 3])),
         "2^40 slots in the mapping": pb.RebalanceRequest(
             topology=top, expert_loads=to_tensor(loads()),
@@ -69,8 +70,8 @@ def test_declared_giants_are_refused_before_allocation(name):
 def test_evaluate_giants_are_refused_before_allocation():
     request = pb.EvaluateRequest(
         topology=pb.Topology(num_groups=1, num_nodes=1, num_gpus=1),
-        expert_loads=declared([512, 4096], data=b"\0" * 8),
-        phy2log=declared([512, 16384], pb.DTYPE_INT64))
+        expert_loads=declared([LIMITS.max_layers, LIMITS.max_experts], data=b"\0" * 8),
+        phy2log=declared([LIMITS.max_layers, LIMITS.max_replicas], pb.DTYPE_INT64))
     assert peak_allocation_while_refused(parse_evaluate, request) < 256 << 10
 
 

@@ -12,7 +12,7 @@ import torch
 from .history import history_planner
 from .mapping import build_log2phy, expert_counts, replica_ranks
 from .reference import reference_plan
-from .migration import MigrationOptions, keep_current, plan_keeping_nodes
+from .migration import MigrationOptions, keep_current, migration_summary, plan_keeping_nodes
 from .refined import refined_plan
 from .scoring import Score, score
 
@@ -128,18 +128,18 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     With current_phy2log [L, P], keeps what can stay of it (unless from_scratch).
     """
     load = _loads(weight)
-    objective_used, planner = "sum", _plan_arrays
-    if load.ndim == 3:  # issue 6: the objective picks the load and, for some, the planner
-        load, objective_used, planner = history_planner(load, objective, half_life, robust_k,
-                                                        _plan_arrays)
-    num_layers, num_experts = load.shape
+    num_layers, num_experts = load.shape[-2:]
     check_topology(num_experts, num_replicas, num_groups, num_nodes, num_gpus)
     resolved = resolve_policy(policy, num_groups, num_nodes, num_gpus)
     current = None if current_phy2log is None else _current_mapping(
         current_phy2log, num_layers, num_replicas, num_experts)
+    planner = _plan_arrays if current is None or from_scratch \
+        else functools.partial(_plan_arrays, current=current)
+    objective_used = "sum"
+    if load.ndim == 3:  # issue 6: the objective picks the load and, for some, the planner
+        load, objective_used, planner = history_planner(load, objective, half_life, robust_k,
+                                                        planner)
     migration = None
-    if planner is _plan_arrays and current is not None and not from_scratch:
-        planner = functools.partial(_plan_arrays, current=current)
     with _ENGINE_LOCK:
         phy2log, rank, logcnt = planner(load, num_replicas, num_groups, num_nodes,
                                 num_gpus, resolved)
@@ -152,6 +152,8 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
                                               options, num_groups=num_groups,
                                               hierarchical=hierarchical)
             rank, logcnt = replica_ranks(phy2log, num_experts), expert_counts(phy2log, num_experts)
+        elif current is not None:  # from scratch: still say what moving to the plan costs
+            migration = migration_summary(current, phy2log, num_nodes, num_gpus, 0, load)
     device = weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
     to = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)  # noqa: E731
     return Plan(phy2log=to(phy2log), log2phy=to(build_log2phy(phy2log, rank, logcnt)),

@@ -96,17 +96,6 @@ def expected_peak(history: np.ndarray, phy2log: np.ndarray, num_gpus: int) -> np
     return window_peaks(history, phy2log, num_gpus).sum(0)
 
 
-def window_balancedness(history: np.ndarray, phy2log: np.ndarray, num_gpus: int) -> np.ndarray:
-    """[T, L, E], [L, P] -> [T]: each window's balancedness (sum of means / sum of peaks)."""
-    out = np.ones(history.shape[0])
-    for t, w in enumerate(history):
-        load = gpu_loads(w, phy2log, num_gpus)
-        peak = load.max(1).sum()
-        if peak > 0:
-            out[t] = load.mean(1).sum() / peak
-    return out
-
-
 def candidate_loads(history: np.ndarray, half_life: float, robust_k: float) -> list[np.ndarray]:
     """The loads whose plans "expected_peak" chooses among; the summed load first.
 

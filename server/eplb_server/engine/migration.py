@@ -41,7 +41,6 @@ CROSS_NODE_FACTOR = 0.8
 # Repair offers a new replica of a hot expert to slots on this many of the lightest GPUs only:
 # such moves are rarely the best (swaps are), and scanning every slot dominated the search.
 _LIGHT_GPUS = 4
-SCAN_ALL = False
 
 
 @dataclass(frozen=True)
@@ -386,7 +385,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
                         best_score, best_kind, best_a, best_b = gain, 1, a, b
         # Moves that change replica counts are scanned only when no swap helps (they cost
         # far more to scan and are rarely the best).
-        if best_kind < 0 or SCAN_ALL:
+        if best_kind < 0:
             head[:] = -1
             for p in range(num_slots - 1, -1, -1):
                 nxt[p] = head[cur[p]]
@@ -651,12 +650,9 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
     cap = np.where(need | (per_layer > 0) | (total > 0), cap, 0)
     target = peak_new * (1.0 + tolerance) if total == 0 else np.zeros(num_layers)
     group_size = num_experts // num_groups if hierarchical and num_nodes > 1 else num_experts
-    slot_node = slot_nodes(num_slots, num_nodes, num_gpus)
-    if not hierarchical or num_nodes == 1:
-        slot_node = np.zeros(num_slots, np.int64)
+    slot_node = slot_nodes(num_slots, num_nodes, num_gpus) if hierarchical and num_nodes > 1 \
+        else np.zeros(num_slots, np.int64)
     allowed = _allowed(current, num_groups, num_nodes, num_experts, hierarchical)
-    if allowed.shape[0] != num_layers:
-        allowed = np.ascontiguousarray(np.broadcast_to(allowed, (num_layers,) + allowed.shape[1:]))
     gpu_node = np.arange(num_gpus, dtype=np.int64) * num_nodes // num_gpus
     steps, move_slot, move_expert, peak_after = repair(
         weight, current, num_gpus, slot_node, gpu_node, allowed, group_size,
@@ -759,19 +755,14 @@ def _budgeted(peak_cur, peak_new, new_moves, steps, peak_after, tolerance, per_l
 
 
 def migration_summary(current_phy2log: np.ndarray, phy2log: np.ndarray, num_nodes: int,
-                      num_gpus: int, kept_for_gain: int, load: np.ndarray | None = None
-                      ) -> Migration:
-    """The Migration record for moving current_phy2log [L, P] to phy2log [L, P]; with load
-    [L, E], also each layer's balancedness (mean / peak GPU load) before and after."""
+                      num_gpus: int, kept_for_gain: int, load: np.ndarray) -> Migration:
+    """The Migration record for moving current_phy2log [L, P] to phy2log [L, P], with each
+    layer's balancedness (mean / peak GPU load) on load [L, E] before and after."""
     moves, cross = transfers(current_phy2log, phy2log, num_nodes, num_gpus)
     changed = (phy2log != current_phy2log).sum(1)
-    num_layers = phy2log.shape[0]
-    if load is None:
-        before = after = np.full(num_layers, np.nan)
-    else:
-        mean = load.sum(1) / num_gpus
-        before = balance_ratio(mean, _peaks(load, current_phy2log, num_gpus))
-        after = balance_ratio(mean, _peaks(load, phy2log, num_gpus))
+    mean = load.sum(1) / num_gpus
+    before = balance_ratio(mean, _peaks(load, current_phy2log, num_gpus))
+    after = balance_ratio(mean, _peaks(load, phy2log, num_gpus))
     return Migration(
         slots_changed=int(changed.sum()),
         cross_node_copies=int(cross.sum()),
@@ -786,9 +777,9 @@ def migration_summary(current_phy2log: np.ndarray, phy2log: np.ndarray, num_node
 
 
 def current_node_of_group(current_phy2log: np.ndarray, num_groups: int, num_nodes: int,
-                          num_experts: int) -> np.ndarray | None:
-    """Node of each group in a hierarchical current mapping [L, P] -> [L, K] int64, or None when
-    some group's replicas span nodes (the mapping is not hierarchical)."""
+                          num_experts: int) -> np.ndarray:
+    """Node of each group in a current mapping [L, P] -> [L, K] int64; a layer whose mapping is
+    not hierarchical (a group spans nodes, or a node holds other than K/N groups) gets -1s."""
     num_layers, num_slots = current_phy2log.shape
     group = current_phy2log // (num_experts // num_groups)
     node = np.broadcast_to(np.arange(num_slots) // (num_slots // num_nodes), group.shape)
@@ -797,14 +788,15 @@ def current_node_of_group(current_phy2log: np.ndarray, num_groups: int, num_node
     rows = np.arange(num_layers)[:, None]
     np.minimum.at(lo, (rows, group), node)
     np.maximum.at(hi, (rows, group), node)
-    if (lo != hi).any():
-        return None
-    return lo
+    valid = (lo == hi).all(1)
+    per_node = np.zeros((num_layers, num_nodes + 1), np.int64)
+    np.add.at(per_node, (rows, np.minimum(lo, num_nodes)), 1)
+    valid &= (per_node[:, :num_nodes] == num_groups // num_nodes).all(1)
+    return np.where(valid[:, None], lo, -1)
 
 
 def plan_keeping_nodes(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
-                       num_gpus: int, current_phy2log: np.ndarray,
-                       tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
+                       num_gpus: int, current_phy2log: np.ndarray, tolerance: float) -> np.ndarray:
     """The refined hierarchical plan, except that a layer keeps the current mapping's
     group-to-node assignment when its heaviest node is within tolerance of the best
     assignment's (then whole groups need not move between nodes).
@@ -814,11 +806,10 @@ def plan_keeping_nodes(weight: np.ndarray, num_replicas: int, num_groups: int, n
     num_layers, num_experts = weight.shape
     group_load = weight.reshape(num_layers, num_groups, -1).sum(-1)
     kept = current_node_of_group(current_phy2log, num_groups, num_nodes, num_experts)
-    if kept is None:
-        return refined_plan(weight, num_replicas, num_groups, num_nodes, num_gpus)
+    valid = (kept >= 0).all(1)
     _, best_peak = best_node_loads(group_load, num_nodes)
     node_load = np.zeros((num_layers, num_nodes))
-    np.add.at(node_load, (np.arange(num_layers)[:, None], kept), group_load)
-    keep = node_load.max(1) <= best_peak * (1.0 + tolerance)
+    np.add.at(node_load, (np.arange(num_layers)[:, None], np.maximum(kept, 0)), group_load)
+    keep = valid & (node_load.max(1) <= best_peak * (1.0 + tolerance))
     return refined_plan(weight, num_replicas, num_groups, num_nodes, num_gpus,
                         node_of_group=np.where(keep[:, None], kept, -1))

@@ -14,6 +14,9 @@ import numpy as np
 
 COUNT_SEARCH_WIDTH = 4  # receivers per replica-count step: this many largest and smallest pieces
 PAIR_SWAP_ALL_MAX_CAP = 5  # most slots per pack at which 2-for-2 swaps try every pack
+# Above this many slots per pack, 2-for-2 swaps (O(c^2) pair sums per move) and the spreading
+# pass (O(m c^2)) are skipped: they would dominate, and such packs hold many experts anyway.
+SMALL_PACK_MAX_CAP = 32
 
 
 @numba.njit(cache=True, nogil=True)
@@ -450,7 +453,8 @@ def _best_pair_swap_any(pack_weight, pack_expert, limit, loads, by_load, partner
 @numba.njit(cache=True, nogil=True)
 def refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners):
     """Local search on the heaviest pack: 1-for-1 swaps with any pack, else 2-for-2 with one of
-    the `pair_partners` lightest packs, until no move lowers the peak. Never raises the peak.
+    the `pair_partners` lightest packs (none when 0), until no move lowers the peak. Never
+    raises the peak.
 
     pack_weight [m, c] (each row sorted descending), pack_expert [m, c], loads [m] change in
     place; limit [E]: most replicas of an expert a pack may hold. Returns the moves made.
@@ -468,6 +472,8 @@ def refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners):
         if other >= 0:
             _swap(pack_weight, pack_expert, loads, heavy, a, other, b)
         else:
+            if pair_partners == 0:
+                return move
             best, other, (x, y, u, v) = _best_pair_swap_any(
                 pack_weight, pack_expert, limit, loads, by_load, pair_partners)
             if other < 0:
@@ -551,9 +557,11 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps):
     limit = (counts + num_packs - 1) // num_packs
     # 2-for-2 swaps with every pack pay off where packs hold few items (measured: at 4 per
     # GPU they cut the mean gap 0.26% -> 0.08%); with more items, the lightest pack suffices.
-    pair_partners = num_packs if cap <= PAIR_SWAP_ALL_MAX_CAP else 1
+    pair_partners = num_packs if cap <= PAIR_SWAP_ALL_MAX_CAP \
+        else 1 if cap <= SMALL_PACK_MAX_CAP else 0
     refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners)
-    spread(pack_weight, pack_expert, limit, loads)
+    if cap <= SMALL_PACK_MAX_CAP:
+        spread(pack_weight, pack_expert, limit, loads)
     slot_expert = np.empty(num_slots, np.int64)
     for p in range(num_packs):
         slot_expert[p * cap:(p + 1) * cap] = np.sort(pack_expert[p])

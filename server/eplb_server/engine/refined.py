@@ -9,7 +9,8 @@ from .hierarchy import best_node_loads
 from .reference import reference_group_packing
 from .scoring import gpu_loads
 
-MAX_MOVES_PER_ITEM = 4  # refinement cap: moves per replica
+MAX_MOVES_PER_ITEM = 4  # refinement cap: moves per replica ...
+MAX_MOVES = 1024  # ... and per problem, which bounds the time of the largest requests
 COUNT_SEARCH_STEPS = 64  # replica-count moves per problem at 2 slots per GPU
 
 
@@ -27,7 +28,8 @@ def _plan_nodes(weight: np.ndarray, node_groups: np.ndarray, num_replicas: int,
     node_weight = np.ascontiguousarray(weight[layer_of_row[:, None], node_experts])
     slots_per_node = num_replicas // num_nodes
     local = packing.solve_batch(node_weight, slots_per_node, num_gpus // num_nodes,
-                                MAX_MOVES_PER_ITEM * slots_per_node, COUNT_SEARCH_STEPS)
+                                min(MAX_MOVES_PER_ITEM * slots_per_node, MAX_MOVES),
+                                COUNT_SEARCH_STEPS)
     return np.take_along_axis(node_experts, local, 1).reshape(num_layers, num_replicas)
 
 
