@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 
@@ -35,10 +36,18 @@ def gpu_loads(weight: np.ndarray, phy2log: np.ndarray, num_gpus: int) -> np.ndar
     return slot_load.reshape(phy2log.shape[0], num_gpus, -1).sum(-1)
 
 
+@numba.njit(cache=True, nogil=True)
+def _replication_bound(weight, num_slots):
+    bound = np.zeros(weight.shape[0])
+    for layer in range(weight.shape[0]):
+        if weight.shape[1]:
+            bound[layer] = (weight[layer] / packing.adams_counts(weight[layer], num_slots)).max()
+    return bound
+
+
 def replication_bound(weight: np.ndarray, num_slots: int) -> np.ndarray:
     """R* per layer: the smallest possible largest replica load. weight: [L, E] -> [L]."""
-    return np.array([(row / packing.adams_counts(row, num_slots)).max() if row.size else 0.0
-                     for row in weight])
+    return _replication_bound(np.ascontiguousarray(weight, dtype=np.float64), num_slots)
 
 
 def lower_bound(weight: np.ndarray, num_slots: int, num_groups: int, num_nodes: int,
