@@ -172,7 +172,8 @@ class PlacementServicer(pb_grpc.PlacementServiceServicer):
         plan_score = _engine_call(self.engine.evaluate, weight, plan.phy2log, *topology,
                                   policy=bound)
         current_score = (None if current is None else _engine_call(
-            self.engine.evaluate, weight, current, *topology, policy=bound))
+            self.engine.evaluate, weight, current, *topology, policy=bound,
+            lower_bound=plan_score.layer_lower_bound))
         phy2log, log2phy, logcnt = (_numpy(t) for t in (plan.phy2log, plan.log2phy, plan.logcnt))
         seconds = time.perf_counter() - start
         encode = _packed_tensor if a.packed else to_tensor

@@ -194,3 +194,15 @@ def test_invalid_arguments_raise_value_error(bad, message):
     policy = args.pop("policy", "auto")
     with pytest.raises(ValueError, match=message):
         rebalance_experts(weight, **args, policy=policy)
+
+
+def test_evaluate_with_a_known_bound_matches_a_full_evaluation():
+    rng = np.random.default_rng(5)
+    weight = torch.from_numpy(rng.lognormal(0, 1, (3, 32)))
+    first = plan(weight, 48, 4, 2, 8).phy2log
+    second = plan(weight * torch.from_numpy(rng.lognormal(0, 0.3, (3, 32))), 48, 4, 2, 8).phy2log
+    known = evaluate(weight, first, 4, 2, 8).layer_lower_bound
+    full = evaluate(weight, second, 4, 2, 8)
+    reused = evaluate(weight, second, 4, 2, 8, lower_bound=known)
+    assert torch.equal(full.layer_lower_bound, reused.layer_lower_bound)
+    assert torch.equal(full.layer_gap, reused.layer_gap) and full.max_gap == reused.max_gap

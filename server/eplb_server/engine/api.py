@@ -169,8 +169,12 @@ def rebalance_experts(weight, num_replicas: int, num_groups: int, num_nodes: int
 
 
 def evaluate(weight, phy2log, num_groups: int, num_nodes: int, num_gpus: int, *,
-             policy: str = "auto") -> Score:
-    """Scores phy2log [L, P] on weight [L, E] (or [T, L, E]); the bound follows `policy`."""
+             policy: str = "auto", lower_bound=None) -> Score:
+    """Scores phy2log [L, P] on weight [L, E] (or [T, L, E]); the bound follows `policy`.
+
+    lower_bound: [L], the layer_lower_bound of an earlier Score of the same loads, topology and
+    policy, to skip recomputing it.
+    """
     load = _loads(weight)
     mapping = phy2log.detach().cpu().numpy() if isinstance(phy2log, torch.Tensor) \
         else np.asarray(phy2log)
@@ -182,5 +186,6 @@ def evaluate(weight, phy2log, num_groups: int, num_nodes: int, num_gpus: int, *,
     if mapping.size and (mapping.min() < 0 or mapping.max() >= num_experts):
         raise ValueError(f"phy2log entries must lie in [0, {num_experts})")
     hierarchical = resolve_policy(policy, num_groups, num_nodes, num_gpus) == "hierarchical"
+    bound = None if lower_bound is None else np.asarray(lower_bound, dtype=np.float64)
     with _ENGINE_LOCK:
-        return score(load, mapping, num_groups, num_nodes, num_gpus, hierarchical)
+        return score(load, mapping, num_groups, num_nodes, num_gpus, hierarchical, bound)

@@ -51,7 +51,7 @@ def refined_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nod
     choose as above); such layers are not compared with the reference.
     """
     num_layers, num_experts = weight.shape
-    if num_nodes == 1:
+    if num_groups == 1:  # global; with groups, even one node orders them as the reference does
         all_groups = np.broadcast_to(np.arange(num_groups), (num_layers, 1, num_groups))
         return _plan_nodes(weight, all_groups, num_replicas, num_gpus)
     group_load = weight.reshape(num_layers, num_groups, -1).sum(-1)

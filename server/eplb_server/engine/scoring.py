@@ -70,8 +70,11 @@ def balance_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def score(weight: np.ndarray, phy2log: np.ndarray, num_groups: int, num_nodes: int,
-          num_gpus: int, hierarchical: bool) -> Score:
-    """weight: [L, E] or a history [T, L, E] (scored on its sum, plus per window); phy2log: [L, P]."""
+          num_gpus: int, hierarchical: bool, bound: np.ndarray | None = None) -> Score:
+    """weight: [L, E] or a history [T, L, E] (scored on its sum, plus per window); phy2log: [L, P].
+
+    bound: [L], the lower bound when already known for these loads and topology.
+    """
     window_balancedness = None
     if weight.ndim == 3:
         per_window = [gpu_loads(w, phy2log, num_gpus) for w in weight]
@@ -81,7 +84,9 @@ def score(weight: np.ndarray, phy2log: np.ndarray, num_groups: int, num_nodes: i
         weight = weight.sum(0)
     load = gpu_loads(weight, phy2log, num_gpus)
     peak, mean = load.max(1), load.mean(1)
-    bound = lower_bound(weight, phy2log.shape[1], num_groups, num_nodes, num_gpus, hierarchical)
+    if bound is None:
+        bound = lower_bound(weight, phy2log.shape[1], num_groups, num_nodes, num_gpus,
+                            hierarchical)
     gap = np.where(bound > 0, peak / np.where(bound > 0, bound, 1.0) - 1.0, 0.0)
     as_tensor = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
     return Score(
