@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .history import history_planner
-from .mapping import build_log2phy, expert_counts, replica_ranks
+from .mapping import build_log2phy, expert_counts, ranks_and_counts
 from .reference import reference_plan
 from .migration import MigrationOptions, keep_current, migration_summary, plan_keeping_nodes
 from .refined import refined_plan
@@ -100,7 +100,7 @@ def _plan_arrays(load: np.ndarray, num_replicas: int, num_groups: int, num_nodes
     else:
         phy2log = refined_plan(load, num_replicas, groups, nodes, num_gpus)
     num_experts = load.shape[1]
-    return phy2log, replica_ranks(phy2log, num_experts), expert_counts(phy2log, num_experts)
+    return (phy2log, *ranks_and_counts(phy2log, num_experts))
 
 
 def _current_mapping(current_phy2log, num_layers: int, num_replicas: int,
@@ -151,7 +151,7 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
             phy2log, migration = keep_current(phy2log, current, load, num_nodes, num_gpus,
                                               options, num_groups=num_groups,
                                               hierarchical=hierarchical)
-            rank, logcnt = replica_ranks(phy2log, num_experts), expert_counts(phy2log, num_experts)
+            rank, logcnt = ranks_and_counts(phy2log, num_experts)
         elif current is not None:  # from scratch: still say what moving to the plan costs
             migration = migration_summary(current, phy2log, num_nodes, num_gpus, 0, load)
     device = weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")

@@ -19,6 +19,11 @@ def _ranks_and_counts(phy2log, num_experts):
     return rank, counts
 
 
+def ranks_and_counts(phy2log: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """`replica_ranks` and `expert_counts` in one pass."""
+    return _ranks_and_counts(np.ascontiguousarray(phy2log, dtype=np.int64), num_experts)
+
+
 def replica_ranks(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
     """Rank of each slot among its expert's replicas, in slot order. phy2log: [L, P] -> [L, P]."""
     return _ranks_and_counts(np.ascontiguousarray(phy2log, dtype=np.int64), num_experts)[0]
@@ -31,10 +36,16 @@ def expert_counts(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
 
 def build_log2phy(phy2log: np.ndarray, rank: np.ndarray, logcnt: np.ndarray) -> np.ndarray:
     """log2phy [L, E, W] (W = max logcnt, -1 padded) from phy2log [L, P] and ranks [L, P]."""
-    num_layers, num_slots = phy2log.shape
-    num_experts = logcnt.shape[1]
     width = int(logcnt.max()) if logcnt.size else 1
-    log2phy = np.full((num_layers, num_experts * width), -1, np.int64)
-    np.put_along_axis(log2phy, phy2log * width + rank,
-                      np.broadcast_to(np.arange(num_slots, dtype=np.int64), phy2log.shape), 1)
-    return log2phy.reshape(num_layers, num_experts, width)
+    return _log2phy(np.ascontiguousarray(phy2log, dtype=np.int64),
+                    np.ascontiguousarray(rank, dtype=np.int64), logcnt.shape[1], width)
+
+
+@numba.njit(cache=True, nogil=True)
+def _log2phy(phy2log, rank, num_experts, width):
+    num_layers, num_slots = phy2log.shape
+    log2phy = np.full((num_layers, num_experts, width), -1, np.int64)
+    for layer in range(num_layers):
+        for slot in range(num_slots):
+            log2phy[layer, phy2log[layer, slot], rank[layer, slot]] = slot
+    return log2phy
