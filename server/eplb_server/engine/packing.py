@@ -474,58 +474,60 @@ def _pair_swap_fits(pack_expert, limit, p, x, y, q, u, v):
 
 
 @numba.njit(cache=True, nogil=True)
-def _pair_sums(pack_weight, pack):
-    """Sums of every two slots of a pack, ascending: (sums [c(c-1)/2], first slots, second slots)."""
+def _pair_sums(pack_weight, pack, sums, first, second):
+    """Fills sums, first, second [c(c-1)/2] with the sums of every two slots of a pack and
+    their slots, ascending (insertion sort: a pack has few slots)."""
     cap = pack_weight.shape[1]
-    count = cap * (cap - 1) // 2
-    sums = np.empty(count)
-    first = np.empty(count, np.int64)
-    second = np.empty(count, np.int64)
     k = 0
     for x in range(cap):
         for y in range(x + 1, cap):
-            sums[k], first[k], second[k] = pack_weight[pack, x] + pack_weight[pack, y], x, y
+            total = pack_weight[pack, x] + pack_weight[pack, y]
+            j = k
+            while j > 0 and sums[j - 1] > total:
+                sums[j], first[j], second[j] = sums[j - 1], first[j - 1], second[j - 1]
+                j -= 1
+            sums[j], first[j], second[j] = total, x, y
             k += 1
-    order = np.argsort(sums)
-    return sums[order], first[order], second[order]
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_pair_swap_any(pack_weight, pack_expert, limit, loads, by_load, partners):
+def _best_pair_swap_any(pack_weight, pack_expert, limit, loads, by_load, partners, sums, first,
+                        second):
     """Best 2-for-2 swap between the heaviest pack and the `partners` lightest others, lightest
-    first, skipping packs that cannot beat the best found. For each pair of the heaviest pack only the other pack's
-    pair closest to halving the gap is tried (binary search over sorted pair sums).
+    first, skipping packs that cannot beat the best found. For each pair of the heaviest pack
+    only the other pack's pair closest to halving the gap is tried (binary search over its
+    sorted pair sums, kept in the buffers sums, first, second [c(c-1)/2]).
 
     Returns (objective, other pack, (x, y, u, v)): slots x, y of the heaviest pack go to slots
     u, v of the other; other < 0 when no swap lowers the peak.
     """
-    num_packs = pack_weight.shape[0]
+    num_packs, cap = pack_weight.shape
     heavy = by_load[num_packs - 1]
     top = loads[heavy]
     best, other, found = top - 1e-12 * abs(top), -1, (-1, -1, -1, -1)
-    heavy_sums, heavy_x, heavy_y = _pair_sums(pack_weight, heavy)
     for k in range(min(partners, num_packs - 1)):
         o = by_load[k]
         low = loads[o]
         if 0.5 * (top + low) >= best:
             break
         gap = top - low
-        sums, first, second = _pair_sums(pack_weight, o)
-        for i in range(heavy_sums.size):
-            ideal = heavy_sums[i] - 0.5 * gap
-            j = np.searchsorted(sums, ideal)
-            for c in (j - 1, j):
-                if c < 0 or c >= sums.size:
-                    continue
-                delta = heavy_sums[i] - sums[c]
-                if delta <= 0.0 or delta >= gap:
-                    continue
-                objective = max(top - delta, low + delta)
-                x, y, u, v = heavy_x[i], heavy_y[i], first[c], second[c]
-                if objective < best \
-                        and _pair_swap_fits(pack_expert, limit, heavy, x, y, o, u, v) \
-                        and _pair_swap_fits(pack_expert, limit, o, u, v, heavy, x, y):
-                    best, other, found = objective, o, (x, y, u, v)
+        _pair_sums(pack_weight, o, sums, first, second)
+        for x in range(cap):
+            for y in range(x + 1, cap):
+                heavy_sum = pack_weight[heavy, x] + pack_weight[heavy, y]
+                j = np.searchsorted(sums, heavy_sum - 0.5 * gap)
+                for c in (j - 1, j):
+                    if c < 0 or c >= sums.size:
+                        continue
+                    delta = heavy_sum - sums[c]
+                    if delta <= 0.0 or delta >= gap:
+                        continue
+                    objective = max(top - delta, low + delta)
+                    u, v = first[c], second[c]
+                    if objective < best \
+                            and _pair_swap_fits(pack_expert, limit, heavy, x, y, o, u, v) \
+                            and _pair_swap_fits(pack_expert, limit, o, u, v, heavy, x, y):
+                        best, other, found = objective, o, (x, y, u, v)
     return best, other, found
 
 
@@ -543,6 +545,9 @@ def refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners):
         return 0
     mean = loads.sum() / num_packs
     by_load = np.argsort(loads)
+    num_pairs = cap * (cap - 1) // 2
+    sums, first, second = np.empty(num_pairs), np.empty(num_pairs, np.int64), \
+        np.empty(num_pairs, np.int64)
     for move in range(max_moves):
         heavy = by_load[num_packs - 1]
         enough = max(loads[by_load[num_packs - 2]], mean)
@@ -554,7 +559,8 @@ def refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners):
             if pair_partners == 0:
                 return move
             best, other, (x, y, u, v) = _best_pair_swap_any(
-                pack_weight, pack_expert, limit, loads, by_load, pair_partners)
+                pack_weight, pack_expert, limit, loads, by_load, pair_partners, sums, first,
+                second)
             if other < 0:
                 return move
             # Swap the higher slot first so that re-sorting keeps the lower slot's item in place.
