@@ -234,6 +234,49 @@ def relabel(new_phy2log, current_phy2log, num_experts, num_nodes, num_gpus, hier
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _kept_slots_bound_layer(new_row, cur_row, num_experts, num_gpus, head, nxt, on_gpu):
+    per_gpu = new_row.size // num_gpus
+    head[:] = -1
+    for q in range(cur_row.size - 1, -1, -1):
+        nxt[q] = head[cur_row[q]]
+        head[cur_row[q]] = q
+    kept = 0
+    for g in range(num_gpus):
+        on_gpu[:] = 0  # on_gpu[h]: slots of new GPU g that current GPU h could keep
+        for k in range(g * per_gpu, (g + 1) * per_gpu):
+            e = new_row[k]
+            seen = 0  # replicas of e on g before slot k: each current GPU keeps at most its own
+            for j in range(g * per_gpu, k):
+                if new_row[j] == e:
+                    seen += 1
+            q = head[e]
+            while q >= 0:
+                h = q // per_gpu
+                held = 0
+                while q >= 0 and q // per_gpu == h:
+                    held += 1
+                    q = nxt[q]
+                if held > seen:
+                    on_gpu[h] += 1
+        kept += on_gpu.max()
+    return kept
+
+
+@numba.njit(cache=True, parallel=True)
+def kept_slots_bound(new_phy2log, current_phy2log, num_experts, num_gpus):
+    """Upper bound on the slots `relabel` keeps, per layer: each new GPU keeps at most its
+    overlap with the current GPU it shares most with. [L, P] x2 -> [L] int64."""
+    num_layers, num_slots = new_phy2log.shape
+    out = np.zeros(num_layers, np.int64)
+    for layer in numba.prange(num_layers):
+        out[layer] = _kept_slots_bound_layer(
+            new_phy2log[layer], current_phy2log[layer], num_experts, num_gpus,
+            np.empty(num_experts, np.int64), np.empty(num_slots, np.int64),
+            np.zeros(num_gpus, np.int64))
+    return out
+
+
 # --------------------------------------------------------------------------- local repair
 
 
@@ -304,6 +347,17 @@ def _resort(by_share, position, weight, counts, e):
 
 
 @numba.njit(cache=True, nogil=True)
+def _sort_slots(slots, cur, share, first):
+    """Fills slots [c] with first .. first + c - 1, by share of their expert, heaviest first."""
+    for k in range(slots.size):
+        key, j = share[cur[first + k]], k
+        while j > 0 and share[cur[slots[j - 1]]] < key:
+            slots[j] = slots[j - 1]
+            j -= 1
+        slots[j] = first + k
+
+
+@numba.njit(cache=True, nogil=True)
 def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_size, max_steps,
                   target, cross_factor, move_slot, move_expert, peak_after):
     """Greedy repair of one layer's mapping, recording each slot change.
@@ -336,19 +390,20 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
     head = np.full(num_experts, -1, np.int64)
     nxt = np.full(num_slots, -1, np.int64)
     share = weight / counts  # [E], kept up to date
-    by_share = np.argsort(weight / (counts + 1))
+    by_share = np.empty(0, np.int64)  # sorted when first needed: most layers only swap
     position = np.empty(num_experts, np.int64)
-    for i in range(num_experts):
-        position[by_share[i]] = i
     steps = 0
     stale = True  # loads, GPU order and replica lists need a full rebuild (counts changed)
     order = np.empty(num_gpus, np.int64)
+    by_slot_share = np.empty((num_gpus, per_gpu), np.int64)  # each GPU's slots, heaviest first
     while steps < max_steps:
         if stale:
             load[:] = 0.0
             for p in range(num_slots):
                 load[p // per_gpu] += share[cur[p]]
             order[:] = np.argsort(load)  # ascending; the hot GPU last
+            for g in range(num_gpus):
+                _sort_slots(by_slot_share[g], cur, share, g * per_gpu)
             stale = False
         hot = order[num_gpus - 1]
         peak = load[hot]
@@ -360,32 +415,53 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
         best_a = -1
         best_b = -1
         # 3. Swap: slot a on the hot GPU and slot b elsewhere exchange experts (two changes).
+        # Before the cross-node discount, the gain is unimodal in b's share (best at `ideal`):
+        # b's slots are scanned outwards from there while they could still beat the best.
         for r in range(num_gpus - 1):
             h = order[r]
             if peak - load[h] <= 4.0 * best_score:  # a swap gains at most a quarter of that
                 break
             h_node = gpu_node[h]
+            h_slots = by_slot_share[h]
             for a in range(hot * per_gpu, (hot + 1) * per_gpu):
                 x = cur[a]
                 share_x = share[x]
                 if share_x <= 2.0 * best_score or \
                         not allowed[slot_node[h * per_gpu], x // group_size]:
                     continue
-                for b in range(h * per_gpu, (h + 1) * per_gpu):
-                    z = cur[b]
-                    share_z = share[z]
-                    if z == x or share_z >= share_x or not allowed[slot_node[a], z // group_size]:
-                        continue
-                    new_peak = max(peak - share_x + share_z, load[h] + share_x - share_z)
-                    gain = (peak - new_peak) / 2.0
-                    if h_node != hot_node and (node_has[hot_node, z] == 0
-                                               or node_has[h_node, x] == 0):
-                        gain *= cross_factor
-                    if gain > best_score:
-                        best_score, best_kind, best_a, best_b = gain, 1, a, b
+                ideal = share_x - 0.5 * (peak - load[h])
+                first, end = 0, per_gpu  # first of h's slots with share <= ideal
+                while first < end:
+                    mid = (first + end) // 2
+                    if share[cur[h_slots[mid]]] > ideal:
+                        first = mid + 1
+                    else:
+                        end = mid
+                for side in range(2):
+                    c = first - 1 if side == 0 else first
+                    while 0 <= c < per_gpu:
+                        b = h_slots[c]
+                        c += -1 if side == 0 else 1
+                        z = cur[b]
+                        share_z = share[z]
+                        new_peak = max(peak - share_x + share_z, load[h] + share_x - share_z)
+                        gain = (peak - new_peak) / 2.0
+                        if gain <= best_score:
+                            break
+                        if z == x or not allowed[slot_node[a], z // group_size]:
+                            continue
+                        if h_node != hot_node and (node_has[hot_node, z] == 0
+                                                   or node_has[h_node, x] == 0):
+                            gain *= cross_factor
+                        if gain > best_score:
+                            best_score, best_kind, best_a, best_b = gain, 1, a, b
         # Moves that change replica counts are scanned only when no swap helps (they cost
         # far more to scan and are rarely the best).
         if best_kind < 0:
+            if by_share.size == 0:
+                by_share = np.argsort(weight / (counts + 1))
+                for i in range(num_experts):
+                    position[by_share[i]] = i
             head[:] = -1
             for p in range(num_slots - 1, -1, -1):
                 nxt[p] = head[cur[p]]
@@ -496,6 +572,8 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             load[h] += share[x] - share[z]
             resort(order, load, hot)
             resort(order, load, h)
+            _sort_slots(by_slot_share[hot], cur, share, hot * per_gpu)
+            _sort_slots(by_slot_share[h], cur, share, h * per_gpu)
             peak_after[steps - 1] = load[order[num_gpus - 1]]
     return steps
 
@@ -632,12 +710,20 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
     per_layer = int(options.max_moved_slots_per_layer)
     total = int(options.max_moved_slots_total)
 
-    relabelled = relabel(np.ascontiguousarray(new_phy2log, dtype=np.int64), current,
-                         num_experts, num_nodes, num_gpus, hierarchical)
-    new_moves = (relabelled != current).sum(1)
+    new = np.ascontiguousarray(new_phy2log, dtype=np.int64)
+    budgeted = per_layer > 0 or total > 0
+    # Relabelling is the costliest stage, and where repair wins it is not needed: without a
+    # budget, layers are relabelled only when chosen, and repair stops short of a lower bound
+    # on the moves that the relabelled plan needs (the exact count when budgeted).
+    relabelled = np.zeros_like(current)
+    if budgeted:
+        relabelled = relabel(new, current, num_experts, num_nodes, num_gpus, hierarchical)
+        new_moves = (relabelled != current).sum(1)
+    else:
+        new_moves = num_slots - kept_slots_bound(new, current, num_experts, num_gpus)
     mean = weight.sum(1) / num_gpus
     peak_cur = _peaks(weight, current, num_gpus)
-    peak_new = _peaks(weight, relabelled, num_gpus)
+    peak_new = _peaks(weight, new, num_gpus)
 
     # Repair: up to as many moves as the new plan needs (or the budget), stopping early at the
     # tolerance when no budget needs sharing out.
@@ -658,8 +744,13 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
         weight, current, num_gpus, slot_node, gpu_node, allowed, group_size,
         cap.astype(np.int64), target, CROSS_NODE_FACTOR)
 
-    if per_layer == 0 and total == 0:
+    if not budgeted:
         kind, count, peak = _cheapest_within(peak_cur, peak_new, steps, peak_after, tolerance)
+        rows = np.flatnonzero((kind == 2) | (new_moves == 0))
+        if rows.size:
+            relabelled[rows] = relabel(new[rows], current[rows], num_experts, num_nodes,
+                                       num_gpus, hierarchical)
+            new_moves[rows] = (relabelled[rows] != current[rows]).sum(1)
     else:
         kind, count, peak = _budgeted(peak_cur, peak_new, new_moves, steps, peak_after,
                                       tolerance, per_layer, total)
@@ -671,7 +762,8 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
     out = np.where((kind == 2)[:, None], relabelled, current)
     for layer in np.flatnonzero(kind == 1):
         out[layer] = _apply(current[layer], move_slot[layer], move_expert[layer], count[layer])
-    return out, migration_summary(current, out, num_nodes, num_gpus, kept_for_gain, weight)
+    return out, migration_summary(current, out, num_nodes, num_gpus, kept_for_gain, weight,
+                                  peak_cur)
 
 
 def _cheapest_within(peak_cur, peak_new, steps, peak_after, tolerance):
@@ -755,13 +847,17 @@ def _budgeted(peak_cur, peak_new, new_moves, steps, peak_after, tolerance, per_l
 
 
 def migration_summary(current_phy2log: np.ndarray, phy2log: np.ndarray, num_nodes: int,
-                      num_gpus: int, kept_for_gain: int, load: np.ndarray) -> Migration:
+                      num_gpus: int, kept_for_gain: int, load: np.ndarray,
+                      peak_before: np.ndarray | None = None) -> Migration:
     """The Migration record for moving current_phy2log [L, P] to phy2log [L, P], with each
-    layer's balancedness (mean / peak GPU load) on load [L, E] before and after."""
+    layer's balancedness (mean / peak GPU load) on load [L, E] before and after.
+    peak_before: [L], the current mapping's peak GPU loads if already known."""
     moves, cross = transfers(current_phy2log, phy2log, num_nodes, num_gpus)
     changed = (phy2log != current_phy2log).sum(1)
     mean = load.sum(1) / num_gpus
-    before = balance_ratio(mean, _peaks(load, current_phy2log, num_gpus))
+    if peak_before is None:
+        peak_before = _peaks(load, current_phy2log, num_gpus)
+    before = balance_ratio(mean, peak_before)
     after = balance_ratio(mean, _peaks(load, phy2log, num_gpus))
     return Migration(
         slots_changed=int(changed.sum()),

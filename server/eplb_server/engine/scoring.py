@@ -30,10 +30,24 @@ class Score:
 
 def gpu_loads(weight: np.ndarray, phy2log: np.ndarray, num_gpus: int) -> np.ndarray:
     """weight: [L, E], phy2log: [L, P] -> [L, G], each replica carrying w / logcnt."""
-    counts = expert_counts(phy2log, weight.shape[1])
-    per_replica = weight / np.maximum(counts, 1)
-    slot_load = np.take_along_axis(per_replica, phy2log, 1)
-    return slot_load.reshape(phy2log.shape[0], num_gpus, -1).sum(-1)
+    return _gpu_loads(np.ascontiguousarray(weight, dtype=np.float64),
+                      np.ascontiguousarray(phy2log, dtype=np.int64), num_gpus)
+
+
+@numba.njit(cache=True, nogil=True)
+def _gpu_loads(weight, phy2log, num_gpus):
+    num_layers, num_slots = phy2log.shape
+    per_gpu = num_slots // num_gpus
+    loads = np.zeros((num_layers, num_gpus))
+    counts = np.zeros(weight.shape[1], np.int64)
+    for layer in range(num_layers):
+        counts[:] = 0
+        for slot in range(num_slots):
+            counts[phy2log[layer, slot]] += 1
+        for slot in range(num_slots):
+            expert = phy2log[layer, slot]
+            loads[layer, slot // per_gpu] += weight[layer, expert] / counts[expert]
+    return loads
 
 
 @numba.njit(cache=True, nogil=True)
