@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numba
 import numpy as np
 
 from . import packing
@@ -52,18 +53,39 @@ def best_node_loads(group_load: np.ndarray, num_nodes: int):
     num_layers, num_groups = group_load.shape
     parts = node_partitions(num_groups, num_nodes)
     if parts is not None:
-        onehot = np.zeros((num_groups, len(parts), num_nodes))
-        np.put_along_axis(onehot, parts.T[:, :, None], 1.0, 2)
-        node_load = group_load @ onehot.reshape(num_groups, -1)
-        peak = node_load.reshape(num_layers, len(parts), num_nodes).max(-1)
-        choice = peak.argmin(1)
-        return parts[choice], peak[np.arange(num_layers), choice]
+        choice, peak = _best_partition(np.ascontiguousarray(group_load, dtype=np.float64),
+                                       parts, num_nodes)
+        return parts[choice], peak
     node_of = np.empty((num_layers, num_groups), np.int64)
     peak = np.empty(num_layers)
     for layer in range(num_layers):
         node_of[layer], loads = packing.pack_distinct(group_load[layer], num_nodes)
         peak[layer] = loads.max()
     return node_of, peak
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_partition(group_load, parts, num_nodes):
+    """group_load: [L, K], parts: [C, K] -> (first partition with the lightest heaviest node
+    [L] int64, that node's load [L])."""
+    num_layers, num_groups = group_load.shape
+    choice = np.zeros(num_layers, np.int64)
+    peak = np.full(num_layers, np.inf)
+    node_load = np.empty(num_nodes)
+    for layer in range(num_layers):
+        best, best_c = np.inf, 0
+        for c in range(parts.shape[0]):
+            for n in range(num_nodes):
+                node_load[n] = 0.0
+            for k in range(num_groups):
+                node_load[parts[c, k]] += group_load[layer, k]
+            heaviest = 0.0
+            for n in range(num_nodes):
+                heaviest = max(heaviest, node_load[n])
+            if heaviest < best:
+                best, best_c = heaviest, c
+        peak[layer], choice[layer] = best, best_c
+    return choice, peak
 
 
 def node_peak_bound(group_load: np.ndarray, num_nodes: int) -> np.ndarray:
