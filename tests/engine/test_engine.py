@@ -206,3 +206,25 @@ def test_evaluate_with_a_known_bound_matches_a_full_evaluation():
     reused = evaluate(weight, second, 4, 2, 8, lower_bound=known)
     assert torch.equal(full.layer_lower_bound, reused.layer_lower_bound)
     assert torch.equal(full.layer_gap, reused.layer_gap) and full.max_gap == reused.max_gap
+
+
+def test_gpu_loads_and_exact_node_assignment_match_direct_formulas():
+    import itertools
+
+    from eplb_server.engine.hierarchy import best_node_loads
+    from eplb_server.engine.scoring import gpu_loads
+    rng = np.random.default_rng(3)
+    weight = rng.lognormal(0, 1, (5, 12))
+    phy2log = np.stack([rng.permutation(np.arange(16) % 12) for _ in range(5)])
+    counts = np.stack([np.bincount(row, minlength=12) for row in phy2log])
+    direct = (np.take_along_axis(weight / counts, phy2log, 1)).reshape(5, 4, 4).sum(-1)
+    assert np.allclose(gpu_loads(weight, phy2log, 4), direct)
+    group_load = weight[:, :6]  # 6 groups onto 3 nodes of 2 groups
+    node_of, peak = best_node_loads(group_load, 3)
+    for layer in range(5):
+        best = min(max(group_load[layer, list(p[2 * n:2 * n + 2])].sum() for n in range(3))
+                   for p in itertools.permutations(range(6)))
+        assert peak[layer] == pytest.approx(best)
+        assert np.bincount(node_of[layer], minlength=3).tolist() == [2, 2, 2]
+        assert max(group_load[layer, node_of[layer] == n].sum() for n in range(3)) \
+            == pytest.approx(best)

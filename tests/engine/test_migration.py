@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eplb_server.engine.api import evaluate, plan
-from eplb_server.engine.migration import (MigrationOptions, keep_current, max_weight_assignment,
-                                          relabel)
+from eplb_server.engine.migration import (MigrationOptions, keep_current, kept_slots_bound,
+                                          max_weight_assignment, relabel)
 
 
 def workload(seed, layers=4, experts=32, sigma=1.0):
@@ -122,6 +122,10 @@ def test_relabelling_never_changes_a_peak(seed, shape):
     scrambled = scrambled[:, :, ::-1].reshape(current.shape).copy()
     assert (relabel(scrambled, current, experts, nodes, gpus, policy == "hierarchical")
             == current).all()
+    # the bound that caps repair never undercounts what relabelling keeps
+    kept = (out == current).sum(1)
+    assert (kept_slots_bound(new, current, experts, gpus) >= kept).all()
+    assert (kept_slots_bound(scrambled, current, experts, gpus) == replicas).all()
 
 
 def test_assignment_is_optimal_on_small_problems():

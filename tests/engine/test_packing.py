@@ -78,3 +78,46 @@ def test_adams_counts_attain_the_replication_bound(num_slots):
                 moved[donor] -= 1
                 moved[receiver] += 1
                 assert (weight / moved).max() >= best
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 600), st.integers(0, 2**31), st.booleans())
+def test_descending_order_is_a_stable_sort_largest_first(size, seed, with_ties):
+    rng = np.random.default_rng(seed)
+    key = (rng.integers(0, 4, size) if with_ties else rng.lognormal(0, 3, size)).astype(np.float32)
+    assert (packing.descending_order(key) == np.argsort(-key, kind="stable")).all()
+
+
+def sorted_pairing_peak(weight, counts):
+    items = np.sort(np.repeat(weight / counts, counts))
+    return (items + items[::-1]).max()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 40), st.integers(0, 2**31), st.booleans())
+def test_pair_peak_of_a_moved_replica_matches_a_full_sort(num_experts, seed, with_ties):
+    rng = np.random.default_rng(seed)
+    weight = (rng.integers(1, 5, num_experts) if with_ties else rng.lognormal(0, 1, num_experts))
+    weight = weight.astype(np.float64)
+    counts = np.ones(num_experts, np.int64)
+    counts[rng.integers(0, num_experts, num_experts + 2 * rng.integers(0, 3))] += 1
+    if counts.sum() % 2:
+        counts[0] += 1
+    piece = weight / counts
+    order = np.argsort(-piece, kind="stable")
+    donor, receiver = rng.choice(num_experts, 2, replace=False)
+    if counts[donor] == 1:
+        donor, receiver = receiver, donor
+    if counts[donor] == 1:
+        return
+    moved = counts.copy()
+    moved[donor] -= 1
+    moved[receiver] += 1
+    piece = weight / moved
+    exact = sorted_pairing_peak(weight, moved)
+    num_pairs = counts.sum() // 2
+    got = packing._pair_peak(order, piece, moved, num_pairs, np.inf, donor, receiver)
+    assert got == pytest.approx(exact, rel=1e-12)
+    stop = exact * (0.5 + rng.random())  # below the peak: reports at least stop; above: exact
+    early = packing._pair_peak(order, piece, moved, num_pairs, stop, donor, receiver)
+    assert early >= stop if exact >= stop else early == pytest.approx(exact, rel=1e-12)
