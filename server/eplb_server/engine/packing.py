@@ -163,11 +163,12 @@ def _ahead(piece, a, b):
 
 
 @numba.njit(cache=True, nogil=True)
-def _resorted(order, piece, a, b, out):
+def _resorted(order, piece, a, b):
     """`order` sorted as `_sorted_by_piece` except experts a and b, whose pieces changed:
-    the sorted order in O(E), written to `out` (not `order`), which is returned."""
+    the sorted order in O(E)."""
     if _ahead(piece, b, a):
         a, b = b, a
+    out = np.empty_like(order)
     k, pending = 0, 0
     for e in order:
         if e == a or e == b:
@@ -256,7 +257,7 @@ def count_search_pairs(weight, counts, max_steps, width):
                                                     width, peak * (1.0 - 1e-12))
         if donor >= 0:
             _move_replica(weight, counts, piece, donor, receiver)
-            order = _resorted(order, piece, donor, receiver, np.empty_like(order))
+            order = _resorted(order, piece, donor, receiver)
             peak = trial
             continue
         if weight.size > 64:  # two-move lookahead costs O(E^3): small problems only
@@ -267,7 +268,7 @@ def count_search_pairs(weight, counts, max_steps, width):
                 if d == r or counts[d] <= 1:
                     continue
                 _move_replica(weight, counts, piece, d, r)
-                moved = _resorted(order, piece, d, r, np.empty_like(order))
+                moved = _resorted(order, piece, d, r)
                 trial, d2, r2 = _best_replica_move(weight, counts, piece, moved, num_pairs,
                                                    width, best)
                 _move_replica(weight, counts, piece, r, d)
