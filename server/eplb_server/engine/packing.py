@@ -11,8 +11,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .pairing import COUNT_SEARCH_WIDTH, THRESHOLD_STEPS, count_search_pairs, threshold_counts
 
-COUNT_SEARCH_WIDTH = 4  # receivers per replica-count step: this many largest and smallest pieces
+
 PAIR_SWAP_ALL_MAX_CAP = 5  # most slots per pack at which 2-for-2 swaps try every pack
 # Above this many slots per pack, 2-for-2 swaps (O(c^2) pair sums per move) and the spreading
 # pass (O(m c^2)) are skipped: they would dominate, and such packs hold many experts anyway.
@@ -84,203 +85,6 @@ def adams_counts(weight, num_slots):
         key[top] = weight[top] / divisor[top]
         _sift_down(heap, num_experts, key, 0, True)
     return counts
-
-
-@numba.njit(cache=True, nogil=True)
-def _next_front(order, piece, a, b, i, emitted):
-    """Next expert from the front of `order` with a and b (ahead of b) moved to their sorted
-    places. -> (expert, i, emitted), the cursor's new state."""
-    while i < order.size and (order[i] == a or order[i] == b):
-        i += 1
-    if emitted < 2:
-        pending = a if emitted == 0 else b
-        if pending >= 0 and (i == order.size or _ahead(piece, pending, order[i])):
-            return pending, i, emitted + 1
-    return order[i], i + 1, emitted
-
-
-@numba.njit(cache=True, nogil=True)
-def _next_back(order, piece, a, b, i, emitted):
-    """As `_next_front`, from the back."""
-    while i >= 0 and (order[i] == a or order[i] == b):
-        i -= 1
-    if emitted < 2:
-        pending = b if emitted == 0 else a
-        if pending >= 0 and (i < 0 or _ahead(piece, order[i], pending)):
-            return pending, i, emitted + 1
-    return order[i], i - 1, emitted
-
-
-@numba.njit(cache=True, nogil=True)
-def _pair_peak(order, piece, counts, num_pairs, stop, a, b):
-    """Peak of largest-with-smallest pairing, or a value >= stop as soon as a pair reaches stop.
-
-    order: experts by piece size, largest first, except experts a and b (-1: none), whose
-    pieces changed; they are taken in their sorted places without re-sorting.
-    """
-    if a >= 0 and b >= 0 and _ahead(piece, b, a):
-        a, b = b, a
-    i_front, i_back, front_emitted, back_emitted = 0, order.size - 1, 0, 0
-    if a < 0:  # nothing pending
-        front_emitted = back_emitted = 2
-    front, i_front, front_emitted = _next_front(order, piece, a, b, i_front, front_emitted)
-    back, i_back, back_emitted = _next_back(order, piece, a, b, i_back, back_emitted)
-    front_left, back_left = counts[front], counts[back]
-    peak = 0.0
-    done = 0
-    while done < num_pairs:
-        while front_left == 0:
-            front, i_front, front_emitted = _next_front(order, piece, a, b, i_front,
-                                                        front_emitted)
-            front_left = counts[front]
-        while back_left == 0:
-            back, i_back, back_emitted = _next_back(order, piece, a, b, i_back, back_emitted)
-            back_left = counts[back]
-        if front == back:
-            take = max(min(front_left // 2, num_pairs - done), 1)
-        else:
-            take = min(front_left, back_left, num_pairs - done)
-        peak = max(peak, piece[front] + piece[back])
-        if peak >= stop:
-            return peak
-        front_left -= take
-        back_left -= take
-        if front == back:
-            front_left -= take
-        done += take
-    return peak
-
-
-@numba.njit(cache=True, nogil=True)
-def _sorted_by_piece(piece):
-    """Experts by piece size, largest first, lower index first among equals."""
-    return np.argsort(-piece, kind="mergesort")
-
-
-@numba.njit(cache=True, nogil=True)
-def _ahead(piece, a, b):
-    return piece[a] > piece[b] or (piece[a] == piece[b] and a < b)
-
-
-@numba.njit(cache=True, nogil=True)
-def _resorted(order, piece, a, b):
-    """`order` sorted as `_sorted_by_piece` except experts a and b, whose pieces changed:
-    the sorted order in O(E)."""
-    if _ahead(piece, b, a):
-        a, b = b, a
-    out = np.empty_like(order)
-    k, pending = 0, 0
-    for e in order:
-        if e == a or e == b:
-            continue
-        while pending < 2 and _ahead(piece, a if pending == 0 else b, e):
-            out[k] = a if pending == 0 else b
-            k += 1
-            pending += 1
-        out[k] = e
-        k += 1
-    while pending < 2:
-        out[k] = a if pending == 0 else b
-        k += 1
-        pending += 1
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _move_replica(weight, counts, piece, donor, receiver):
-    counts[donor] -= 1
-    counts[receiver] += 1
-    piece[donor] = weight[donor] / counts[donor]
-    piece[receiver] = weight[receiver] / counts[receiver]
-
-
-@numba.njit(cache=True, nogil=True)
-def _cheapest_donors(weight, counts, size):
-    """The `size` experts (fewer if fewer can give) whose pieces grow least when they give up
-    a replica, cheapest first."""
-    donors = np.full(size, -1)
-    cost = np.full(size, np.inf)
-    for e in range(weight.size):
-        if counts[e] <= 1:
-            continue
-        grown = weight[e] / (counts[e] - 1)
-        if grown >= cost[size - 1]:
-            continue
-        k = size - 1
-        while k > 0 and cost[k - 1] > grown:
-            cost[k], donors[k] = cost[k - 1], donors[k - 1]
-            k -= 1
-        cost[k], donors[k] = grown, e
-    return donors
-
-
-@numba.njit(cache=True, nogil=True)
-def _best_replica_move(weight, counts, piece, order, num_pairs, width, stop):
-    """The replica move (donor -> receiver) whose pairing has the lowest peak below `stop`.
-
-    Receivers: the `width` experts with the largest pieces (to shrink them) and the `width`
-    with the smallest (to make small partners for large pieces); donors: the 2 * `width`
-    experts whose pieces grow least when they give up a replica. order: experts by piece,
-    largest first. Returns (peak, donor, receiver), donor < 0 if no move gets below `stop`.
-    """
-    num_experts = weight.size
-    donors = _cheapest_donors(weight, counts, 2 * width)
-    best_peak, best_donor, best_receiver = stop, -1, -1
-    for k in range(min(2 * width, num_experts)):
-        r = order[k] if k < width else order[num_experts - 1 - (k - width)]
-        for d in donors:
-            if d < 0 or d == r or counts[d] <= 1:
-                continue
-            _move_replica(weight, counts, piece, d, r)
-            trial = _pair_peak(order, piece, counts, num_pairs, best_peak, d, r)
-            _move_replica(weight, counts, piece, r, d)
-            if trial < best_peak:
-                best_peak, best_donor, best_receiver = trial, d, r
-    return best_peak, best_donor, best_receiver
-
-
-@numba.njit(cache=True, nogil=True)
-def count_search_pairs(weight, counts, max_steps, width):
-    """Moves replicas between experts while that lowers the peak of a 2-slots-per-GPU packing
-    (largest piece with smallest is the optimal pairing for given counts). When no single move
-    helps, problems of at most 64 experts try two moves in a row (the first may raise the peak).
-
-    weight: [E] float64, counts: [E] int64 (updated in place); width: receivers tried per
-    step -> peak load
-    """
-    num_pairs = counts.sum() // 2
-    piece = weight / counts
-    order = _sorted_by_piece(piece)
-    peak = _pair_peak(order, piece, counts, num_pairs, np.inf, -1, -1)
-    for _ in range(max_steps):
-        trial, donor, receiver = _best_replica_move(weight, counts, piece, order, num_pairs,
-                                                    width, peak * (1.0 - 1e-12))
-        if donor >= 0:
-            _move_replica(weight, counts, piece, donor, receiver)
-            order = _resorted(order, piece, donor, receiver)
-            peak = trial
-            continue
-        if weight.size > 64:  # two-move lookahead costs O(E^3): small problems only
-            break
-        best, first, second = peak * (1.0 - 1e-12), (-1, -1), (-1, -1)
-        for r in order[:width]:
-            for d in range(weight.size):
-                if d == r or counts[d] <= 1:
-                    continue
-                _move_replica(weight, counts, piece, d, r)
-                moved = _resorted(order, piece, d, r)
-                trial, d2, r2 = _best_replica_move(weight, counts, piece, moved, num_pairs,
-                                                   width, best)
-                _move_replica(weight, counts, piece, r, d)
-                if d2 >= 0:
-                    best, first, second = trial, (d, r), (d2, r2)
-        if first[0] < 0:
-            break
-        _move_replica(weight, counts, piece, first[0], first[1])
-        _move_replica(weight, counts, piece, second[0], second[1])
-        order = _sorted_by_piece(piece)
-        peak = best
-    return peak
 
 
 @numba.njit(cache=True, nogil=True)
@@ -621,7 +425,11 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps):
     weight32 = weight.astype(np.float32)
     counts = adams_counts(weight32, num_slots)
     if cap == 2 and count_steps > 0:
-        count_search_pairs(weight, counts, count_steps, COUNT_SEARCH_WIDTH)
+        peak = count_search_pairs(weight, counts, count_steps, COUNT_SEARCH_WIDTH)
+        other, other_peak = threshold_counts(weight, num_slots, weight.sum() / num_packs, peak,
+                                             THRESHOLD_STEPS)
+        if other_peak < peak:
+            counts = other
     item_weight, item_weight32, item_expert = _items_of(weight, weight32, counts)
     pack_items = np.empty((num_packs, cap), np.int64)
     if cap == 2:  # largest with smallest: optimal for given counts

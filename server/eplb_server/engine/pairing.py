@@ -1,0 +1,382 @@
+"""Replica counts for two slots per GPU, where each GPU's load is the sum of a pair of pieces.
+
+For given counts, pairing the largest piece with the smallest is optimal, so only the counts
+are searched: `count_search_pairs` moves one replica at a time while that lowers the peak, and
+`threshold_counts` bisects on the peak, deciding each candidate with Hall's condition (every
+piece above half the candidate needs its own partner no larger than the rest). Pure functions
+of their arrays, compiled with numba.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+COUNT_SEARCH_WIDTH = 4  # receivers per replica-count step: this many largest and smallest pieces
+THRESHOLD_STEPS = 8  # bisection steps of threshold_counts
+SKIP_MARGIN = 1e-4  # threshold_counts gives up unless it can beat the given peak by this much
+
+
+@numba.njit(cache=True, nogil=True)
+def _next_front(order, piece, a, b, i, emitted):
+    """Next expert from the front of `order` with a and b (ahead of b) moved to their sorted
+    places. -> (expert, i, emitted), the cursor's new state."""
+    while i < order.size and (order[i] == a or order[i] == b):
+        i += 1
+    if emitted < 2:
+        pending = a if emitted == 0 else b
+        if pending >= 0 and (i == order.size or _ahead(piece, pending, order[i])):
+            return pending, i, emitted + 1
+    return order[i], i + 1, emitted
+
+
+@numba.njit(cache=True, nogil=True)
+def _next_back(order, piece, a, b, i, emitted):
+    """As `_next_front`, from the back."""
+    while i >= 0 and (order[i] == a or order[i] == b):
+        i -= 1
+    if emitted < 2:
+        pending = b if emitted == 0 else a
+        if pending >= 0 and (i < 0 or _ahead(piece, order[i], pending)):
+            return pending, i, emitted + 1
+    return order[i], i - 1, emitted
+
+
+@numba.njit(cache=True, nogil=True)
+def _pair_peak(order, piece, counts, num_pairs, stop, a, b):
+    """Peak of largest-with-smallest pairing, or a value >= stop as soon as a pair reaches stop.
+
+    order: experts by piece size, largest first, except experts a and b (-1: none), whose
+    pieces changed; they are taken in their sorted places without re-sorting.
+    """
+    if a >= 0 and b >= 0 and _ahead(piece, b, a):
+        a, b = b, a
+    i_front, i_back, front_emitted, back_emitted = 0, order.size - 1, 0, 0
+    if a < 0:  # nothing pending
+        front_emitted = back_emitted = 2
+    front, i_front, front_emitted = _next_front(order, piece, a, b, i_front, front_emitted)
+    back, i_back, back_emitted = _next_back(order, piece, a, b, i_back, back_emitted)
+    front_left, back_left = counts[front], counts[back]
+    peak = 0.0
+    done = 0
+    while done < num_pairs:
+        while front_left == 0:
+            front, i_front, front_emitted = _next_front(order, piece, a, b, i_front,
+                                                        front_emitted)
+            front_left = counts[front]
+        while back_left == 0:
+            back, i_back, back_emitted = _next_back(order, piece, a, b, i_back, back_emitted)
+            back_left = counts[back]
+        if front == back:
+            take = max(min(front_left // 2, num_pairs - done), 1)
+        else:
+            take = min(front_left, back_left, num_pairs - done)
+        peak = max(peak, piece[front] + piece[back])
+        if peak >= stop:
+            return peak
+        front_left -= take
+        back_left -= take
+        if front == back:
+            front_left -= take
+        done += take
+    return peak
+
+
+@numba.njit(cache=True, nogil=True)
+def _sorted_by_piece(piece):
+    """Experts by piece size, largest first, lower index first among equals."""
+    return np.argsort(-piece, kind="mergesort")
+
+
+@numba.njit(cache=True, nogil=True)
+def _ahead(piece, a, b):
+    return piece[a] > piece[b] or (piece[a] == piece[b] and a < b)
+
+
+@numba.njit(cache=True, nogil=True)
+def _resorted(order, piece, a, b):
+    """`order` sorted as `_sorted_by_piece` except experts a and b, whose pieces changed:
+    the sorted order in O(E)."""
+    if _ahead(piece, b, a):
+        a, b = b, a
+    out = np.empty_like(order)
+    k, pending = 0, 0
+    for e in order:
+        if e == a or e == b:
+            continue
+        while pending < 2 and _ahead(piece, a if pending == 0 else b, e):
+            out[k] = a if pending == 0 else b
+            k += 1
+            pending += 1
+        out[k] = e
+        k += 1
+    while pending < 2:
+        out[k] = a if pending == 0 else b
+        k += 1
+        pending += 1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _move_replica(weight, counts, piece, donor, receiver):
+    counts[donor] -= 1
+    counts[receiver] += 1
+    piece[donor] = weight[donor] / counts[donor]
+    piece[receiver] = weight[receiver] / counts[receiver]
+
+
+@numba.njit(cache=True, nogil=True)
+def _cheapest_donors(weight, counts, size):
+    """The `size` experts (fewer if fewer can give) whose pieces grow least when they give up
+    a replica, cheapest first."""
+    donors = np.full(size, -1)
+    cost = np.full(size, np.inf)
+    for e in range(weight.size):
+        if counts[e] <= 1:
+            continue
+        grown = weight[e] / (counts[e] - 1)
+        if grown >= cost[size - 1]:
+            continue
+        k = size - 1
+        while k > 0 and cost[k - 1] > grown:
+            cost[k], donors[k] = cost[k - 1], donors[k - 1]
+            k -= 1
+        cost[k], donors[k] = grown, e
+    return donors
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_replica_move(weight, counts, piece, order, num_pairs, width, stop):
+    """The replica move (donor -> receiver) whose pairing has the lowest peak below `stop`.
+
+    Receivers: the `width` experts with the largest pieces (to shrink them) and the `width`
+    with the smallest (to make small partners for large pieces); donors: the 2 * `width`
+    experts whose pieces grow least when they give up a replica. order: experts by piece,
+    largest first. Returns (peak, donor, receiver), donor < 0 if no move gets below `stop`.
+    """
+    num_experts = weight.size
+    donors = _cheapest_donors(weight, counts, 2 * width)
+    best_peak, best_donor, best_receiver = stop, -1, -1
+    for k in range(min(2 * width, num_experts)):
+        r = order[k] if k < width else order[num_experts - 1 - (k - width)]
+        for d in donors:
+            if d < 0 or d == r or counts[d] <= 1:
+                continue
+            _move_replica(weight, counts, piece, d, r)
+            trial = _pair_peak(order, piece, counts, num_pairs, best_peak, d, r)
+            _move_replica(weight, counts, piece, r, d)
+            if trial < best_peak:
+                best_peak, best_donor, best_receiver = trial, d, r
+    return best_peak, best_donor, best_receiver
+
+
+@numba.njit(cache=True, nogil=True)
+def count_search_pairs(weight, counts, max_steps, width):
+    """Moves replicas between experts while that lowers the peak of a 2-slots-per-GPU packing
+    (largest piece with smallest is the optimal pairing for given counts). When no single move
+    helps, problems of at most 64 experts try two moves in a row (the first may raise the peak).
+
+    weight: [E] float64, counts: [E] int64 (updated in place); width: receivers tried per
+    step -> peak load
+    """
+    num_pairs = counts.sum() // 2
+    piece = weight / counts
+    order = _sorted_by_piece(piece)
+    peak = _pair_peak(order, piece, counts, num_pairs, np.inf, -1, -1)
+    for _ in range(max_steps):
+        trial, donor, receiver = _best_replica_move(weight, counts, piece, order, num_pairs,
+                                                    width, peak * (1.0 - 1e-12))
+        if donor >= 0:
+            _move_replica(weight, counts, piece, donor, receiver)
+            order = _resorted(order, piece, donor, receiver)
+            peak = trial
+            continue
+        if weight.size > 64:  # two-move lookahead costs O(E^3): small problems only
+            break
+        best, first, second = peak * (1.0 - 1e-12), (-1, -1), (-1, -1)
+        for r in order[:width]:
+            for d in range(weight.size):
+                if d == r or counts[d] <= 1:
+                    continue
+                _move_replica(weight, counts, piece, d, r)
+                moved = _resorted(order, piece, d, r)
+                trial, d2, r2 = _best_replica_move(weight, counts, piece, moved, num_pairs,
+                                                   width, best)
+                _move_replica(weight, counts, piece, r, d)
+                if d2 >= 0:
+                    best, first, second = trial, (d, r), (d2, r2)
+        if first[0] < 0:
+            break
+        _move_replica(weight, counts, piece, first[0], first[1])
+        _move_replica(weight, counts, piece, second[0], second[1])
+        order = _sorted_by_piece(piece)
+        peak = best
+    return peak
+
+
+@numba.njit(cache=True, nogil=True)
+def pair_peak(weight, counts):
+    """Peak GPU load of the best pairing of the pieces. weight, counts: [E] -> float."""
+    piece = weight / counts
+    return _pair_peak(_sorted_by_piece(piece), piece, counts, counts.sum() // 2, np.inf, -1, -1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _level(weight, count, limit):
+    """An expert's place in Hall's condition for pairs under `limit`: pieces of at most
+    limit / 2 offer `count` partners of their size; larger ones need `count` partners of at
+    most limit - piece. -> (level, +count offered or -count needed)"""
+    piece = weight / count
+    if piece <= 0.5 * limit:
+        return piece, count
+    return limit - piece, -count
+
+
+@numba.njit(cache=True, nogil=True)
+def _offered_at(weight, count, limit, level):
+    """Partners offered minus needed by an expert's pieces at levels up to `level`."""
+    own, change = _level(weight, count, limit)
+    return change if own <= level else 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _order_by_level(weight, counts, level, by_weight, by_level):
+    """Fills by_level with the experts by ascending level, for the fewest replicas that keep
+    every piece under the limit. by_weight: experts by ascending weight. In that order come
+    single pieces that offer partners (ascending levels), single pieces that need one
+    (descending levels) and split experts (few, sorted here); the three are merged."""
+    n = weight.size
+    first_big = 0
+    while first_big < n and level[by_weight[first_big]] == weight[by_weight[first_big]] \
+            and counts[by_weight[first_big]] == 1:
+        first_big += 1
+    first_split = first_big
+    while first_split < n and counts[by_weight[first_split]] == 1:
+        first_split += 1
+    split = by_weight[first_split:].copy()
+    for k in range(1, split.size):  # insertion sort by level
+        e, j = split[k], k
+        while j > 0 and level[split[j - 1]] > level[e]:
+            split[j] = split[j - 1]
+            j -= 1
+        split[j] = e
+    a, b, c = 0, first_split - 1, 0  # cursors: offering, needing (backwards), split
+    for k in range(n):
+        best, pick = np.inf, 0
+        if a < first_big and level[by_weight[a]] < best:
+            best, pick = level[by_weight[a]], 1
+        if b >= first_big and level[by_weight[b]] < best:
+            best, pick = level[by_weight[b]], 2
+        if c < split.size and level[split[c]] < best:
+            best, pick = level[split[c]], 3
+        if pick == 1:
+            by_level[k] = by_weight[a]
+            a += 1
+        elif pick == 2:
+            by_level[k] = by_weight[b]
+            b -= 1
+        else:
+            by_level[k] = split[c]
+            c += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _fits(weight, num_slots, limit, counts, level, change, by_weight, by_level):
+    """Whether some counts (written to `counts`) with at most num_slots replicas pair every
+    piece under `limit`. Greedy: from the fewest replicas that keep each piece under the limit,
+    repeatedly find the lowest level where fewer partners are offered than needed and give one
+    replica to the expert that helps there most (the largest new piece among equals). A
+    replica never hurts lower levels, so levels are scanned in order.
+
+    by_weight: experts by ascending weight; level, change, by_level: [E] scratch.
+    """
+    num_experts = weight.size
+    total = 0
+    for e in range(num_experts):
+        counts[e] = max(1, int(np.ceil(weight[e] / limit)))
+        total += counts[e]
+        level[e], change[e] = _level(weight[e], counts[e], limit)
+    if total > num_slots:
+        return False
+    _order_by_level(weight, counts, level, by_weight, by_level)
+    while True:
+        balance, i, short = 0, 0, -1.0
+        while i < num_experts:  # levels in order, all equal levels together
+            here = level[by_level[i]]
+            while i < num_experts and level[by_level[i]] == here:
+                balance += change[by_level[i]]
+                i += 1
+            if balance < 0:
+                short = here
+                break
+        if short < 0:
+            return True
+        if total == num_slots:
+            return False
+        # Only experts at levels up to 2 * short can help at short (a replica at most halves
+        # a piece).
+        best, best_gain, best_piece = -1, 0, 0.0
+        for k in range(num_experts):
+            e = by_level[k]
+            if level[e] > 2.0 * short:
+                break
+            gain = _offered_at(weight[e], counts[e] + 1, limit, short) \
+                - _offered_at(weight[e], counts[e], limit, short)
+            piece = weight[e] / (counts[e] + 1)
+            if gain > best_gain or (gain == best_gain and gain > 0 and piece > best_piece):
+                best, best_gain, best_piece = e, gain, piece
+        if best < 0:
+            return False
+        counts[best] += 1
+        total += 1
+        level[best], change[best] = _level(weight[best], counts[best], limit)
+        k = 0
+        while by_level[k] != best:
+            k += 1
+        while k > 0 and level[by_level[k - 1]] > level[best]:
+            by_level[k] = by_level[k - 1]
+            k -= 1
+        while k < num_experts - 1 and level[by_level[k + 1]] < level[best]:
+            by_level[k] = by_level[k + 1]
+            k += 1
+        by_level[k] = best
+
+
+@numba.njit(cache=True, nogil=True)
+def threshold_counts(weight, num_slots, low, high, steps):
+    """Counts for num_slots / 2 pairs whose best pairing peaks below `high`, by bisection on the
+    peak over [low, high]; spare replicas go to the pieces that stay small.
+
+    weight: [E] float64 -> (counts [E] int64, peak), or (empty, inf) if none was found.
+    """
+    num_experts = weight.size
+    if not high > 0.0:
+        return np.empty(0, np.int64), np.inf
+    counts = np.empty(num_experts, np.int64)
+    level, change = np.empty(num_experts), np.empty(num_experts, np.int64)
+    by_level = np.empty(num_experts, np.int64)
+    by_weight = np.argsort(weight, kind="mergesort")
+    best = np.empty(0, np.int64)
+    best_limit = high
+    for step in range(steps):
+        # First just below `high`: where even that fails (most layers that the count search
+        # already solved well), one test settles it.
+        limit = high * (1.0 - SKIP_MARGIN) if step == 0 else 0.5 * (low + high)
+        if _fits(weight, num_slots, limit, counts, level, change, by_weight, by_level):
+            high, best, best_limit = limit, counts.copy(), limit
+        elif step == 0:
+            break
+        else:
+            low = limit
+    if best.size == 0:
+        return best, np.inf
+    for _ in range(num_slots - best.sum()):  # splitting a small piece keeps every pair fitting
+        spare = -1
+        for e in range(num_experts):
+            if weight[e] / best[e] <= 0.5 * best_limit and (
+                    spare < 0 or weight[e] / best[e] > weight[spare] / best[spare]):
+                spare = e
+        if spare < 0:
+            return np.empty(0, np.int64), np.inf
+        best[spare] += 1
+    return best, pair_peak(weight, best)
