@@ -416,6 +416,20 @@ def spread(pack_weight, pack_expert, limit, loads):
 
 
 @numba.njit(cache=True, nogil=True)
+def _replica_counts(weight, weight32, num_slots, num_packs, count_steps):
+    """The reference's counts (R*); at two slots per pack, the best of up to `count_steps`
+    replica moves and the threshold search. -> counts [E] int64"""
+    counts = adams_counts(weight32, num_slots)
+    if num_slots == 2 * num_packs and count_steps > 0:
+        peak = count_search_pairs(weight, counts, count_steps, COUNT_SEARCH_WIDTH)
+        other, other_peak = threshold_counts(weight, num_slots, weight.sum() / num_packs, peak,
+                                             THRESHOLD_STEPS)
+        if other_peak < peak:
+            return other
+    return counts
+
+
+@numba.njit(cache=True, nogil=True)
 def solve_one(weight, num_slots, num_packs, max_moves, count_steps):
     """Replicates and packs one problem. weight: [E] float64 -> slot_expert [num_slots] int64.
 
@@ -423,13 +437,7 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps):
     """
     cap = num_slots // num_packs
     weight32 = weight.astype(np.float32)
-    counts = adams_counts(weight32, num_slots)
-    if cap == 2 and count_steps > 0:
-        peak = count_search_pairs(weight, counts, count_steps, COUNT_SEARCH_WIDTH)
-        other, other_peak = threshold_counts(weight, num_slots, weight.sum() / num_packs, peak,
-                                             THRESHOLD_STEPS)
-        if other_peak < peak:
-            counts = other
+    counts = _replica_counts(weight, weight32, num_slots, num_packs, count_steps)
     item_weight, item_weight32, item_expert = _items_of(weight, weight32, counts)
     pack_items = np.empty((num_packs, cap), np.int64)
     if cap == 2:  # largest with smallest: optimal for given counts

@@ -299,47 +299,61 @@ def _fits(weight, num_slots, limit, counts, level, change, by_weight, by_level):
     if total > num_slots:
         return False
     _order_by_level(weight, counts, level, by_weight, by_level)
-    while True:
-        balance, i, short = 0, 0, -1.0
-        while i < num_experts:  # levels in order, all equal levels together
-            here = level[by_level[i]]
-            while i < num_experts and level[by_level[i]] == here:
-                balance += change[by_level[i]]
+    balance, i = 0, 0
+    while i < num_experts:  # levels in order, all equal levels together
+        here = level[by_level[i]]
+        while i < num_experts and level[by_level[i]] == here:
+            balance += change[by_level[i]]
+            i += 1
+        while balance < 0:  # short of partners at `here`
+            if total == num_slots:
+                return False
+            e = _best_helper(weight, counts, level, by_level, limit, here)
+            if e < 0:
+                return False
+            balance += _offered_at(weight[e], counts[e] + 1, limit, here) \
+                - _offered_at(weight[e], counts[e], limit, here)
+            counts[e] += 1
+            total += 1
+            level[e], change[e] = _level(weight[e], counts[e], limit)
+            _reinsert(by_level, level, e)
+            i = 0  # resume after every level up to `here`: those are all counted
+            while i < num_experts and level[by_level[i]] <= here:
                 i += 1
-            if balance < 0:
-                short = here
-                break
-        if short < 0:
-            return True
-        if total == num_slots:
-            return False
-        # Only experts at levels up to 2 * short can help at short (a replica at most halves
-        # a piece).
-        best, best_gain, best_piece = -1, 0, 0.0
-        for k in range(num_experts):
-            e = by_level[k]
-            if level[e] > 2.0 * short:
-                break
-            gain = _offered_at(weight[e], counts[e] + 1, limit, short) \
-                - _offered_at(weight[e], counts[e], limit, short)
-            piece = weight[e] / (counts[e] + 1)
-            if gain > best_gain or (gain == best_gain and gain > 0 and piece > best_piece):
-                best, best_gain, best_piece = e, gain, piece
-        if best < 0:
-            return False
-        counts[best] += 1
-        total += 1
-        level[best], change[best] = _level(weight[best], counts[best], limit)
-        k = 0
-        while by_level[k] != best:
-            k += 1
-        while k > 0 and level[by_level[k - 1]] > level[best]:
-            by_level[k] = by_level[k - 1]
-            k -= 1
-        while k < num_experts - 1 and level[by_level[k + 1]] < level[best]:
-            by_level[k] = by_level[k + 1]
-            k += 1
-        by_level[k] = best
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_helper(weight, counts, level, by_level, limit, short):
+    """The expert whose next replica adds most partners at level `short` (the largest new piece
+    among equals), -1 if none helps. Only experts at levels up to 2 * short can: a replica at
+    most halves a piece."""
+    best, best_gain, best_piece = -1, 0, 0.0
+    for k in range(by_level.size):
+        e = by_level[k]
+        if level[e] > 2.0 * short:
+            break
+        gain = _offered_at(weight[e], counts[e] + 1, limit, short) \
+            - _offered_at(weight[e], counts[e], limit, short)
+        piece = weight[e] / (counts[e] + 1)
+        if gain > best_gain or (gain == best_gain and gain > 0 and piece > best_piece):
+            best, best_gain, best_piece = e, gain, piece
+    return best
+
+
+@numba.njit(cache=True, nogil=True)
+def _reinsert(by_level, level, e):
+    """Restores ascending order of by_level after level[e] changed."""
+    k = 0
+    while by_level[k] != e:
+        k += 1
+    while k > 0 and level[by_level[k - 1]] > level[e]:
+        by_level[k] = by_level[k - 1]
+        k -= 1
+    while k < by_level.size - 1 and level[by_level[k + 1]] < level[e]:
+        by_level[k] = by_level[k + 1]
+        k += 1
+    by_level[k] = e
 
 
 @numba.njit(cache=True, nogil=True)

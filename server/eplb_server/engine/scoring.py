@@ -10,7 +10,6 @@ import torch
 
 from . import packing
 from .hierarchy import node_peak_bound
-from .mapping import expert_counts
 
 
 @dataclass(frozen=True)
