@@ -84,8 +84,11 @@ def test_adams_counts_attain_the_replication_bound(num_slots):
 @given(st.integers(1, 600), st.integers(0, 2**31), st.booleans())
 def test_descending_order_is_a_stable_sort_largest_first(size, seed, with_ties):
     rng = np.random.default_rng(seed)
-    key = (rng.integers(0, 4, size) if with_ties else rng.lognormal(0, 3, size)).astype(np.float32)
-    assert (packing.descending_order(key) == np.argsort(-key, kind="stable")).all()
+    key = rng.integers(0, 4, size) if with_ties else rng.lognormal(0, 3, size)
+    assert (pairing._sorted_by_piece(key.astype(np.float64))
+            == np.argsort(-key.astype(np.float64), kind="stable")).all()
+    key = key.astype(np.float32)
+    assert (pairing.descending_order(key) == np.argsort(-key, kind="stable")).all()
 
 
 def sorted_pairing_peak(weight, counts):

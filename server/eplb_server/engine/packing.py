@@ -11,7 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .pairing import COUNT_SEARCH_WIDTH, THRESHOLD_STEPS, count_search_pairs, threshold_counts
+from .pairing import (COUNT_SEARCH_WIDTH, THRESHOLD_STEPS, count_search_pairs, descending_order,
+                      threshold_counts)
 
 
 PAIR_SWAP_ALL_MAX_CAP = 5  # most slots per pack at which 2-for-2 swaps try every pack
@@ -85,31 +86,6 @@ def adams_counts(weight, num_slots):
         key[top] = weight[top] / divisor[top]
         _sift_down(heap, num_experts, key, 0, True)
     return counts
-
-
-@numba.njit(cache=True, nogil=True)
-def descending_order(key):
-    """Indices by key, largest first, lower index first among equals (a stable LSD radix sort,
-    several times faster than numba's argsort at these sizes).
-
-    key: [n] non-negative float32 -> [n] int64
-    """
-    n = key.size
-    bits = key.view(np.uint32)
-    order, spare = np.arange(n), np.empty(n, np.int64)
-    counts = np.empty(257, np.int64)
-    for shift in range(0, 32, 8):
-        counts[:] = 0
-        for i in range(n):
-            counts[256 - ((bits[order[i]] >> shift) & 255)] += 1
-        for digit in range(256):
-            counts[digit + 1] += counts[digit]
-        for i in range(n):
-            digit = 255 - ((bits[order[i]] >> shift) & 255)
-            spare[counts[digit]] = order[i]
-            counts[digit] += 1
-        order, spare = spare, order
-    return order
 
 
 @numba.njit(cache=True, nogil=True)

@@ -14,7 +14,7 @@ import numpy as np
 
 COUNT_SEARCH_WIDTH = 4  # receivers per replica-count step: this many largest and smallest pieces
 THRESHOLD_STEPS = 8  # bisection steps of threshold_counts
-SKIP_MARGIN = 1e-4  # threshold_counts gives up unless it can beat the given peak by this much
+SKIP_MARGIN = 1e-3  # threshold_counts gives up unless it can beat the given peak by this much
 
 
 @numba.njit(cache=True, nogil=True)
@@ -83,9 +83,38 @@ def _pair_peak(order, piece, counts, num_pairs, stop, a, b):
 
 
 @numba.njit(cache=True, nogil=True)
+def _descending_by_bits(bits):
+    """Stable LSD radix sort, largest first, of the bit patterns of non-negative floats (which
+    order as the floats do): several times faster than numba's argsort at these sizes.
+    bits: [n] uint32 or uint64 -> [n] int64"""
+    n = bits.size
+    order, spare = np.arange(n), np.empty(n, np.int64)
+    counts = np.empty(257, np.int64)
+    for shift in range(0, 8 * bits.itemsize, 8):
+        counts[:] = 0
+        for i in range(n):
+            counts[256 - ((bits[order[i]] >> shift) & 255)] += 1
+        for digit in range(256):
+            counts[digit + 1] += counts[digit]
+        for i in range(n):
+            digit = 255 - ((bits[order[i]] >> shift) & 255)
+            spare[counts[digit]] = order[i]
+            counts[digit] += 1
+        order, spare = spare, order
+    return order
+
+
+@numba.njit(cache=True, nogil=True)
+def descending_order(key):
+    """Indices by key, largest first, lower index first among equals.
+    key: [n] non-negative float32 -> [n] int64"""
+    return _descending_by_bits(key.view(np.uint32))
+
+
+@numba.njit(cache=True, nogil=True)
 def _sorted_by_piece(piece):
-    """Experts by piece size, largest first, lower index first among equals."""
-    return np.argsort(-piece, kind="mergesort")
+    """Experts by piece size, largest first, lower index first among equals. piece: float64."""
+    return _descending_by_bits(piece.view(np.uint64))
 
 
 @numba.njit(cache=True, nogil=True)
