@@ -41,11 +41,12 @@ def build_log2phy(phy2log: np.ndarray, rank: np.ndarray, logcnt: np.ndarray) -> 
                     np.ascontiguousarray(rank, dtype=np.int64), logcnt.shape[1], width)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, parallel=True)
 def _log2phy(phy2log, rank, num_experts, width):
     num_layers, num_slots = phy2log.shape
-    log2phy = np.full((num_layers, num_experts, width), -1, np.int64)
-    for layer in range(num_layers):
+    log2phy = np.empty((num_layers, num_experts, width), np.int64)
+    for layer in numba.prange(num_layers):  # mostly padding to write: in parallel
+        log2phy[layer] = -1
         for slot in range(num_slots):
             log2phy[layer, phy2log[layer, slot], rank[layer, slot]] = slot
     return log2phy
