@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eplb_server.engine import packing, pairing
+from eplb_server.engine import packing, pairing, sorting
 
 
 @st.composite
@@ -85,10 +85,9 @@ def test_adams_counts_attain_the_replication_bound(num_slots):
 def test_descending_order_is_a_stable_sort_largest_first(size, seed, with_ties):
     rng = np.random.default_rng(seed)
     key = rng.integers(0, 4, size) if with_ties else rng.lognormal(0, 3, size)
-    assert (pairing._sorted_by_piece(key.astype(np.float64))
-            == np.argsort(-key.astype(np.float64), kind="stable")).all()
-    key = key.astype(np.float32)
-    assert (pairing.descending_order(key) == np.argsort(-key, kind="stable")).all()
+    for dtype in (np.float32, np.float64):
+        typed = key.astype(dtype)
+        assert (sorting.descending_order(typed) == np.argsort(-typed, kind="stable")).all()
 
 
 def sorted_pairing_peak(weight, counts):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .pairing import (COUNT_SEARCH_WIDTH, THRESHOLD_STEPS, count_search_pairs, descending_order,
-                      threshold_counts)
+from .pairing import COUNT_SEARCH_WIDTH, THRESHOLD_STEPS, count_search_pairs, threshold_counts
+from .sorting import descending_order
 
 
 PAIR_SWAP_ALL_MAX_CAP = 5  # most slots per pack at which 2-for-2 swaps try every pack

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .sorting import descending_order
+
 COUNT_SEARCH_WIDTH = 4  # receivers per replica-count step: this many largest and smallest pieces
 THRESHOLD_STEPS = 8  # bisection steps of threshold_counts
 SKIP_MARGIN = 1e-3  # threshold_counts gives up unless it can beat the given peak by this much
@@ -83,48 +85,13 @@ def _pair_peak(order, piece, counts, num_pairs, stop, a, b):
 
 
 @numba.njit(cache=True, nogil=True)
-def _descending_by_bits(bits):
-    """Stable LSD radix sort, largest first, of the bit patterns of non-negative floats (which
-    order as the floats do): several times faster than numba's argsort at these sizes.
-    bits: [n] uint32 or uint64 -> [n] int64"""
-    n = bits.size
-    order, spare = np.arange(n), np.empty(n, np.int64)
-    counts = np.empty(257, np.int64)
-    for shift in range(0, 8 * bits.itemsize, 8):
-        counts[:] = 0
-        for i in range(n):
-            counts[256 - ((bits[order[i]] >> shift) & 255)] += 1
-        for digit in range(256):
-            counts[digit + 1] += counts[digit]
-        for i in range(n):
-            digit = 255 - ((bits[order[i]] >> shift) & 255)
-            spare[counts[digit]] = order[i]
-            counts[digit] += 1
-        order, spare = spare, order
-    return order
-
-
-@numba.njit(cache=True, nogil=True)
-def descending_order(key):
-    """Indices by key, largest first, lower index first among equals.
-    key: [n] non-negative float32 -> [n] int64"""
-    return _descending_by_bits(key.view(np.uint32))
-
-
-@numba.njit(cache=True, nogil=True)
-def _sorted_by_piece(piece):
-    """Experts by piece size, largest first, lower index first among equals. piece: float64."""
-    return _descending_by_bits(piece.view(np.uint64))
-
-
-@numba.njit(cache=True, nogil=True)
 def _ahead(piece, a, b):
     return piece[a] > piece[b] or (piece[a] == piece[b] and a < b)
 
 
 @numba.njit(cache=True, nogil=True)
 def _resorted(order, piece, a, b):
-    """`order` sorted as `_sorted_by_piece` except experts a and b, whose pieces changed:
+    """`order` (experts by piece, largest first) re-sorted after the pieces of a and b changed:
     the sorted order in O(E)."""
     if _ahead(piece, b, a):
         a, b = b, a
@@ -210,7 +177,7 @@ def count_search_pairs(weight, counts, max_steps, width):
     """
     num_pairs = counts.sum() // 2
     piece = weight / counts
-    order = _sorted_by_piece(piece)
+    order = descending_order(piece)
     peak = _pair_peak(order, piece, counts, num_pairs, np.inf, -1, -1)
     for _ in range(max_steps):
         trial, donor, receiver = _best_replica_move(weight, counts, piece, order, num_pairs,
@@ -238,7 +205,7 @@ def count_search_pairs(weight, counts, max_steps, width):
             break
         _move_replica(weight, counts, piece, first[0], first[1])
         _move_replica(weight, counts, piece, second[0], second[1])
-        order = _sorted_by_piece(piece)
+        order = descending_order(piece)
         peak = best
     return peak
 
@@ -247,7 +214,7 @@ def count_search_pairs(weight, counts, max_steps, width):
 def pair_peak(weight, counts):
     """Peak GPU load of the best pairing of the pieces. weight, counts: [E] -> float."""
     piece = weight / counts
-    return _pair_peak(_sorted_by_piece(piece), piece, counts, counts.sum() // 2, np.inf, -1, -1)
+    return _pair_peak(descending_order(piece), piece, counts, counts.sum() // 2, np.inf, -1, -1)
 
 
 @numba.njit(cache=True, nogil=True)
