@@ -44,13 +44,17 @@ def test_refine_and_spread_preserve_items_and_never_raise_the_peak(packing_case,
     before = sorted(zip(pack_weight.ravel().tolist(), pack_expert.ravel().tolist()))
     loads = pack_weight.sum(1)
     peak, excess = loads.max(), held_over_limit(pack_expert, limit)
-    packing.refine(pack_weight, pack_expert, limit, loads, 1000, partners)
+    packing.refine(pack_weight, pack_expert, limit, loads, 1000, partners, 0.0)
     packing.spread(pack_weight, pack_expert, limit, loads)
     assert sorted(zip(pack_weight.ravel().tolist(), pack_expert.ravel().tolist())) == before
     assert np.allclose(loads, pack_weight.sum(1))
     assert (np.diff(pack_weight, axis=1) <= 0).all()
     assert loads.max() <= peak * (1 + 1e-12)
     assert held_over_limit(pack_expert, limit) <= excess
+    settled = pack_weight.copy()
+    assert packing.refine(pack_weight, pack_expert, limit, loads, 1000, partners,
+                          loads.max()) == 0  # already good enough: no move
+    assert (pack_weight == settled).all()
 
 
 def test_pair_swaps_with_every_pack_beat_pair_swaps_with_the_lightest_only():
@@ -59,7 +63,7 @@ def test_pair_swaps_with_every_pack_beat_pair_swaps_with_the_lightest_only():
     for partners in (1, 4):
         pack_weight, loads = start.copy(), start.sum(1)
         pack_expert = np.arange(16).reshape(4, 4)
-        packing.refine(pack_weight, pack_expert, np.ones(16, np.int64), loads, 50, partners)
+        packing.refine(pack_weight, pack_expert, np.ones(16, np.int64), loads, 50, partners, 0.0)
         peaks.append(loads.max())
     assert peaks == [63.0, 62.0]
 

@@ -15,6 +15,9 @@ from .pairing import COUNT_SEARCH_WIDTH, THRESHOLD_STEPS, count_search_pairs, th
 from .sorting import descending_order
 
 
+# Refinement stops within this fraction of the lower bound (mean pack load, largest piece):
+# measured on the real snapshots at EP32, 1e-4 saves 13% of the time for 0.001% of mean gap.
+REFINE_TOLERANCE = 1e-4
 PAIR_SWAP_ALL_MAX_CAP = 5  # most slots per pack at which 2-for-2 swaps try every pack
 # Above this many slots per pack, 2-for-2 swaps (O(c^2) pair sums per move) and the spreading
 # pass (O(m c^2)) are skipped: they would dominate, and such packs hold many experts anyway.
@@ -313,10 +316,10 @@ def _best_pair_swap_any(pack_weight, pack_expert, limit, loads, by_load, partner
 
 
 @numba.njit(cache=True, nogil=True)
-def refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners):
+def refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners, good_enough):
     """Local search on the heaviest pack: 1-for-1 swaps with any pack, else 2-for-2 with one of
-    the `pair_partners` lightest packs (none when 0), until no move lowers the peak. Never
-    raises the peak.
+    the `pair_partners` lightest packs (none when 0), until no move lowers the peak or the peak
+    is at most `good_enough`. Never raises the peak.
 
     pack_weight [m, c] (each row sorted descending), pack_expert [m, c], loads [m] change in
     place; limit [E]: most replicas of an expert a pack may hold. Returns the moves made.
@@ -331,7 +334,9 @@ def refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners):
         np.empty(num_pairs, np.int64)
     for move in range(max_moves):
         heavy = by_load[num_packs - 1]
-        enough = max(loads[by_load[num_packs - 2]], mean)
+        if loads[heavy] <= good_enough:
+            return move
+        enough = max(loads[by_load[num_packs - 2]], mean, good_enough)
         best, other, a, b = _best_single_swap(pack_weight, pack_expert, limit, loads, by_load,
                                               enough)
         if other >= 0:
@@ -421,7 +426,9 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps):
     pair_partners = num_packs if cap <= PAIR_SWAP_ALL_MAX_CAP \
         else 1 if cap <= SMALL_PACK_MAX_CAP else 0
     if cap > 2:  # two per pack are already paired optimally
-        refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners)
+        bound = max(loads.sum() / num_packs, pack_weight[:, 0].max())
+        refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners,
+               bound * (1.0 + REFINE_TOLERANCE))
     if cap <= SMALL_PACK_MAX_CAP:
         spread(pack_weight, pack_expert, limit, loads)
     return _slots_by_pack(pack_expert)
@@ -488,7 +495,7 @@ def pack_distinct(weight, num_packs):
             pack_item[p, j] = order[pack_items[p, j]]
             pack_weight[p, j] = weight[pack_item[p, j]]
             loads[p] += pack_weight[p, j]
-    refine(pack_weight, pack_item, np.ones(n, np.int64), loads, 10 * n, num_packs)
+    refine(pack_weight, pack_item, np.ones(n, np.int64), loads, 10 * n, num_packs, 0.0)
     pack_of = np.empty(n, np.int64)
     for p in range(num_packs):
         for j in range(cap):
