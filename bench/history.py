@@ -118,7 +118,7 @@ def evaluate_series(series, topo, policy, history, points):
     return {c: float(np.mean(v)) for c, v in rows.items()}
 
 
-def timing(series, topo, policy, history, repeats=5):
+def timing(series, topo, policy, history, repeats=15):
     def best(fn):
         return min(call_times(fn, repeats)) * 1e3
 

@@ -117,17 +117,18 @@ def plan_expected_peak(history: np.ndarray, plan_arrays: PlanArrays, num_replica
     plans = [plan_arrays(np.ascontiguousarray(load), num_replicas, num_groups, num_nodes,
                          num_gpus, policy)
              for load in candidate_loads(history, half_life, robust_k)]
-    values = np.stack([expected_peak(history, p[0], num_gpus) for p in plans])  # [C, L]
-    # Strictly better only (relative tolerance), so that ties keep the sum plan.
-    best = np.zeros(values.shape[1], dtype=np.int64)
-    for c in range(1, len(plans)):
-        better = values[c] < values[best, np.arange(values.shape[1])] * (1 - 1e-12)
-        best[better] = c
     out = [np.array(part, copy=True) for part in plans[0]]
-    for c in range(1, len(plans)):
-        rows = best == c
-        for part, cand in zip(out, plans[c]):
-            part[rows] = cand[rows]
+    if len(plans) > 1:
+        values = np.stack([expected_peak(history, p[0], num_gpus) for p in plans])  # [C, L]
+        # Strictly better only (relative tolerance), so that ties keep the sum plan.
+        best = np.zeros(values.shape[1], dtype=np.int64)
+        for c in range(1, len(plans)):
+            better = values[c] < values[best, np.arange(values.shape[1])] * (1 - 1e-12)
+            best[better] = c
+        for c in range(1, len(plans)):
+            rows = best == c
+            for part, cand in zip(out, plans[c]):
+                part[rows] = cand[rows]
     if policy == "deepseek" or num_replicas == num_gpus:  # reference mode / nothing to swap
         return tuple(out)
     # Pack for every window: swaps that lower the sum over windows of the peak (counts kept).
@@ -170,68 +171,77 @@ def _refine_layer(history, phy2log, counts, num_gpus, gpus_per_node, max_moves, 
     num_windows = history.shape[0]
     num_slots = phy2log.size
     per_gpu = num_slots // num_gpus
-    slot_load = np.empty((num_windows, num_slots))
+    slot_load = np.empty((num_slots, num_windows))  # window-minor: the scans run over t
     for t in range(num_windows):
         for p in range(num_slots):
             e = phy2log[p]
-            slot_load[t, p] = history[t, e] / counts[e]
-    load = np.zeros((num_windows, num_gpus))
+            slot_load[p, t] = history[t, e] / counts[e]
+    load = np.zeros((num_gpus, num_windows))
     for t in range(num_windows):
         for p in range(num_slots):
-            load[t, p // per_gpu] += slot_load[t, p]
+            load[p // per_gpu, t] += slot_load[p, t]
     top = np.empty((num_windows, 3), np.int64)  # the three heaviest GPUs per window
     peak_count = np.zeros(num_gpus, np.int64)
+    light = np.empty(gpus_per_node)
+    rest = np.empty(num_windows)  # a window's peak among the GPUs a swap leaves alone
+    peak = np.empty(num_windows)
+    partners = np.empty(max(1, min(max_partners, gpus_per_node - 1)), np.int64)
     for _ in range(max_moves):
         peak_count[:] = 0
         for t in range(num_windows):
             a = b = c = -1
             for g in range(num_gpus):
-                x = load[t, g]
-                if a < 0 or x > load[t, a]:
+                x = load[g, t]
+                if a < 0 or x > load[a, t]:
                     c, b, a = b, a, g
-                elif b < 0 or x > load[t, b]:
+                elif b < 0 or x > load[b, t]:
                     c, b = b, g
-                elif c < 0 or x > load[t, c]:
+                elif c < 0 or x > load[c, t]:
                     c = g
             top[t, 0], top[t, 1], top[t, 2] = a, b, c
+            peak[t] = load[a, t]
             peak_count[a] += 1
         src = np.argmax(peak_count)
         node = src // gpus_per_node
         best_delta, best_a, best_b = -1e-12, -1, -1
         # Partners: the GPUs of src's node that are lightest in the windows where src peaks.
         first = node * gpus_per_node
-        light = np.zeros(gpus_per_node)
+        light[:] = 0.0
         for t in range(num_windows):
             if top[t, 0] == src:
                 for k in range(gpus_per_node):
-                    light[k] += load[t, first + k]
+                    light[k] += load[first + k, t]
         light[src - first] = np.inf
-        partners = np.argsort(light)[:min(max_partners, gpus_per_node - 1)] + first
-        for dst in partners:
+        for k in range(min(max_partners, gpus_per_node - 1)):  # the lightest, lightest first
+            pick = np.argmin(light)
+            partners[k] = first + pick
+            light[pick] = np.inf
+        for dst in partners[:min(max_partners, gpus_per_node - 1)]:
+            for t in range(num_windows):
+                rest[t] = 0.0
+                for k in range(3):
+                    g = top[t, k]
+                    if g >= 0 and g != src and g != dst:
+                        rest[t] = load[g, t]
+                        break
             for a in range(src * per_gpu, (src + 1) * per_gpu):
                 for b in range(dst * per_gpu, (dst + 1) * per_gpu):
                     if phy2log[a] == phy2log[b]:
                         continue
                     delta = 0.0
                     for t in range(num_windows):
-                        d = slot_load[t, b] - slot_load[t, a]
-                        new = max(load[t, src] + d, load[t, dst] - d)
-                        for k in range(3):
-                            g = top[t, k]
-                            if g >= 0 and g != src and g != dst:
-                                new = max(new, load[t, g])
-                                break
-                        delta += new - load[t, top[t, 0]]
+                        d = slot_load[b, t] - slot_load[a, t]
+                        delta += max(load[src, t] + d, load[dst, t] - d, rest[t]) - peak[t]
                     if delta < best_delta:
                         best_delta, best_a, best_b = delta, a, b
         if best_a < 0:
             break
         dst = best_b // per_gpu
         for t in range(num_windows):
-            d = slot_load[t, best_b] - slot_load[t, best_a]
-            load[t, src] += d
-            load[t, dst] -= d
-            slot_load[t, best_a], slot_load[t, best_b] = slot_load[t, best_b], slot_load[t, best_a]
+            d = slot_load[best_b, t] - slot_load[best_a, t]
+            load[src, t] += d
+            load[dst, t] -= d
+            slot_load[best_a, t], slot_load[best_b, t] = slot_load[best_b, t], slot_load[best_a, t]
         phy2log[best_a], phy2log[best_b] = phy2log[best_b], phy2log[best_a]
     return phy2log
 
