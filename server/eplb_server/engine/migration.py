@@ -5,7 +5,8 @@ Three stages, all per layer and all pure functions of their arrays:
 1. Free wins (`relabel`): the new plan's GPUs (and, for hierarchical plans, whole node blocks)
    are renamed to match the current mapping as an assignment problem maximising kept slots,
    then each surviving expert goes back to its current slot on its GPU. Every GPU keeps its
-   multiset of experts, so no GPU load changes.
+   multiset of experts, so no GPU load changes. Without a budget it runs only for the layers
+   that take the new plan (`kept_slots_bound` stands in for its count of kept slots before).
 2. Trade (`choose`): per layer, the options are the current mapping (0 moves), the relabelled
    new plan, and every prefix of a greedy local repair of the current mapping (`repair`: each
    step replaces one replica on the heaviest GPU, or swaps two replicas, whichever lowers the
@@ -235,7 +236,7 @@ def relabel(new_phy2log, current_phy2log, num_experts, num_nodes, num_gpus, hier
 
 
 @numba.njit(cache=True, nogil=True)
-def _kept_slots_bound_layer(new_row, cur_row, num_experts, num_gpus, head, nxt, on_gpu):
+def _kept_slots_bound_layer(new_row, cur_row, num_gpus, head, nxt, on_gpu):
     per_gpu = new_row.size // num_gpus
     head[:] = -1
     for q in range(cur_row.size - 1, -1, -1):
@@ -271,7 +272,7 @@ def kept_slots_bound(new_phy2log, current_phy2log, num_experts, num_gpus):
     out = np.zeros(num_layers, np.int64)
     for layer in numba.prange(num_layers):
         out[layer] = _kept_slots_bound_layer(
-            new_phy2log[layer], current_phy2log[layer], num_experts, num_gpus,
+            new_phy2log[layer], current_phy2log[layer], num_gpus,
             np.empty(num_experts, np.int64), np.empty(num_slots, np.int64),
             np.zeros(num_gpus, np.int64))
     return out

@@ -365,7 +365,7 @@ def threshold_counts(weight, num_slots, low, high, steps):
     counts = np.empty(num_experts, np.int64)
     level, change = np.empty(num_experts), np.empty(num_experts, np.int64)
     by_level = np.empty(num_experts, np.int64)
-    by_weight = np.argsort(weight, kind="mergesort")
+    by_weight = np.ascontiguousarray(descending_order(weight)[::-1])
     best = np.empty(0, np.int64)
     best_limit = high
     for step in range(steps):
