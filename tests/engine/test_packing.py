@@ -127,3 +127,22 @@ def test_pair_peak_of_a_moved_replica_matches_a_full_sort(num_experts, seed, wit
     stop = exact * (0.5 + rng.random())  # below the peak: reports at least stop; above: exact
     early = pairing._pair_peak(order, piece, moved, num_pairs, stop, donor, receiver)
     assert early >= stop if exact >= stop else early == pytest.approx(exact, rel=1e-12)
+
+
+def naive_lpt(weight, num_packs):
+    cap, loads = weight.size // num_packs, np.zeros(num_packs, np.float32)
+    packs = [[] for _ in range(num_packs)]
+    for item, w in enumerate(weight):
+        pack = min((p for p in range(num_packs) if len(packs[p]) < cap), key=lambda p: loads[p])
+        packs[pack].append(item)
+        loads[pack] = np.float32(loads[pack] + w)
+    return np.array(packs)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 6), st.integers(0, 2**31), st.booleans())
+def test_lpt_puts_each_item_on_the_lightest_pack_lowest_index_first(packs, cap, seed, ties):
+    rng = np.random.default_rng(seed)
+    weight = rng.integers(0, 5, packs * cap) if ties else rng.lognormal(0, 1, packs * cap)
+    weight = np.sort(weight.astype(np.float32))[::-1].copy()
+    assert (packing.lpt(weight, packs) == naive_lpt(weight, packs)).all()

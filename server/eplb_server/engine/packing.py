@@ -31,41 +31,18 @@ def _before(key, a, b):
 
 
 @numba.njit(cache=True, nogil=True)
-def _sift_down(heap, size, key, i, larger_first):
+def _sift_down(heap, size, key, i):
+    """Restores the heap order (`_before`) of heap[:size] below position i."""
     while True:
         child = 2 * i + 1
         if child >= size:
             return
-        right = child + 1
-        if right < size:
-            if larger_first:
-                if _before(key, heap[right], heap[child]):
-                    child = right
-            elif key[heap[right]] < key[heap[child]] or (
-                    key[heap[right]] == key[heap[child]] and heap[right] < heap[child]):
-                child = right
-        a, b = heap[child], heap[i]
-        if larger_first:
-            better = _before(key, a, b)
-        else:
-            better = key[a] < key[b] or (key[a] == key[b] and a < b)
-        if not better:
+        if child + 1 < size and _before(key, heap[child + 1], heap[child]):
+            child += 1
+        if not _before(key, heap[child], heap[i]):
             return
-        heap[i], heap[child] = a, b
+        heap[i], heap[child] = heap[child], heap[i]
         i = child
-
-
-@numba.njit(cache=True, nogil=True)
-def _sift_up(heap, key, i):
-    """Min-heap (smaller key, then lower index, first)."""
-    while i > 0:
-        parent = (i - 1) // 2
-        a, b = heap[i], heap[parent]
-        if key[a] < key[b] or (key[a] == key[b] and a < b):
-            heap[i], heap[parent] = b, a
-            i = parent
-        else:
-            return
 
 
 @numba.njit(cache=True, nogil=True)
@@ -81,13 +58,13 @@ def adams_counts(weight, num_slots):
     key = weight.copy()
     heap = np.arange(num_experts)
     for i in range(num_experts // 2 - 1, -1, -1):
-        _sift_down(heap, num_experts, key, i, True)
+        _sift_down(heap, num_experts, key, i)
     for _ in range(num_slots - num_experts):
         top = heap[0]
         counts[top] += 1
         divisor[top] += 1
         key[top] = weight[top] / divisor[top]
-        _sift_down(heap, num_experts, key, 0, True)
+        _sift_down(heap, num_experts, key, 0)
     return counts
 
 
@@ -125,18 +102,35 @@ def lpt(item_weight32, num_packs):
     cap = n // num_packs
     pack_items = np.empty((num_packs, cap), np.int64)
     loads = np.zeros(num_packs, np.float32)
+    load_bits = loads.view(np.uint32)  # non-negative floats order as their bit patterns
     filled = np.zeros(num_packs, np.int64)
-    heap = np.arange(num_packs)
+    # Min-heap of (load bits << 32 | pack): one integer comparison orders by load, then index.
+    heap = np.arange(num_packs).astype(np.uint64)
     size = num_packs
+    low = np.uint64(0xFFFFFFFF)
     for item in range(n):
-        pack = heap[0]
+        pack = np.int64(heap[0] & low)
         pack_items[pack, filled[pack]] = item
         filled[pack] += 1
         loads[pack] += item_weight32[item]
         if filled[pack] == cap:
             size -= 1
-            heap[0] = heap[size]
-        _sift_down(heap, size, loads, 0, False)
+            entry = heap[size]
+        else:
+            entry = (np.uint64(load_bits[pack]) << np.uint64(32)) | np.uint64(pack)
+        i = 0
+        while True:
+            child = 2 * i + 1
+            if child >= size:
+                break
+            if child + 1 < size and heap[child + 1] < heap[child]:
+                child += 1
+            if heap[child] >= entry:
+                break
+            heap[i] = heap[child]
+            i = child
+        if size > 0:
+            heap[i] = entry
     return pack_items
 
 
