@@ -122,10 +122,11 @@ def test_pair_peak_of_a_moved_replica_matches_a_full_sort(num_experts, seed, wit
     piece = weight / moved
     exact = sorted_pairing_peak(weight, moved)
     num_pairs = counts.sum() // 2
-    got = pairing._pair_peak(order, piece, moved, num_pairs, np.inf, donor, receiver)
+    position = np.argsort(order)
+    got = pairing._pair_peak(order, position, piece, moved, num_pairs, np.inf, donor, receiver)
     assert got == pytest.approx(exact, rel=1e-12)
     stop = exact * (0.5 + rng.random())  # below the peak: reports at least stop; above: exact
-    early = pairing._pair_peak(order, piece, moved, num_pairs, stop, donor, receiver)
+    early = pairing._pair_peak(order, position, piece, moved, num_pairs, stop, donor, receiver)
     assert early >= stop if exact >= stop else early == pytest.approx(exact, rel=1e-12)
 
 

@@ -17,57 +17,81 @@ from .sorting import descending_order
 COUNT_SEARCH_WIDTH = 4  # receivers per replica-count step: this many largest and smallest pieces
 THRESHOLD_STEPS = 8  # bisection steps of threshold_counts
 SKIP_MARGIN = 1e-3  # threshold_counts gives up unless it can beat the given peak by this much
+# threshold_counts costs up to (spare replicas x experts) per bisection step: above this it is
+# skipped (61x512 -> 640 is 6.6e4; 1024 experts -> 2048 slots, 1e6, took 25 ms per layer).
+THRESHOLD_MAX_WORK = 2**18
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _without(order, r1, r2, j):
+    """The j-th expert of `order` without the ones at positions r1 < r2."""
+    if j >= r1:
+        j += 1
+    if j >= r2:
+        j += 1
+    return order[j]
 
 
 @numba.njit(cache=True, nogil=True)
-def _next_front(order, piece, a, b, i, emitted):
-    """Next expert from the front of `order` with a and b (ahead of b) moved to their sorted
-    places. -> (expert, i, emitted), the cursor's new state."""
-    while i < order.size and (order[i] == a or order[i] == b):
-        i += 1
-    if emitted < 2:
-        pending = a if emitted == 0 else b
-        if pending >= 0 and (i == order.size or _ahead(piece, pending, order[i])):
-            return pending, i, emitted + 1
-    return order[i], i + 1, emitted
+def _insertion_index(order, r1, r2, piece, e):
+    """How many experts of `order` without positions r1, r2 come ahead of e (binary search)."""
+    lo, hi = 0, order.size - 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _ahead(piece, _without(order, r1, r2, mid), e):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _moved(order, r1, r2, a, ia, b, ib, k):
+    """The k-th expert of `order` with a and b taken out (positions r1 < r2) and put back at
+    ia and ib + 1 (a ahead of b)."""
+    if k < ia:
+        return _without(order, r1, r2, k)
+    if k == ia:
+        return a
+    if k <= ib:
+        return _without(order, r1, r2, k - 1)
+    if k == ib + 1:
+        return b
+    return _without(order, r1, r2, k - 2)
 
 
 @numba.njit(cache=True, nogil=True)
-def _next_back(order, piece, a, b, i, emitted):
-    """As `_next_front`, from the back."""
-    while i >= 0 and (order[i] == a or order[i] == b):
-        i -= 1
-    if emitted < 2:
-        pending = b if emitted == 0 else a
-        if pending >= 0 and (i < 0 or _ahead(piece, order[i], pending)):
-            return pending, i, emitted + 1
-    return order[i], i - 1, emitted
-
-
-@numba.njit(cache=True, nogil=True)
-def _pair_peak(order, piece, counts, num_pairs, stop, a, b):
+def _pair_peak(order, position, piece, counts, num_pairs, stop, a, b):
     """Peak of largest-with-smallest pairing, or a value >= stop as soon as a pair reaches stop.
 
     order: experts by piece size, largest first, except experts a and b (-1: none), whose
-    pieces changed; they are taken in their sorted places without re-sorting.
+    pieces changed; position: [E] each expert's index in order. a and b are taken in their
+    sorted places (found by binary search) without re-sorting.
     """
-    if a >= 0 and b >= 0 and _ahead(piece, b, a):
+    n = order.size
+    if a < 0:  # no move: a and b stand in their own places
+        a, b = order[0], order[n - 1] if n > 1 else order[0]
+    elif _ahead(piece, b, a):
         a, b = b, a
-    i_front, i_back, front_emitted, back_emitted = 0, order.size - 1, 0, 0
-    if a < 0:  # nothing pending
-        front_emitted = back_emitted = 2
-    front, i_front, front_emitted = _next_front(order, piece, a, b, i_front, front_emitted)
-    back, i_back, back_emitted = _next_back(order, piece, a, b, i_back, back_emitted)
+    r1, r2 = min(position[a], position[b]), max(position[a], position[b])
+    ia = _insertion_index(order, r1, r2, piece, a) if n > 1 else 0
+    ib = _insertion_index(order, r1, r2, piece, b) if n > 1 else 0
+    if n == 1:
+        r1, r2, ia, ib = n, n, n, n
+    front_k, back_k = 0, n - 1
+    front = _moved(order, r1, r2, a, ia, b, ib, front_k)
+    back = _moved(order, r1, r2, a, ia, b, ib, back_k)
     front_left, back_left = counts[front], counts[back]
     peak = 0.0
     done = 0
     while done < num_pairs:
         while front_left == 0:
-            front, i_front, front_emitted = _next_front(order, piece, a, b, i_front,
-                                                        front_emitted)
+            front_k += 1
+            front = _moved(order, r1, r2, a, ia, b, ib, front_k)
             front_left = counts[front]
         while back_left == 0:
-            back, i_back, back_emitted = _next_back(order, piece, a, b, i_back, back_emitted)
+            back_k -= 1
+            back = _moved(order, r1, r2, a, ia, b, ib, back_k)
             back_left = counts[back]
         if front == back:
             take = max(min(front_left // 2, num_pairs - done), 1)
@@ -87,6 +111,15 @@ def _pair_peak(order, piece, counts, num_pairs, stop, a, b):
 @numba.njit(cache=True, nogil=True)
 def _ahead(piece, a, b):
     return piece[a] > piece[b] or (piece[a] == piece[b] and a < b)
+
+
+@numba.njit(cache=True, nogil=True)
+def _positions(order):
+    """[E] the index of each expert in order."""
+    position = np.empty_like(order)
+    for k in range(order.size):
+        position[order[k]] = k
+    return position
 
 
 @numba.njit(cache=True, nogil=True)
@@ -142,7 +175,7 @@ def _cheapest_donors(weight, counts, size):
 
 
 @numba.njit(cache=True, nogil=True)
-def _best_replica_move(weight, counts, piece, order, num_pairs, width, stop):
+def _best_replica_move(weight, counts, piece, order, position, num_pairs, width, stop):
     """The replica move (donor -> receiver) whose pairing has the lowest peak below `stop`.
 
     Receivers: the `width` experts with the largest pieces (to shrink them) and the `width`
@@ -159,7 +192,7 @@ def _best_replica_move(weight, counts, piece, order, num_pairs, width, stop):
             if d < 0 or d == r or counts[d] <= 1:
                 continue
             _move_replica(weight, counts, piece, d, r)
-            trial = _pair_peak(order, piece, counts, num_pairs, best_peak, d, r)
+            trial = _pair_peak(order, position, piece, counts, num_pairs, best_peak, d, r)
             _move_replica(weight, counts, piece, r, d)
             if trial < best_peak:
                 best_peak, best_donor, best_receiver = trial, d, r
@@ -178,13 +211,15 @@ def count_search_pairs(weight, counts, max_steps, width):
     num_pairs = counts.sum() // 2
     piece = weight / counts
     order = descending_order(piece)
-    peak = _pair_peak(order, piece, counts, num_pairs, np.inf, -1, -1)
+    position = _positions(order)
+    peak = _pair_peak(order, position, piece, counts, num_pairs, np.inf, -1, -1)
     for _ in range(max_steps):
-        trial, donor, receiver = _best_replica_move(weight, counts, piece, order, num_pairs,
-                                                    width, peak * (1.0 - 1e-12))
+        trial, donor, receiver = _best_replica_move(weight, counts, piece, order, position,
+                                                    num_pairs, width, peak * (1.0 - 1e-12))
         if donor >= 0:
             _move_replica(weight, counts, piece, donor, receiver)
             order = _resorted(order, piece, donor, receiver)
+            position = _positions(order)
             peak = trial
             continue
         if weight.size > 64:  # two-move lookahead costs O(E^3): small problems only
@@ -196,8 +231,8 @@ def count_search_pairs(weight, counts, max_steps, width):
                     continue
                 _move_replica(weight, counts, piece, d, r)
                 moved = _resorted(order, piece, d, r)
-                trial, d2, r2 = _best_replica_move(weight, counts, piece, moved, num_pairs,
-                                                   width, best)
+                trial, d2, r2 = _best_replica_move(weight, counts, piece, moved,
+                                                   _positions(moved), num_pairs, width, best)
                 _move_replica(weight, counts, piece, r, d)
                 if d2 >= 0:
                     best, first, second = trial, (d, r), (d2, r2)
@@ -206,6 +241,7 @@ def count_search_pairs(weight, counts, max_steps, width):
         _move_replica(weight, counts, piece, first[0], first[1])
         _move_replica(weight, counts, piece, second[0], second[1])
         order = descending_order(piece)
+        position = _positions(order)
         peak = best
     return peak
 
@@ -214,7 +250,8 @@ def count_search_pairs(weight, counts, max_steps, width):
 def pair_peak(weight, counts):
     """Peak GPU load of the best pairing of the pieces. weight, counts: [E] -> float."""
     piece = weight / counts
-    return _pair_peak(descending_order(piece), piece, counts, counts.sum() // 2, np.inf, -1, -1)
+    order = descending_order(piece)
+    return _pair_peak(order, _positions(order), piece, counts, counts.sum() // 2, np.inf, -1, -1)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -360,7 +397,7 @@ def threshold_counts(weight, num_slots, low, high, steps):
     weight: [E] float64 -> (counts [E] int64, peak), or (empty, inf) if none was found.
     """
     num_experts = weight.size
-    if not high > 0.0:
+    if not high > 0.0 or (num_slots - num_experts) * num_experts > THRESHOLD_MAX_WORK:
         return np.empty(0, np.int64), np.inf
     counts = np.empty(num_experts, np.int64)
     level, change = np.empty(num_experts), np.empty(num_experts, np.int64)
