@@ -1,9 +1,10 @@
-"""Compiled kernels of the refined engine: replication, LPT packing, swap refinement, count search.
+"""Compiled kernels of the refined engine: replication, LPT packing, swap refinement.
 
 Each kernel solves one independent problem (a layer, or a layer's node); `solve_batch` runs a
 batch of them in parallel. Replication and the LPT start make the reference's decisions (in
-float32, lowest index among equals), and every later step only lowers the peak, so a refined
-plan is never worse than the reference's for the same problem. Pure functions of their arrays.
+float32, lowest index among equals), and every later step only lowers the peak (at two slots
+per pack, the counts searched in `pairing`), so a refined plan is never worse than the
+reference's for the same problem. Pure functions of their arrays.
 """
 
 from __future__ import annotations
