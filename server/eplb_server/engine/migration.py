@@ -25,9 +25,9 @@ import numba
 import numpy as np
 import torch
 
-from .packing import resort
 from .refined import refined_plan
 from .scoring import balance_ratio, gpu_loads
+from .sorting import resort
 from .hierarchy import best_node_loads
 
 # Default relative peak tolerance: a layer keeps its current mapping (or takes the cheaper

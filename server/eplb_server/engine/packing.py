@@ -13,7 +13,7 @@ import numba
 import numpy as np
 
 from .pairing import COUNT_SEARCH_WIDTH, THRESHOLD_STEPS, count_search_pairs, threshold_counts
-from .sorting import descending_order
+from .sorting import descending_order, resort
 
 
 # Refinement stops within this fraction of the lower bound (mean pack load, largest piece):
@@ -169,22 +169,6 @@ def _swap(pack_weight, pack_expert, loads, p, a, q, b):
     loads[q] += wa - wb
     _insert_sorted(pack_weight, pack_expert, p, a, wb, eb)
     _insert_sorted(pack_weight, pack_expert, q, b, wa, ea)
-
-
-@numba.njit(cache=True, nogil=True)
-def resort(by_load, loads, moved):
-    """Restores ascending order of by_load after loads[moved] changed."""
-    m = by_load.size
-    i = 0
-    while by_load[i] != moved:
-        i += 1
-    while i > 0 and loads[by_load[i - 1]] > loads[moved]:
-        by_load[i] = by_load[i - 1]
-        i -= 1
-    while i < m - 1 and loads[by_load[i + 1]] < loads[moved]:
-        by_load[i] = by_load[i + 1]
-        i += 1
-    by_load[i] = moved
 
 
 @numba.njit(cache=True, nogil=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .sorting import descending_order
+from .sorting import descending_order, resort
 
 COUNT_SEARCH_WIDTH = 4  # receivers per replica-count step: this many largest and smallest pieces
 THRESHOLD_STEPS = 8  # bisection steps of threshold_counts
@@ -349,7 +349,7 @@ def _fits(weight, num_slots, limit, counts, level, change, by_weight, by_level):
             counts[e] += 1
             total += 1
             level[e], change[e] = _level(weight[e], counts[e], limit)
-            _reinsert(by_level, level, e)
+            resort(by_level, level, e)
             i = 0  # resume after every level up to `here`: those are all counted
             while i < num_experts and level[by_level[i]] <= here:
                 i += 1
@@ -372,21 +372,6 @@ def _best_helper(weight, counts, level, by_level, limit, short):
         if gain > best_gain or (gain == best_gain and gain > 0 and piece > best_piece):
             best, best_gain, best_piece = e, gain, piece
     return best
-
-
-@numba.njit(cache=True, nogil=True)
-def _reinsert(by_level, level, e):
-    """Restores ascending order of by_level after level[e] changed."""
-    k = 0
-    while by_level[k] != e:
-        k += 1
-    while k > 0 and level[by_level[k - 1]] > level[e]:
-        by_level[k] = by_level[k - 1]
-        k -= 1
-    while k < by_level.size - 1 and level[by_level[k + 1]] < level[e]:
-        by_level[k] = by_level[k + 1]
-        k += 1
-    by_level[k] = e
 
 
 @numba.njit(cache=True, nogil=True)

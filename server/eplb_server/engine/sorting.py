@@ -1,5 +1,5 @@
-"""Stable radix sorts of non-negative floats, largest first (numba's argsort is several times
-slower at a few hundred keys)."""
+"""Sorting kernels: stable radix sorts of non-negative floats, largest first (numba's argsort is
+several times slower at a few hundred keys), and restoring an order after one key changed."""
 
 from __future__ import annotations
 
@@ -35,3 +35,19 @@ def descending_order(key):
     if key.itemsize == 4:
         return _descending_by_bits(key.view(np.uint32))
     return _descending_by_bits(key.view(np.uint64))
+
+
+@numba.njit(cache=True, nogil=True)
+def resort(by_load, loads, moved):
+    """Restores ascending order of by_load (indices into loads) after loads[moved] changed."""
+    m = by_load.size
+    i = 0
+    while by_load[i] != moved:
+        i += 1
+    while i > 0 and loads[by_load[i - 1]] > loads[moved]:
+        by_load[i] = by_load[i - 1]
+        i -= 1
+    while i < m - 1 and loads[by_load[i + 1]] < loads[moved]:
+        by_load[i] = by_load[i + 1]
+        i += 1
+    by_load[i] = moved
