@@ -38,8 +38,9 @@ def check_topology(num_experts: int, num_replicas: int, num_groups: int, num_nod
                    num_gpus: int) -> None:
     """Raises ValueError naming the first argument that breaks the conventions.
 
-    num_gpus % num_nodes is checked by `resolve_policy`, for hierarchical plans only: the
-    reference plans globally (ignoring nodes) when groups do not divide over nodes.
+    num_gpus % num_nodes is checked by `resolve_policy`, only where nodes matter (hierarchical,
+    and deepseek when groups divide over nodes): the reference plans globally (ignoring nodes)
+    when groups do not divide over nodes.
     """
     for name, value in (("num_replicas", num_replicas), ("num_groups", num_groups),
                         ("num_nodes", num_nodes), ("num_gpus", num_gpus)):

@@ -7,12 +7,11 @@ Objectives (names as the API and the RPC spell them):
   ``T`` weighs ``0.5 ** ((T - 1 - t) / half_life)``.
 - ``"robust"``: plan on ``mean + robust_k * std`` per expert over the windows, so volatile experts
   earn replicas.
-- ``"expected_peak"``: minimise the sum over windows of each window's peak GPU load. Candidate
-  plans (see `candidate_loads`; the summed-load plan first) are made by the engine, layer by layer
-  the one with the lowest expected-peak value on the given windows is kept, then slots are swapped
-  between GPUs (within a node for hierarchical plans) while that value drops (`refine_windows`),
-  so that GPU loads are even in every window, not only on average. Only strictly improving steps
-  are taken from the sum plan, so the result is never worse than the sum plan on those windows.
+- ``"expected_peak"``: minimise the sum over windows of each window's peak GPU load. The engine
+  plans the summed load, then slots are swapped between GPUs (within a node for hierarchical
+  plans) while that value drops (`refine_windows`), so that GPU loads are even in every window,
+  not only on average. Only strictly improving steps are taken from the sum plan, so the result
+  is never worse than the sum plan on those windows.
 - ``"default"``: the objective chosen by measurement (bench/history.py), see DEFAULT_OBJECTIVE.
 
 A history with T = 1 is planned exactly like the single window it holds, whatever the objective.
@@ -75,7 +74,7 @@ def reduce_history(history: np.ndarray, objective: str, half_life: float = 0.0,
     """history: [T, L, E] -> (load [L, E] a plan is fitted to, the objective used).
 
     For "expected_peak" the load returned is the summed one (the plan itself comes from
-    `plan_history`, which chooses among candidate plans).
+    `history_planner`'s planner, `plan_expected_peak`).
     """
     objective = resolve_objective(objective)
     half_life, robust_k = _check_params(half_life, robust_k)
@@ -98,43 +97,21 @@ def expected_peak(history: np.ndarray, phy2log: np.ndarray, num_gpus: int) -> np
     return window_peaks(history, phy2log, num_gpus).sum(0)
 
 
-def candidate_loads(history: np.ndarray, half_life: float, robust_k: float) -> list[np.ndarray]:
-    """The loads whose plans "expected_peak" chooses among; the summed load first.
+def plan_expected_peak(history: np.ndarray, load: np.ndarray, plan_arrays: PlanArrays,
+                       num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
+                       policy: str):
+    """The summed-load plan, then swaps that lower the sum over windows of the peak GPU load.
 
-    Only the summed load by default: a recency candidate gained 0.01 of the sum->bound distance
-    on bench/history.py for one more plan; the multi-window swap refinement is what pays, and
-    one plan plus refinement keeps T = 8 well within 3x a single-window plan. Extra loads
-    appended here are planned too and chosen per layer by the expected-peak value.
+    history: [T, L, E]; load: [L, E], its sum over windows. -> (phy2log, rank, logcnt) as
+    plan_arrays returns them. A recency-weighted candidate plan, chosen per layer, gained only
+    0.01 of the sum->bound distance on bench/history.py for one more plan: the swaps are what
+    pay.
     """
-    return [history.sum(0)]
-
-
-def plan_expected_peak(history: np.ndarray, plan_arrays: PlanArrays, num_replicas: int,
-                       num_groups: int, num_nodes: int, num_gpus: int, policy: str,
-                       half_life: float, robust_k: float):
-    """Per layer, the candidate plan with the lowest sum over windows of the peak GPU load.
-
-    -> (phy2log, rank, logcnt) as plan_arrays returns them. The summed-load plan wins ties.
-    """
-    plans = [plan_arrays(np.ascontiguousarray(load), num_replicas, num_groups, num_nodes,
-                         num_gpus, policy)
-             for load in candidate_loads(history, half_life, robust_k)]
-    out = [np.array(part, copy=True) for part in plans[0]]
-    if len(plans) > 1:
-        values = np.stack([expected_peak(history, p[0], num_gpus) for p in plans])  # [C, L]
-        # Strictly better only (relative tolerance), so that ties keep the sum plan.
-        best = np.zeros(values.shape[1], dtype=np.int64)
-        for c in range(1, len(plans)):
-            better = values[c] < values[best, np.arange(values.shape[1])] * (1 - 1e-12)
-            best[better] = c
-        for c in range(1, len(plans)):
-            rows = best == c
-            for part, cand in zip(out, plans[c]):
-                part[rows] = cand[rows]
+    phy2log, rank, logcnt = plan_arrays(np.ascontiguousarray(load), num_replicas, num_groups,
+                                        num_nodes, num_gpus, policy)
     if policy == "deepseek" or num_replicas == num_gpus:  # reference mode / nothing to swap
-        return tuple(out)
-    # Pack for every window: swaps that lower the sum over windows of the peak (counts kept).
-    phy2log, _, logcnt = out
+        return phy2log, rank, logcnt
+    phy2log = np.ascontiguousarray(phy2log)
     gpus_per_node = num_gpus // num_nodes if policy == "hierarchical" else num_gpus
     refine_windows(np.ascontiguousarray(history), phy2log, np.ascontiguousarray(logcnt),
                    num_gpus, gpus_per_node, REFINE_MOVES_PER_SLOT * (num_replicas // num_gpus),
@@ -152,11 +129,10 @@ def history_planner(history: np.ndarray, objective: str, half_life: float, robus
     load, objective = reduce_history(history, objective, half_life, robust_k)
     if objective != "expected_peak" or history.shape[0] == 1:
         return load, objective, plan_arrays
-    half_life, robust_k = _check_params(half_life, robust_k)
 
-    def planner(_load, num_replicas, num_groups, num_nodes, num_gpus, policy):
-        return plan_expected_peak(history, plan_arrays, num_replicas, num_groups, num_nodes,
-                                  num_gpus, policy, half_life, robust_k)
+    def planner(summed, num_replicas, num_groups, num_nodes, num_gpus, policy):
+        return plan_expected_peak(history, summed, plan_arrays, num_replicas, num_groups,
+                                  num_nodes, num_gpus, policy)
 
     return load, objective, planner
 
@@ -168,7 +144,8 @@ def _refine_layer(history, phy2log, counts, num_gpus, gpus_per_node, max_moves, 
 
     history: [T, E] float64, phy2log: [P] int64 (changed in place), counts: [E] int64.
     Each move takes the GPU that is the peak in the most windows and the best swap of one of
-    its slots with a slot of another GPU of its node. Replica counts do not change.
+    its slots with a slot of one of the `max_partners` GPUs of its node that are lightest where
+    it peaks. Replica counts do not change.
     """
     num_windows = history.shape[0]
     num_slots = phy2log.size

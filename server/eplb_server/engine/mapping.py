@@ -30,7 +30,7 @@ def replica_ranks(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
 
 
 def expert_counts(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
-    """logcnt: [L, P] -> [L, E] int64, replicas of each expert (entries must lie in [0, E))."""
+    """phy2log: [L, P] -> logcnt [L, E] int64, replicas of each expert (entries in [0, E))."""
     return _ranks_and_counts(np.ascontiguousarray(phy2log, dtype=np.int64), num_experts)[1]
 
 

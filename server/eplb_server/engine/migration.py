@@ -7,7 +7,7 @@ Three stages, all per layer and all pure functions of their arrays:
    then each surviving expert goes back to its current slot on its GPU. Every GPU keeps its
    multiset of experts, so no GPU load changes. Without a budget it runs only for the layers
    that take the new plan (`kept_slots_bound` stands in for its count of kept slots before).
-2. Trade (`choose`): per layer, the options are the current mapping (0 moves), the relabelled
+2. Trade (`_cheapest_within`, `_budgeted`): per layer, the options are the current mapping (0 moves), the relabelled
    new plan, and every prefix of a greedy local repair of the current mapping (`repair`: each
    step replaces one replica on the heaviest GPU, or swaps two replicas, whichever lowers the
    peak most per slot changed). The cheapest option whose peak is within `tolerance` of the best
@@ -394,14 +394,13 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
     by_share = np.empty(0, np.int64)  # sorted when first needed: most layers only swap
     position = np.empty(num_experts, np.int64)
     steps = 0
-    stale = True  # loads, GPU order and replica lists need a full rebuild (counts changed)
+    for p in range(num_slots):
+        load[p // per_gpu] += share[cur[p]]
+    stale = True  # GPU order and slot orders need a full rebuild (counts changed)
     order = np.empty(num_gpus, np.int64)
     by_slot_share = np.empty((num_gpus, per_gpu), np.int64)  # each GPU's slots, heaviest first
     while steps < max_steps:
         if stale:
-            load[:] = 0.0
-            for p in range(num_slots):
-                load[p // per_gpu] += share[cur[p]]
             order[:] = np.argsort(load)  # ascending; the hot GPU last
             for g in range(num_gpus):
                 _sort_slots(by_slot_share[g], cur, share, g * per_gpu)
@@ -736,7 +735,7 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
     if total > 0:
         cap = np.minimum(cap, total)
     need = peak_cur > peak_new * (1.0 + tolerance)
-    cap = np.where(need | (per_layer > 0) | (total > 0), cap, 0)
+    cap = np.where(need | budgeted, cap, 0)
     target = peak_new * (1.0 + tolerance) if total == 0 else np.zeros(num_layers)
     group_size = num_experts // num_groups if hierarchical and num_nodes > 1 else num_experts
     slot_node = slot_nodes(num_slots, num_nodes, num_gpus) if hierarchical and num_nodes > 1 \
@@ -757,8 +756,8 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
     else:
         kind, count, peak = _budgeted(peak_cur, peak_new, new_moves, steps, peak_after,
                                       tolerance, per_layer, total)
-    finite = np.where(np.isfinite(peak_after), peak_after, np.inf).min(1, initial=np.inf)
-    has_better = (np.minimum(finite, peak_new) < peak_cur) & (new_moves > 0)
+    best_repair = peak_after.min(1, initial=np.inf)  # mid-swap entries and unused steps are inf
+    has_better = (np.minimum(best_repair, peak_new) < peak_cur) & (new_moves > 0)
     gain = balance_ratio(mean, peak) - balance_ratio(mean, peak_cur)
     kind = np.where((kind != 0) & (gain < options.min_balancedness_gain), 0, kind)
     kept_for_gain = int(((kind == 0) & has_better).sum())

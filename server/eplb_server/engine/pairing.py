@@ -69,15 +69,16 @@ def _pair_peak(order, position, piece, counts, num_pairs, stop, a, b):
     sorted places (found by binary search) without re-sorting.
     """
     n = order.size
-    if a < 0:  # no move: a and b stand in their own places
-        a, b = order[0], order[n - 1] if n > 1 else order[0]
-    elif _ahead(piece, b, a):
-        a, b = b, a
-    r1, r2 = min(position[a], position[b]), max(position[a], position[b])
-    ia = _insertion_index(order, r1, r2, piece, a) if n > 1 else 0
-    ib = _insertion_index(order, r1, r2, piece, b) if n > 1 else 0
-    if n == 1:
-        r1, r2, ia, ib = n, n, n, n
+    if n == 1:  # nothing to move: positions past the end leave `order` as it is
+        a, b, r1, r2, ia, ib = order[0], order[0], 1, 1, 1, 1
+    else:
+        if a < 0:  # no move: the first and last stand in their own places
+            a, b = order[0], order[n - 1]
+        elif _ahead(piece, b, a):
+            a, b = b, a
+        r1, r2 = min(position[a], position[b]), max(position[a], position[b])
+        ia = _insertion_index(order, r1, r2, piece, a)
+        ib = _insertion_index(order, r1, r2, piece, b)
     front_k, back_k = 0, n - 1
     front = _moved(order, r1, r2, a, ia, b, ib, front_k)
     back = _moved(order, r1, r2, a, ia, b, ib, back_k)
