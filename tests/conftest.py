@@ -1,10 +1,12 @@
-"""Shared fixtures: devices, paths to ../shared data, the real DeepSeek-V3 snapshots."""
+"""Shared fixtures: devices, paths to ../shared data, the real DeepSeek-V3 snapshots; a
+brute-force pairing peak."""
 
 from __future__ import annotations
 
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -49,3 +51,12 @@ def conformance_cases():
     if not CONFORMANCE.exists():
         pytest.skip("../shared/conformance is absent")
     return json.loads(CONFORMANCE.read_text())["cases"]
+
+
+def sorted_pairing_peak(weight, counts):
+    """Peak pair sum of the pieces weight / counts, largest with smallest (a piece alone on a
+    GPU when their number is odd): the brute-force reference for the pairing kernels."""
+    items = np.sort(np.repeat(weight / counts, counts))
+    if items.size % 2:
+        items = np.concatenate([[0.0], items])
+    return (items + items[::-1]).max()

@@ -6,18 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from eplb_server import evaluate, plan
 from eplb_server.engine import pairing
-
-
-def sorted_pairing_peak(weight, counts):
-    items = np.sort(np.repeat(weight / counts, counts))
-    if items.size % 2:
-        items = np.concatenate([[0.0], items])  # a piece alone on a GPU
-    return (items + items[::-1]).max()
+from tests.conftest import sorted_pairing_peak
 
 
 @st.composite
@@ -40,9 +34,9 @@ def test_counts_said_to_fit_do_fit(problem):
     counts = np.empty(n, np.int64)
     fits = pairing._fits(weight, num_slots, limit, counts, np.empty(n), np.empty(n, np.int64),
                          np.argsort(weight, kind="mergesort"), np.empty(n, np.int64))
-    if fits:
-        assert (counts >= 1).all() and counts.sum() <= num_slots
-        assert sorted_pairing_peak(weight, counts) <= limit * (1 + 1e-12)
+    assume(fits)
+    assert (counts >= 1).all() and counts.sum() <= num_slots
+    assert sorted_pairing_peak(weight, counts) <= limit * (1 + 1e-12)
 
 
 @settings(max_examples=300, deadline=None)
@@ -52,10 +46,10 @@ def test_threshold_counts_fill_every_slot_and_report_their_peak(problem):
     high = sorted_pairing_peak(weight, np.ones_like(weight, dtype=np.int64)) * 1.5 + 1.0
     counts, peak = pairing.threshold_counts(weight, num_slots, weight.sum() / (num_slots // 2),
                                             high, 12)
-    if counts.size:
-        assert counts.sum() == num_slots and (counts >= 1).all()
-        assert peak == pytest.approx(sorted_pairing_peak(weight, counts), rel=1e-12)
-        assert peak < high
+    assume(counts.size)
+    assert counts.sum() == num_slots and (counts >= 1).all()
+    assert peak == pytest.approx(sorted_pairing_peak(weight, counts), rel=1e-12)
+    assert peak < high
 
 
 def test_threshold_search_reaches_the_optimum_on_a_real_layer(snapshot_paths):
