@@ -89,28 +89,30 @@ def test_reflection_can_be_switched_off(controlled):
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-def test_engine_fault_is_internal_and_the_server_keeps_serving(controlled):
-    running, engine, placement = controlled()
-    engine.fail = RuntimeError("injected fault")
+def fail_once(engine, placement, fault):
+    """One Rebalance with the engine raising `fault`, then one that succeeds. -> the error."""
+    engine.fail = fault
     with pytest.raises(grpc.RpcError) as caught:
         placement.Rebalance(rebalance_request(), timeout=30)
-    assert caught.value.code() == grpc.StatusCode.INTERNAL
-    assert "injected fault" in caught.value.details()
     engine.fail = None
     assert placement.Rebalance(rebalance_request(), timeout=30).HasField("phy2log")
+    return caught.value
+
+
+def test_engine_fault_is_internal_and_the_server_keeps_serving(controlled):
+    running, engine, placement = controlled()
+    error = fail_once(engine, placement, RuntimeError("injected fault"))
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "injected fault" in error.details()
     assert handled(running, "Internal") == 1
     assert health_of(running.channel) == SERVING
 
 
 def test_engine_value_error_is_invalid_argument_naming_the_field(controlled):
-    running, engine, placement = controlled()
-    engine.fail = ValueError("num_gpus (8) cannot host this placement")
-    with pytest.raises(grpc.RpcError) as caught:
-        placement.Rebalance(rebalance_request(), timeout=30)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert [f for f, _ in violations(caught.value)] == ["topology.num_gpus"]
-    engine.fail = None
-    assert placement.Rebalance(rebalance_request(), timeout=30).HasField("phy2log")
+    _, engine, placement = controlled()
+    error = fail_once(engine, placement, ValueError("num_gpus (8) cannot host this placement"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in violations(error)] == ["topology.num_gpus"]
 
 
 def test_overload_is_resource_exhausted(controlled):
