@@ -10,10 +10,11 @@ from eplb_client.v1 import placement_pb2 as pb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ..service.servicekit import SMALL, loads, rebalance_request, stub, violations
+from ..service.servicekit import (SMALL, loads, poke, rebalance_request, stub,
+                                 two_per_expert_mapping, violations)
 
 GOOD = loads()  # [4, 16] float64
-MAPPING = np.tile(np.concatenate([np.arange(16), np.arange(16)]), (4, 1))  # [4, 32]
+MAPPING = two_per_expert_mapping()  # [4, 32]
 FUZZ = settings(max_examples=120, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 HUGE = st.integers(1 << 20, (1 << 63) - 1)
@@ -93,9 +94,8 @@ def bad_shape(draw):
 @st.composite
 def non_finite_or_negative_load(draw):
     request = valid_request()
-    weight = GOOD.copy()
     index = (draw(st.integers(0, 3)), draw(st.integers(0, 15)))
-    weight[index] = draw(st.sampled_from([np.nan, np.inf, -np.inf, -1.0, -1e-30]))
+    weight = poke(GOOD, index, draw(st.sampled_from([np.nan, np.inf, -np.inf, -1.0, -1e-30])))
     dtype = draw(st.sampled_from([np.float64, np.float32]))
     packed = draw(st.booleans())
     tensor = to_tensor(weight.astype(dtype))
@@ -109,10 +109,9 @@ def non_finite_or_negative_load(draw):
 @st.composite
 def mapping_out_of_range(draw):
     request = valid_request()
-    mapping = MAPPING.copy()
     index = (draw(st.integers(0, 3)), draw(st.integers(0, 31)))
-    mapping[index] = draw(st.one_of(st.integers(-(1 << 63), -1), st.integers(16, (1 << 63) - 1)))
-    request.current_phy2log.CopyFrom(to_tensor(mapping))
+    out_of_range = draw(st.one_of(st.integers(-(1 << 63), -1), st.integers(16, (1 << 63) - 1)))
+    request.current_phy2log.CopyFrom(to_tensor(poke(MAPPING, index, out_of_range)))
     return request
 
 

@@ -98,6 +98,18 @@ def loads(layers=4, experts=16, seed=0, windows=None):
     return np.round(rng.lognormal(0.0, 1.0, size=shape) * 1000)
 
 
+def two_per_expert_mapping(layers=4, experts=16):
+    """A valid current_phy2log for `loads()` at SMALL's 32 slots: [layers, 2 * experts]."""
+    return np.tile(np.concatenate([np.arange(experts), np.arange(experts)]), (layers, 1))
+
+
+def poke(array, index, value):
+    """A copy of array with one entry changed."""
+    out = array.copy()
+    out[index] = value
+    return out
+
+
 def rebalance_request(weight=None, **topology) -> pb.RebalanceRequest:
     weight = loads() if weight is None else weight
     return pb.RebalanceRequest(model="test", topology=pb.Topology(**(topology or SMALL)),

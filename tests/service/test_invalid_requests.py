@@ -5,20 +5,14 @@ import numpy as np
 import pytest
 from eplb_client.tensors import to_tensor
 from eplb_client.v1 import placement_pb2 as pb
-from .servicekit import SMALL, loads, rebalance_request, violations
+from .servicekit import SMALL, loads, poke, rebalance_request, two_per_expert_mapping, violations
 
 GOOD = loads()
-MAPPING = np.tile(np.concatenate([np.arange(16), np.arange(16)]), (4, 1))  # [4, 32], 2 per expert
+MAPPING = two_per_expert_mapping()  # [4, 32], 2 per expert
 
 
 def with_loads(array):
     return lambda r: r.expert_loads.CopyFrom(to_tensor(array))
-
-
-def poke(array, index, value):
-    out = array.copy()
-    out[index] = value
-    return out
 
 
 def topology(**fields):
