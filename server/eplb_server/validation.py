@@ -35,8 +35,9 @@ MAX_REQUEST_BYTES = (1 << 31) - 1  # gRPC's message length is an int32
 class Limits:
     """Size limits, checked on the shapes before any request-sized allocation."""
 
-    # Defaults cover today's largest MoE deployments (Kimi K2: 60 x 384 -> 480; DeepSeek at
-    # EP320: 61 x 512 -> 640) with room, and bound a plan's time to seconds.
+    # Defaults cover today's largest MoE shapes (Kimi K2: 60 x 384 -> 480; the issue's largest
+    # benchmark shape, 61 x 512 -> 640 on 320 GPUs) with room, and bound a plan's time to
+    # about a second.
     max_layers: int = 256
     max_experts: int = 1024
     max_replicas: int = 2048
@@ -103,8 +104,8 @@ def _raise_any(violations):
 
 def _positive(topology, names, violations):
     for name in names:
-        if getattr(topology, name) <= 0:
-            value = getattr(topology, name)
+        value = getattr(topology, name)
+        if value <= 0:
             violations.append((f"topology.{name}", f"must be positive, got {value}"))
 
 
