@@ -88,6 +88,12 @@ def _best_partition(group_load, parts, num_nodes):
     return choice, peak
 
 
+def assignment_peak(group_load: np.ndarray, node_of_group: np.ndarray, num_nodes: int):
+    """The heaviest node's load under an assignment. group_load, node_of_group: [L, K] -> [L]."""
+    return np.stack([np.where(node_of_group == n, group_load, 0.0).sum(1)
+                     for n in range(num_nodes)], 1).max(1)
+
+
 def node_peak_bound(group_load: np.ndarray, num_nodes: int) -> np.ndarray:
     """A lower bound on the heaviest node's load over all assignments. group_load: [L, K] -> [L]."""
     if node_partitions(group_load.shape[1], num_nodes) is not None:

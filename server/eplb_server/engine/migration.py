@@ -28,7 +28,6 @@ import torch
 from .refined import refined_plan
 from .scoring import balance_ratio, gpu_loads
 from .sorting import resort
-from .hierarchy import best_node_loads
 
 # Default relative peak tolerance: a layer keeps its current mapping (or takes the cheaper
 # repair) when its peak GPU load is within 0.2% of the best affordable plan's. Re-measuring the
@@ -915,12 +914,6 @@ def plan_keeping_nodes(weight: np.ndarray, num_replicas: int, num_groups: int, n
 
     weight: [L, E] float64; current_phy2log: [L, P] -> phy2log [L, P] int64.
     """
-    num_layers, num_experts = weight.shape
-    group_load = weight.reshape(num_layers, num_groups, -1).sum(-1)
-    kept = current_node_of_group(current_phy2log, num_groups, num_nodes, num_experts)
-    valid = (kept >= 0).all(1)
-    _, best_peak = best_node_loads(group_load, num_nodes)
-    node_load = (np.maximum(kept, 0)[:, :, None] == np.arange(num_nodes)) * group_load[:, :, None]
-    keep = valid & (node_load.sum(1).max(1) <= best_peak * (1.0 + tolerance))
+    kept = current_node_of_group(current_phy2log, num_groups, num_nodes, weight.shape[1])
     return refined_plan(weight, num_replicas, num_groups, num_nodes, num_gpus,
-                        node_of_group=np.where(keep[:, None], kept, -1))
+                        current_node_of_group=kept, keep_tolerance=tolerance)

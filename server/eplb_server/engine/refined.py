@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import packing
-from .hierarchy import best_node_loads
+from .hierarchy import assignment_peak, best_node_loads
 from .reference import reference_group_packing
 from .scoring import gpu_loads
 
@@ -41,14 +41,16 @@ def _groups_by_node(node_of_group: np.ndarray, order_key: np.ndarray, num_nodes:
 
 
 def refined_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
-                 num_gpus: int, node_of_group: np.ndarray | None = None) -> np.ndarray:
+                 num_gpus: int, current_node_of_group: np.ndarray | None = None,
+                 keep_tolerance: float = 0.0) -> np.ndarray:
     """Hierarchical plan (num_nodes == 1 and num_groups == 1 give the global one).
 
     weight: [L, E] float64 -> phy2log [L, P] int64. Groups go to nodes as the reference puts
     them, so each layer's plan is never worse than the reference's; where the exact
     assignment (least loaded heaviest node) differs, both are planned and the better is kept.
-    node_of_group: [L, K], a node for each group that a layer must keep (rows holding -1
-    choose as above); such layers are not compared with the reference.
+    current_node_of_group: [L, K], the current mapping's node of each group (rows of -1:
+    none); a layer keeps it where its heaviest node is within keep_tolerance of the exact
+    assignment's, and such layers are not compared with the reference.
     """
     num_layers, num_experts = weight.shape
     if num_groups == 1:  # global; with groups, even one node orders them as the reference does
@@ -57,14 +59,16 @@ def refined_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nod
     group_load = weight.reshape(num_layers, num_groups, -1).sum(-1)
     load_rank = np.argsort(np.argsort(-group_load, axis=1, kind="stable"), axis=1)
     node, rank = reference_group_packing(weight.astype(np.float32), num_groups, num_nodes)
-    fixed = np.zeros(num_layers, bool) if node_of_group is None else (node_of_group >= 0).all(1)
-    node = np.where(fixed[:, None], node_of_group if node_of_group is not None else node, node)
-    rank = np.where(fixed[:, None], load_rank, rank)
-    phy2log = _plan_nodes(weight, _groups_by_node(node, rank, num_nodes), num_replicas, num_gpus)
     exact_node, exact_peak = best_node_loads(group_load, num_nodes)
-    ref_peak = np.stack([np.where(node == n, group_load, 0.0).sum(1)
-                         for n in range(num_nodes)], 1).max(1)
-    differ = np.flatnonzero((exact_peak < ref_peak) & ~fixed)
+    fixed = np.zeros(num_layers, bool)
+    if current_node_of_group is not None:
+        kept = current_node_of_group
+        fixed = (kept >= 0).all(1) & (assignment_peak(group_load, np.maximum(kept, 0), num_nodes)
+                                      <= exact_peak * (1.0 + keep_tolerance))
+        node = np.where(fixed[:, None], kept, node)
+        rank = np.where(fixed[:, None], load_rank, rank)
+    phy2log = _plan_nodes(weight, _groups_by_node(node, rank, num_nodes), num_replicas, num_gpus)
+    differ = np.flatnonzero((exact_peak < assignment_peak(group_load, node, num_nodes)) & ~fixed)
     if differ.size:
         other = _plan_nodes(weight[differ],
                             _groups_by_node(exact_node[differ], load_rank[differ], num_nodes),
