@@ -235,12 +235,19 @@ def relabel(new_phy2log, current_phy2log, num_experts, num_nodes, num_gpus, hier
 
 
 @numba.njit(cache=True, nogil=True)
+def _slot_lists(row, head, nxt):
+    """Each expert's slots in row [P], ascending, as linked lists: head [E] holds the first
+    (-1 if none), nxt [P] the next after each slot (-1 at the end)."""
+    head[:] = -1
+    for p in range(row.size - 1, -1, -1):
+        nxt[p] = head[row[p]]
+        head[row[p]] = p
+
+
+@numba.njit(cache=True, nogil=True)
 def _kept_slots_bound_layer(new_row, cur_row, num_gpus, head, nxt, on_gpu):
     per_gpu = new_row.size // num_gpus
-    head[:] = -1
-    for q in range(cur_row.size - 1, -1, -1):
-        nxt[q] = head[cur_row[q]]
-        head[cur_row[q]] = q
+    _slot_lists(cur_row, head, nxt)
     kept = 0
     for g in range(num_gpus):
         on_gpu[:] = 0  # on_gpu[h]: slots of new GPU g that current GPU h could keep
@@ -463,10 +470,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
                 by_share = np.argsort(weight / (counts + 1))
                 for i in range(num_experts):
                     position[by_share[i]] = i
-            head[:] = -1
-            for p in range(num_slots - 1, -1, -1):
-                nxt[p] = head[cur[p]]
-                head[cur[p]] = p
+            _slot_lists(cur, head, nxt)
             max_share = 0.0
             for e in range(num_experts):
                 if counts[e] >= 2:
@@ -638,11 +642,7 @@ def _transfers(current, new, num_nodes, num_gpus, num_experts):
     nxt = np.empty(num_slots, np.int64)  # ... and the next one, ascending
     m = 0
     for layer in range(num_layers):
-        head[:] = -1
-        for p in range(num_slots - 1, -1, -1):
-            e = current[layer, p]
-            nxt[p] = head[e]
-            head[e] = p
+        _slot_lists(current[layer], head, nxt)
         for p in range(num_slots):
             e = new[layer, p]
             if e == current[layer, p]:
