@@ -142,3 +142,84 @@ def test_lpt_puts_each_item_on_the_lightest_pack_lowest_index_first(packs, cap, 
     weight = rng.integers(0, 5, packs * cap) if ties else rng.lognormal(0, 1, packs * cap)
     weight = np.sort(weight.astype(np.float32))[::-1].copy()
     assert (packing.lpt(weight, packs) == naive_lpt(weight, packs)).all()
+
+
+def naive_adams_counts(weight, num_slots):
+    counts = np.ones(weight.size, np.int64)
+    for _ in range(num_slots - weight.size):  # largest piece, lowest index among equals
+        counts[np.argmax(weight / counts.astype(weight.dtype))] += 1
+    return counts
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 80), st.integers(0, 2**31), st.booleans())
+def test_adams_counts_from_the_heaviest_only_match_a_full_scan(num_experts, extra, seed, ties):
+    rng = np.random.default_rng(seed)
+    weight = (rng.integers(0, 4, num_experts) if ties else rng.lognormal(0, 1, num_experts))
+    weight = weight.astype(np.float32)
+    assert (packing.adams_counts(weight, num_experts + extra)
+            == naive_adams_counts(weight, num_experts + extra)).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 120), st.integers(0, 2**31), st.booleans())
+def test_items_come_by_piece_largest_first_then_by_expert(num_experts, seed, ties):
+    rng = np.random.default_rng(seed)
+    weight = (rng.integers(0, 4, num_experts) if ties else rng.lognormal(0, 1, num_experts))
+    weight = weight.astype(np.float64)
+    weight32 = weight.astype(np.float32)
+    counts = packing.adams_counts(weight32, num_experts + int(rng.integers(0, 2 * num_experts)))
+    _, item_weight32, item_expert = packing._items_of(weight, weight32, counts,
+                                                      sorting.descending_order(weight32))
+    piece32 = weight32 / counts.astype(np.float32)
+    expected = np.repeat(np.argsort(-piece32, kind="stable"), counts[np.argsort(-piece32,
+                                                                                  kind="stable")])
+    assert (item_expert == expected).all()
+    assert (item_weight32 == piece32[expected]).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.integers(3, 9), st.integers(0, 2**31), st.booleans())
+def test_differencing_deals_every_item_once_and_merges_largest_with_smallest(packs, cap, seed,
+                                                                             ties):
+    rng = np.random.default_rng(seed)
+    weight = rng.integers(0, 4, packs * cap) if ties else rng.lognormal(0, 1, packs * cap)
+    weight = np.sort(weight.astype(np.float64))[::-1].copy()
+    pack_items = packing.differencing(weight, packs)
+    assert pack_items.shape == (packs, cap)
+    assert sorted(pack_items.ravel().tolist()) == list(range(packs * cap))
+    assert (np.diff(pack_items, axis=1) > 0).all()  # rows ascending: heaviest first
+    # Two runs of m items: one merge, i-th largest with i-th smallest.
+    pairs = packing.differencing(weight[: 2 * packs], packs)
+    assert sorted(map(tuple, pairs.tolist())) == [(p, 2 * packs - 1 - p) for p in range(packs)]
+
+
+def test_differencing_starts_closer_to_the_bound_than_lpt_on_replicated_experts():
+    rng = np.random.default_rng(7)
+    gaps = []
+    for _ in range(20):  # 256 experts on 288 slots of 32 packs, as DeepSeek-V3 at EP32
+        expert_weight = rng.lognormal(0, 0.8, 256)
+        counts = packing.adams_counts(expert_weight, 288)
+        weight = np.sort(np.repeat(expert_weight / counts, counts))[::-1].copy()
+        bound = max(weight.sum() / 32, weight[0])
+        peaks = [weight[packing.differencing(weight, 32)].sum(1).max(),
+                 weight[packing.lpt(weight.astype(np.float32), 32)].sum(1).max()]
+        gaps.append([peak / bound - 1 for peak in peaks])
+    differencing_gap, lpt_gap = np.mean(gaps, axis=0)
+    assert differencing_gap < 0.5 * lpt_gap
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 10), st.integers(1, 8), st.integers(1, 30), st.integers(0, 2**31))
+def test_slots_by_pack_sorts_each_pack_by_expert(packs, cap, num_experts, seed):
+    pack_expert = np.random.default_rng(seed).integers(0, num_experts, (packs, cap))
+    assert (packing._slots_by_pack(pack_expert, num_experts)
+            == np.sort(pack_expert, axis=1).ravel()).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(packings())
+def test_crowded_says_whether_a_pack_holds_more_than_its_limit(packing_case):
+    _, pack_expert, limit = packing_case
+    counts = np.bincount(pack_expert.ravel(), minlength=limit.size)
+    assert packing._crowded(pack_expert, limit, counts) == (held_over_limit(pack_expert, limit) > 0)

@@ -234,7 +234,7 @@ def relabel(new_phy2log, current_phy2log, num_experts, num_nodes, num_gpus, hier
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def _slot_lists(row, head, nxt):
     """Each expert's slots in row [P], ascending, as linked lists: head [E] holds the first
     (-1 if none), nxt [P] the next after each slot (-1 at the end)."""
@@ -287,7 +287,7 @@ def kept_slots_bound(new_phy2log, current_phy2log, num_experts, num_gpus):
 # --------------------------------------------------------------------------- local repair
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def _touched_peak(weight, cur, counts, load, head, nxt, per_gpu, a, y, delta, touched,
                   touched_list):
     """Heaviest load, after slot a changes from x = cur[a] to y, among the GPUs that hold x or y
@@ -322,7 +322,7 @@ def _touched_peak(weight, cur, counts, load, head, nxt, per_gpu, a, y, delta, to
     return new_peak
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def _others_bound(weight, counts, load, head, nxt, per_gpu, x, skip_gpu):
     """Heaviest load among the GPUs (other than skip_gpu) holding x once x loses a replica."""
     grow_x = weight[x] / (counts[x] - 1) - weight[x] / counts[x]
@@ -336,7 +336,7 @@ def _others_bound(weight, counts, load, head, nxt, per_gpu, x, skip_gpu):
     return bound
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def _resort(by_share, position, weight, counts, e):
     """Restores by_share (experts ascending by weight / (count + 1)) after e's count changed."""
     key = weight[e] / (counts[e] + 1)
@@ -353,7 +353,7 @@ def _resort(by_share, position, weight, counts, e):
     position[e] = i
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def _sort_slots(slots, cur, share, first):
     """Fills slots [c] with first .. first + c - 1, by share of their expert, heaviest first."""
     for k in range(slots.size):

@@ -32,7 +32,7 @@ def _without(order, r1, r2, j):
     return order[j]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def _insertion_index(order, r1, r2, piece, e):
     """How many experts of `order` without positions r1, r2 come ahead of e (binary search)."""
     lo, hi = 0, order.size - 2
@@ -60,7 +60,7 @@ def _moved(order, r1, r2, a, ia, b, ib, k):
     return _without(order, r1, r2, k - 2)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def _pair_peak(order, position, piece, counts, num_pairs, stop, a, b):
     """Peak of largest-with-smallest pairing, or a value >= stop as soon as a pair reaches stop.
 
@@ -109,7 +109,7 @@ def _pair_peak(order, position, piece, counts, num_pairs, stop, a, b):
     return peak
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def _ahead(piece, a, b):
     return piece[a] > piece[b] or (piece[a] == piece[b] and a < b)
 
@@ -147,7 +147,7 @@ def _resorted(order, piece, a, b):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def _move_replica(weight, counts, piece, donor, receiver):
     counts[donor] -= 1
     counts[receiver] += 1
@@ -255,7 +255,7 @@ def pair_peak(weight, counts):
     return _pair_peak(order, _positions(order), piece, counts, counts.sum() // 2, np.inf, -1, -1)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def _level(weight, count, limit):
     """An expert's place in Hall's condition for pairs under `limit`: pieces of at most
     limit / 2 offer `count` partners of their size; larger ones need `count` partners of at
@@ -266,7 +266,7 @@ def _level(weight, count, limit):
     return limit - piece, -count
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def _offered_at(weight, count, limit, level):
     """Partners offered minus needed by an expert's pieces at levels up to `level`."""
     own, change = _level(weight, count, limit)
@@ -357,7 +357,7 @@ def _fits(weight, num_slots, limit, counts, level, change, by_weight, by_level):
     return True
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def _best_helper(weight, counts, level, by_level, limit, short):
     """The expert whose next replica adds most partners at level `short` (the largest new piece
     among equals), -1 if none helps. Only experts at levels up to 2 * short can: a replica at

@@ -37,7 +37,7 @@ def descending_order(key):
     return _descending_by_bits(key.view(np.uint64))
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def resort(by_load, loads, moved):
     """Restores ascending order of by_load (indices into loads) after loads[moved] changed."""
     m = by_load.size
