@@ -11,6 +11,12 @@ from eplb_server.engine import packing, pairing, sorting
 from tests.conftest import sorted_pairing_peak
 
 
+def random_loads(rng, size, ties, low=0):
+    """[size] float64: small integers from low (many ties) or lognormal."""
+    weight = rng.integers(low, low + 4, size) if ties else rng.lognormal(0, 1, size)
+    return weight.astype(np.float64)
+
+
 @st.composite
 def packings(draw):
     num_packs = draw(st.integers(2, 8))
@@ -99,8 +105,7 @@ def test_descending_order_is_a_stable_sort_largest_first(size, seed, with_ties):
 @given(st.integers(2, 40), st.integers(0, 2**31), st.booleans())
 def test_pair_peak_of_a_moved_replica_matches_a_full_sort(num_experts, seed, with_ties):
     rng = np.random.default_rng(seed)
-    weight = (rng.integers(1, 5, num_experts) if with_ties else rng.lognormal(0, 1, num_experts))
-    weight = weight.astype(np.float64)
+    weight = random_loads(rng, num_experts, with_ties, low=1)
     counts = np.ones(num_experts, np.int64)
     counts[rng.integers(0, num_experts, num_experts + 2 * rng.integers(0, 3))] += 1
     if counts.sum() % 2:
@@ -155,8 +160,7 @@ def naive_adams_counts(weight, num_slots):
 @given(st.integers(1, 40), st.integers(0, 80), st.integers(0, 2**31), st.booleans())
 def test_adams_counts_from_the_heaviest_only_match_a_full_scan(num_experts, extra, seed, ties):
     rng = np.random.default_rng(seed)
-    weight = (rng.integers(0, 4, num_experts) if ties else rng.lognormal(0, 1, num_experts))
-    weight = weight.astype(np.float32)
+    weight = random_loads(rng, num_experts, ties).astype(np.float32)
     assert (packing.adams_counts(weight, num_experts + extra)
             == naive_adams_counts(weight, num_experts + extra)).all()
 
@@ -165,8 +169,7 @@ def test_adams_counts_from_the_heaviest_only_match_a_full_scan(num_experts, extr
 @given(st.integers(1, 120), st.integers(0, 2**31), st.booleans())
 def test_items_come_by_piece_largest_first_then_by_expert(num_experts, seed, ties):
     rng = np.random.default_rng(seed)
-    weight = (rng.integers(0, 4, num_experts) if ties else rng.lognormal(0, 1, num_experts))
-    weight = weight.astype(np.float64)
+    weight = random_loads(rng, num_experts, ties)
     weight32 = weight.astype(np.float32)
     counts = packing.adams_counts(weight32, num_experts + int(rng.integers(0, 2 * num_experts)))
     _, item_weight32, item_expert = packing._items_of(weight, weight32, counts,
@@ -183,8 +186,7 @@ def test_items_come_by_piece_largest_first_then_by_expert(num_experts, seed, tie
 def test_differencing_deals_every_item_once_and_merges_largest_with_smallest(packs, cap, seed,
                                                                              ties):
     rng = np.random.default_rng(seed)
-    weight = rng.integers(0, 4, packs * cap) if ties else rng.lognormal(0, 1, packs * cap)
-    weight = np.sort(weight.astype(np.float64))[::-1].copy()
+    weight = np.sort(random_loads(rng, packs * cap, ties))[::-1].copy()
     pack_items = packing.differencing(weight, packs)
     assert pack_items.shape == (packs, cap)
     assert sorted(pack_items.ravel().tolist()) == list(range(packs * cap))

@@ -20,7 +20,6 @@ from .sorting import descending_order, resort
 # measured on the real snapshots at EP32, 1e-4 takes twice the refinement time for a mean gap
 # of 0.012% instead of 0.028% (the worst layer, 0.034%, is the same).
 REFINE_TOLERANCE = 3e-4
-SMALL_SORT = 64  # up to this many keys, insertion sort beats the radix sort's 4 x 256 buckets
 PAIR_SWAP_ALL_MAX_CAP = 5  # most slots per pack at which 2-for-2 swaps try every pack
 # Above this many slots per pack, 2-for-2 swaps (O(c^2) pair sums per move) and the spreading
 # pass (O(m c^2)) are skipped: they would dominate, and such packs hold many experts anyway.
@@ -92,16 +91,8 @@ def _items_of(weight, weight32, counts, by_weight):
     num_experts = weight.size
     replicated = np.flatnonzero(counts > 1)
     piece32 = weight32[replicated] / counts[replicated].astype(np.float32)
-    if replicated.size > SMALL_SORT:
-        order = descending_order(piece32)
-        replicated, piece32 = replicated[order], piece32[order]
-    else:  # stable insertion sort, largest piece first
-        for k in range(1, replicated.size):
-            e, piece, j = replicated[k], piece32[k], k
-            while j > 0 and piece32[j - 1] < piece:
-                replicated[j], piece32[j] = replicated[j - 1], piece32[j - 1]
-                j -= 1
-            replicated[j], piece32[j] = e, piece
+    order = descending_order(piece32)
+    replicated, piece32 = replicated[order], piece32[order]
     n = counts.sum()
     item_weight = np.empty(n)
     item_weight32 = np.empty(n, np.float32)
@@ -512,8 +503,9 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps):
                    bound * (1.0 + REFINE_TOLERANCE))
         if cap <= SMALL_PACK_MAX_CAP and _crowded(pack_expert, limit, counts):
             spread(pack_weight, pack_expert, limit, loads)
-        if loads.max() < best_peak:
-            best_expert, best_peak = pack_expert, loads.max()
+        peak = loads.max()
+        if peak < best_peak:
+            best_expert, best_peak = pack_expert, peak
     return _slots_by_pack(best_expert, weight.size)
 
 

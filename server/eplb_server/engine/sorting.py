@@ -1,10 +1,28 @@
-"""Sorting kernels: stable radix sorts of non-negative floats, largest first (numba's argsort is
-several times slower at a few hundred keys), and restoring an order after one key changed."""
+"""Sorting kernels: stable sorts of non-negative floats, largest first (radix; insertion for few
+keys; numba's argsort is several times slower at a few hundred keys), and restoring an order
+after one key changed."""
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+
+# Up to this many keys insertion sort is faster than the radix sort's 4 or 8 passes over 256
+# buckets (measured: 0.4 vs 0.9 us for 32 float32 keys, 1.5 vs 1.7 us for 64).
+SMALL_SORT = 64
+
+
+@numba.njit(cache=True, nogil=True)
+def _descending_by_insertion(key):
+    """Stable insertion sort, largest first. key: [n] -> [n] int64"""
+    order = np.arange(key.size)
+    for k in range(1, key.size):
+        i, j = order[k], k
+        while j > 0 and key[order[j - 1]] < key[i]:
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = i
+    return order
 
 
 @numba.njit(cache=True, nogil=True)
@@ -32,6 +50,8 @@ def _descending_by_bits(bits):
 def descending_order(key):
     """Indices by key, largest first, lower index first among equals.
     key: [n] non-negative float32 or float64 -> [n] int64"""
+    if key.size <= SMALL_SORT:
+        return _descending_by_insertion(key)
     if key.itemsize == 4:
         return _descending_by_bits(key.view(np.uint32))
     return _descending_by_bits(key.view(np.uint64))
