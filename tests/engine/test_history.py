@@ -27,7 +27,7 @@ def drifting(seed, windows, layers, experts):
     return np.stack(out)
 
 
-def check_invariants(result, layers, experts, replicas, gpus):
+def check_invariants(result, layers, experts, replicas):
     phy2log, logcnt = result.phy2log.numpy(), result.logcnt.numpy()
     assert phy2log.shape == (layers, replicas)
     assert logcnt.shape == (layers, experts)
@@ -43,7 +43,6 @@ def check_invariants(result, layers, experts, replicas, gpus):
             slots = log2phy[layer, e][log2phy[layer, e] >= 0]
             assert len(slots) == logcnt[layer, e]
             assert (phy2log[layer, slots] == e).all()
-    assert replicas % gpus == 0
 
 
 @pytest.mark.parametrize("objective", ALL)
@@ -53,7 +52,7 @@ def test_invariants_every_objective(objective, topo):
     history = drifting(1, 5, 3, experts)
     result = api.plan(torch.from_numpy(history), replicas, groups, nodes, gpus, policy=policy,
                       objective=objective)
-    check_invariants(result, 3, experts, replicas, gpus)
+    check_invariants(result, 3, experts, replicas)
     assert result.objective == resolve_objective(objective)
     assert result.objective in OBJECTIVES
 
@@ -71,7 +70,7 @@ def test_invariants_hypothesis(seed, windows, layers, topo, objective, zeros, ha
         history[0, 0] = 0
     result = api.plan(history, replicas, groups, nodes, gpus, policy=policy, objective=objective,
                       half_life=half_life, robust_k=robust_k)
-    check_invariants(result, layers, experts, replicas, gpus)
+    check_invariants(result, layers, experts, replicas)
     # Never worse than the summed-load plan on the windows given, for expected_peak.
     if result.objective == "expected_peak":
         summed = api.plan(history, replicas, groups, nodes, gpus, policy=policy, objective="sum")

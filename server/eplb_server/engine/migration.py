@@ -337,23 +337,6 @@ def _others_bound(weight, counts, load, head, nxt, per_gpu, x, skip_gpu):
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
-def _resort(by_share, position, weight, counts, e):
-    """Restores by_share (experts ascending by weight / (count + 1)) after e's count changed."""
-    key = weight[e] / (counts[e] + 1)
-    i = position[e]
-    while i > 0 and weight[by_share[i - 1]] / (counts[by_share[i - 1]] + 1) > key:
-        by_share[i] = by_share[i - 1]
-        position[by_share[i]] = i
-        i -= 1
-    while i + 1 < by_share.size and weight[by_share[i + 1]] / (counts[by_share[i + 1]] + 1) < key:
-        by_share[i] = by_share[i + 1]
-        position[by_share[i]] = i
-        i += 1
-    by_share[i] = e
-    position[e] = i
-
-
-@numba.njit(cache=True, nogil=True, _nrt=False)
 def _sort_slots(slots, cur, share, first):
     """Fills slots [c] with first .. first + c - 1, by share of their expert, heaviest first."""
     for k in range(slots.size):
@@ -398,7 +381,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
     nxt = np.full(num_slots, -1, np.int64)
     share = weight / counts  # [E], kept up to date
     by_share = np.empty(0, np.int64)  # sorted when first needed: most layers only swap
-    position = np.empty(num_experts, np.int64)
+    next_share = np.empty(0)  # [E] with by_share: each expert's share with one more replica
     steps = 0
     for p in range(num_slots):
         load[p // per_gpu] += share[cur[p]]
@@ -467,9 +450,8 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
         # far more to scan and are rarely the best).
         if best_kind < 0:
             if by_share.size == 0:
-                by_share = np.argsort(weight / (counts + 1))
-                for i in range(num_experts):
-                    position[by_share[i]] = i
+                next_share = weight / (counts + 1)
+                by_share = np.argsort(next_share)
             _slot_lists(cur, head, nxt)
             max_share = 0.0
             for e in range(num_experts):
@@ -487,7 +469,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
                     if x_bound >= peak - best_score:
                         break
                     y = by_share[i]
-                    if peak - share_x + weight[y] / (counts[y] + 1) >= peak - best_score:
+                    if peak - share_x + next_share[y] >= peak - best_score:
                         break
                     if y == x or not allowed[slot_node[a], y // group_size]:
                         continue
@@ -506,7 +488,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
                         dup = True
                 if dup:
                     continue
-                new_share_y = weight[y] / (counts[y] + 1)
+                new_share_y = next_share[y]
                 on_hot = 0
                 for i in range(per_gpu):
                     if cur[hot * per_gpu + i] == y:
@@ -544,8 +526,10 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             node_has[node, y] += 1
             share[x] = weight[x] / counts[x]
             share[y] = weight[y] / counts[y]
-            _resort(by_share, position, weight, counts, x)
-            _resort(by_share, position, weight, counts, y)
+            next_share[x] = weight[x] / (counts[x] + 1)
+            next_share[y] = weight[y] / (counts[y] + 1)
+            resort(by_share, next_share, x)
+            resort(by_share, next_share, y)
             move_slot[steps] = best_a
             move_expert[steps] = y
             steps += 1
