@@ -110,11 +110,14 @@ def test_repeated_sigterm_while_draining_still_exits_zero(tmp_path):
         deadline = time.monotonic() + 30
         while "shutting down" not in server.log() and time.monotonic() < deadline:
             time.sleep(0.01)
+        repeated = 0
         for _ in range(20):  # keep signalling through the drain and the interpreter's exit
             if server.proc.poll() is not None:
                 break
             server.proc.send_signal(signal.SIGTERM)
+            repeated += 1
             time.sleep(0.02)
     finally:
         status = server.stop()
+    assert repeated > 0, "the server exited before a second SIGTERM reached it"
     assert status == 0, server.log()
