@@ -206,6 +206,11 @@ def test_evaluate_with_a_known_bound_matches_a_full_evaluation():
     reused = evaluate(weight, second, 4, 2, 8, lower_bound=known)
     assert torch.equal(full.layer_lower_bound, reused.layer_lower_bound)
     assert torch.equal(full.layer_gap, reused.layer_gap) and full.max_gap == reused.max_gap
+    doubled = evaluate(weight, second, 4, 2, 8, lower_bound=known * 2)  # the bound given is used
+    assert torch.equal(doubled.layer_lower_bound, known * 2)
+    assert torch.allclose(doubled.layer_gap, full.layer_max_load / (known * 2) - 1)
+    with pytest.raises(ValueError, match="lower_bound"):
+        evaluate(weight, second, 4, 2, 8, lower_bound=known[:1])
 
 
 def test_gpu_loads_and_exact_node_assignment_match_direct_formulas():

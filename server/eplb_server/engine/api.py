@@ -134,8 +134,8 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     resolved = resolve_policy(policy, num_groups, num_nodes, num_gpus)
     current = None if current_phy2log is None else _current_mapping(
         current_phy2log, num_layers, num_replicas, num_experts)
-    planner = _plan_arrays if current is None or from_scratch \
-        else functools.partial(_plan_arrays, current=current)
+    keep = current is not None and not from_scratch
+    planner = functools.partial(_plan_arrays, current=current) if keep else _plan_arrays
     objective_used = "sum"
     if load.ndim == 3:  # issue 6: the objective picks the load and, for some, the planner
         load, objective_used, planner = history_planner(load, objective, half_life, robust_k,
@@ -144,7 +144,7 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     with _ENGINE_LOCK:
         phy2log, rank, logcnt = planner(load, num_replicas, num_groups, num_nodes,
                                 num_gpus, resolved)
-        if current is not None and not from_scratch:
+        if keep:
             options = MigrationOptions(max_moved_slots_per_layer, max_moved_slots_total,
                                        min_balancedness_gain)
             hierarchical = resolved == "hierarchical" or (
@@ -155,9 +155,10 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
             rank, logcnt = ranks_and_counts(phy2log, num_experts)
         elif current is not None:  # from scratch: still say what moving to the plan costs
             migration = migration_summary(current, phy2log, num_nodes, num_gpus, 0, load)
+        log2phy = build_log2phy(phy2log, rank, logcnt)  # a parallel kernel: under the lock
     device = weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
     to = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)  # noqa: E731
-    return Plan(phy2log=to(phy2log), log2phy=to(build_log2phy(phy2log, rank, logcnt)),
+    return Plan(phy2log=to(phy2log), log2phy=to(log2phy),
                 logcnt=to(logcnt), policy=resolved, objective=objective_used,
                 migration=migration)
 
@@ -188,5 +189,7 @@ def evaluate(weight, phy2log, num_groups: int, num_nodes: int, num_gpus: int, *,
         raise ValueError(f"phy2log entries must lie in [0, {num_experts})")
     hierarchical = resolve_policy(policy, num_groups, num_nodes, num_gpus) == "hierarchical"
     bound = None if lower_bound is None else np.asarray(lower_bound, dtype=np.float64)
+    if bound is not None and bound.shape != (num_layers,):
+        raise ValueError(f"lower_bound must be [{num_layers}], got shape {list(bound.shape)}")
     with _ENGINE_LOCK:
         return score(load, mapping, num_groups, num_nodes, num_gpus, hierarchical, bound)

@@ -164,7 +164,8 @@ def _refine_layer(history, phy2log, counts, num_gpus, gpus_per_node, max_moves, 
     light = np.empty(gpus_per_node)
     rest = np.empty(num_windows)  # a window's peak among the GPUs a swap leaves alone
     peak = np.empty(num_windows)
-    partners = np.empty(max(1, min(max_partners, gpus_per_node - 1)), np.int64)
+    num_partners = min(max_partners, gpus_per_node - 1)
+    partners = np.empty(max(1, num_partners), np.int64)
     for _ in range(max_moves):
         peak_count[:] = 0
         for t in range(num_windows):
@@ -191,11 +192,11 @@ def _refine_layer(history, phy2log, counts, num_gpus, gpus_per_node, max_moves, 
                 for k in range(gpus_per_node):
                     light[k] += load[first + k, t]
         light[src - first] = np.inf
-        for k in range(min(max_partners, gpus_per_node - 1)):  # the lightest, lightest first
+        for k in range(num_partners):  # the lightest, lightest first
             pick = np.argmin(light)
             partners[k] = first + pick
             light[pick] = np.inf
-        for dst in partners[:min(max_partners, gpus_per_node - 1)]:
+        for dst in partners[:num_partners]:
             for t in range(num_windows):
                 rest[t] = 0.0
                 for k in range(3):

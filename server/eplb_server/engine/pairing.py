@@ -190,7 +190,7 @@ def _best_replica_move(weight, counts, piece, order, position, num_pairs, width,
     for k in range(min(2 * width, num_experts)):
         r = order[k] if k < width else order[num_experts - 1 - (k - width)]
         for d in donors:
-            if d < 0 or d == r or counts[d] <= 1:
+            if d < 0 or d == r:
                 continue
             _move_replica(weight, counts, piece, d, r)
             trial = _pair_peak(order, position, piece, counts, num_pairs, best_peak, d, r)
@@ -342,11 +342,10 @@ def _fits(weight, num_slots, limit, counts, level, change, by_weight, by_level):
         while balance < 0:  # short of partners at `here`
             if total == num_slots:
                 return False
-            e = _best_helper(weight, counts, level, by_level, limit, here)
+            e, gain = _best_helper(weight, counts, level, by_level, limit, here)
             if e < 0:
                 return False
-            balance += _offered_at(weight[e], counts[e] + 1, limit, here) \
-                - _offered_at(weight[e], counts[e], limit, here)
+            balance += gain
             counts[e] += 1
             total += 1
             level[e], change[e] = _level(weight[e], counts[e], limit)
@@ -360,8 +359,8 @@ def _fits(weight, num_slots, limit, counts, level, change, by_weight, by_level):
 @numba.njit(cache=True, nogil=True, _nrt=False)
 def _best_helper(weight, counts, level, by_level, limit, short):
     """The expert whose next replica adds most partners at level `short` (the largest new piece
-    among equals), -1 if none helps. Only experts at levels up to 2 * short can: a replica at
-    most halves a piece."""
+    among equals), -1 if none helps, and the partners it adds there. Only experts at levels up
+    to 2 * short can: a replica at most halves a piece. -> (expert, gain)"""
     best, best_gain, best_piece = -1, 0, 0.0
     for k in range(by_level.size):
         e = by_level[k]
@@ -372,7 +371,7 @@ def _best_helper(weight, counts, level, by_level, limit, short):
         piece = weight[e] / (counts[e] + 1)
         if gain > best_gain or (gain == best_gain and gain > 0 and piece > best_piece):
             best, best_gain, best_piece = e, gain, piece
-    return best
+    return best, best_gain
 
 
 @numba.njit(cache=True, nogil=True)

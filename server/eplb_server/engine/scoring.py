@@ -100,7 +100,7 @@ def score(weight: np.ndarray, phy2log: np.ndarray, num_groups: int, num_nodes: i
     if bound is None:
         bound = lower_bound(weight, phy2log.shape[1], num_groups, num_nodes, num_gpus,
                             hierarchical)
-    gap = np.where(bound > 0, peak / np.where(bound > 0, bound, 1.0) - 1.0, 0.0)
+    gap = balance_ratio(peak, bound) - 1.0
     as_tensor = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
     return Score(
         gpu_load=as_tensor(load),
