@@ -34,8 +34,9 @@ DEFAULT_HALF_LIFE = 2.0  # windows
 DEFAULT_ROBUST_K = 1.0
 REFINE_MOVES_PER_SLOT = 2  # multi-window swap moves per layer, per slot of a GPU
 # GPUs tried as swap partners of the peak GPU per move; on bench/history.py 4 closed 0.50 of
-# the distance at 2.9x a single plan's time, 3 closes 0.49 at 2.5-2.7x.
-REFINE_PARTNERS = 3
+# the distance, 3 closes 0.49 (2.8-3.0x a single plan's time once single plans got faster),
+# 2 closes 0.47 at 2.5x (next-window balancedness 0.9202 instead of 0.9212).
+REFINE_PARTNERS = 2
 
 PlanArrays = Callable[..., tuple]
 
