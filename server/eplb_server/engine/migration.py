@@ -337,25 +337,51 @@ def _others_bound(weight, counts, load, head, nxt, per_gpu, x, skip_gpu):
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
-def _sort_slots(slots, cur, share, first):
-    """Fills slots [c] with first .. first + c - 1, by share of their expert, heaviest first."""
+def _gpu_sums(load, cur, share):
+    """load [G] = the sum of share [E] over each GPU's slots of cur [P]."""
+    per_gpu = cur.size // load.size
+    for g in range(load.size):
+        total = 0.0
+        for p in range(g * per_gpu, (g + 1) * per_gpu):
+            total += share[cur[p]]
+        load[g] = total
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _ascending(order, key):
+    """Fills order [n] with 0 .. n - 1 by key [n], smallest first (stable insertion sort)."""
+    for k in range(order.size):
+        j = k
+        while j > 0 and key[order[j - 1]] > key[k]:
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = k
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _sort_slots(slots, slot_share, cur, share, first):
+    """Fills slots [c] with first .. first + c - 1, by share of their expert, heaviest first,
+    and slot_share [c] with those shares."""
     for k in range(slots.size):
         key, j = share[cur[first + k]], k
-        while j > 0 and share[cur[slots[j - 1]]] < key:
+        while j > 0 and slot_share[j - 1] < key:
             slots[j] = slots[j - 1]
+            slot_share[j] = slot_share[j - 1]
             j -= 1
         slots[j] = first + k
+        slot_share[j] = key
 
 
 @numba.njit(cache=True, nogil=True)
-def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_size, max_steps,
+def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, expert_group, max_steps,
                   target, cross_factor, move_slot, move_expert, peak_after):
     """Greedy repair of one layer's mapping, recording each slot change.
 
     weight: [E]; row: [P] (not modified); slot_node: [P] node index into allowed [N, K] bool
-    (may group k sit on node n); gpu_node: [G] physical node of each GPU. Writes up to max_steps
-    slot changes into move_slot/move_expert [max_steps] and the peak after each into peak_after
-    (inf in the middle of a two-slot swap). Each step lowers the hot GPU: a slot on it takes
+    (may group k sit on node n); gpu_node: [G] physical node of each GPU; expert_group: [E]
+    group of each expert (index into allowed). Writes up to max_steps slot changes into
+    move_slot/move_expert [max_steps] and the peak after each into peak_after (inf in the
+    middle of a two-slot swap). Each step lowers the hot GPU: a slot on it takes
     another expert, a slot elsewhere takes a replica of one of its experts, or two slots swap.
     A move counts by how far below the hot GPU's load every GPU it touches ends, per slot
     changed, times cross_factor when a slot receives an expert its node does not hold. Scans
@@ -370,10 +396,13 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
     cur = row.copy()
     counts = np.zeros(num_experts, np.int64)
     node_has = np.zeros((num_nodes, num_experts), np.int64)
-    for p in range(num_slots):
-        counts[cur[p]] += 1
-        node_has[gpu_node[p // per_gpu], cur[p]] += 1
-    load = np.zeros(num_gpus)
+    slot_group = np.empty(num_slots, np.int64)  # [P], kept up to date
+    for g in range(num_gpus):
+        for p in range(g * per_gpu, (g + 1) * per_gpu):
+            counts[cur[p]] += 1
+            node_has[gpu_node[g], cur[p]] += 1
+            slot_group[p] = expert_group[cur[p]]
+    load = np.empty(num_gpus)
     delta = np.zeros(num_gpus)
     touched = np.zeros(num_gpus, np.bool_)
     touched_list = np.empty(num_gpus, np.int64)
@@ -383,26 +412,36 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
     by_share = np.empty(0, np.int64)  # sorted when first needed: most layers only swap
     next_share = np.empty(0)  # [E] with by_share: each expert's share with one more replica
     steps = 0
-    for p in range(num_slots):
-        load[p // per_gpu] += share[cur[p]]
+    _gpu_sums(load, cur, share)
+    num_allowed_nodes = allowed.shape[0]
+    hot_fits = np.zeros(num_allowed_nodes, np.bool_)
     stale = True  # GPU order and slot orders need a full rebuild (counts changed)
     order = np.empty(num_gpus, np.int64)
     by_slot_share = np.empty((num_gpus, per_gpu), np.int64)  # each GPU's slots, heaviest first
+    sorted_share = np.empty((num_gpus, per_gpu))  # ... and their shares
+    slots_sorted = np.zeros(num_gpus, np.bool_)  # (sorted when first needed)
     while steps < max_steps:
         if stale:
-            order[:] = np.argsort(load)  # ascending; the hot GPU last
-            for g in range(num_gpus):
-                _sort_slots(by_slot_share[g], cur, share, g * per_gpu)
+            _ascending(order, load)  # the hot GPU last
+            slots_sorted[:] = False
             stale = False
         hot = order[num_gpus - 1]
         peak = load[hot]
         if peak <= target:
             break
+        if not slots_sorted[hot]:
+            _sort_slots(by_slot_share[hot], sorted_share[hot], cur, share, hot * per_gpu)
+            slots_sorted[hot] = True
         hot_node = gpu_node[hot]
         best_score = 0.0  # peak reduction per slot changed, cross-node moves discounted
         best_kind = -1
         best_a = -1
         best_b = -1
+        # Which nodes may take one of the hot GPU's experts (hierarchical: usually its own only).
+        for n in range(num_allowed_nodes):
+            hot_fits[n] = False
+            for a in range(hot * per_gpu, (hot + 1) * per_gpu):
+                hot_fits[n] = hot_fits[n] or allowed[n, slot_group[a]]
         # 3. Swap: slot a on the hot GPU and slot b elsewhere exchange experts (two changes).
         # Before the cross-node discount, the gain is unimodal in b's share (best at `ideal`):
         # b's slots are scanned outwards from there while they could still beat the best.
@@ -412,34 +451,39 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             # half of that is good enough (measured: the same moves, less scanning).
             if peak - load[h] <= 8.0 * best_score:
                 break
+            h_allowed = slot_node[h * per_gpu]
+            if not hot_fits[h_allowed]:
+                continue
+            if not slots_sorted[h]:
+                _sort_slots(by_slot_share[h], sorted_share[h], cur, share, h * per_gpu)
+                slots_sorted[h] = True
             h_node = gpu_node[h]
             h_slots = by_slot_share[h]
-            for a in range(hot * per_gpu, (hot + 1) * per_gpu):
-                x = cur[a]
-                share_x = share[x]
-                if share_x <= 2.0 * best_score or \
-                        not allowed[slot_node[h * per_gpu], x // group_size]:
+            h_shares = sorted_share[h]
+            first = 0  # first of h's slots with share <= ideal: ideal falls with share_x
+            for i in range(per_gpu):  # the hot GPU's slots, heaviest first
+                share_x = sorted_share[hot, i]
+                if share_x <= 2.0 * best_score:
+                    break
+                a = by_slot_share[hot, i]
+                if not allowed[h_allowed, slot_group[a]]:
                     continue
+                x = cur[a]
                 ideal = share_x - 0.5 * (peak - load[h])
-                first, end = 0, per_gpu  # first of h's slots with share <= ideal
-                while first < end:
-                    mid = (first + end) // 2
-                    if share[cur[h_slots[mid]]] > ideal:
-                        first = mid + 1
-                    else:
-                        end = mid
+                while first < per_gpu and h_shares[first] > ideal:
+                    first += 1
                 for side in range(2):
                     c = first - 1 if side == 0 else first
                     while 0 <= c < per_gpu:
                         b = h_slots[c]
+                        share_z = h_shares[c]
                         c += -1 if side == 0 else 1
-                        z = cur[b]
-                        share_z = share[z]
                         new_peak = max(peak - share_x + share_z, load[h] + share_x - share_z)
                         gain = (peak - new_peak) / 2.0
                         if gain <= best_score:
                             break
-                        if z == x or not allowed[slot_node[a], z // group_size]:
+                        z = cur[b]
+                        if z == x or not allowed[slot_node[a], slot_group[b]]:
                             continue
                         if h_node != hot_node and (node_has[hot_node, z] == 0
                                                    or node_has[h_node, x] == 0):
@@ -471,12 +515,14 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
                     y = by_share[i]
                     if peak - share_x + next_share[y] >= peak - best_score:
                         break
-                    if y == x or not allowed[slot_node[a], y // group_size]:
+                    if y == x or not allowed[slot_node[a], expert_group[y]]:
                         continue
-                    gain = peak - _touched_peak(weight, cur, counts, load, head, nxt, per_gpu, a, y,
-                                                delta, touched, touched_list)
-                    if node_has[hot_node, y] == 0:
-                        gain *= cross_factor
+                    factor = 1.0 if node_has[hot_node, y] > 0 else cross_factor
+                    if factor * (peak - x_bound) <= best_score:
+                        continue
+                    gain = factor * (peak - _touched_peak(weight, cur, counts, load, head, nxt,
+                                                          per_gpu, a, y, delta, touched,
+                                                          touched_list))
                     if gain > best_score:
                         best_score, best_kind, best_a, best_b = gain, 0, a, y
             # 2. A slot on one of the lightest GPUs takes a replica of expert y on the hot GPU.
@@ -503,7 +549,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
                     factor = 1.0 if node_has[gpu_node[g], y] > 0 else cross_factor
                     for a in range(g * per_gpu, (g + 1) * per_gpu):
                         x = cur[a]
-                        if x == y or counts[x] < 2 or not allowed[slot_node[a], y // group_size]:
+                        if x == y or counts[x] < 2 or not allowed[slot_node[a], expert_group[y]]:
                             continue
                         if load[g] - share[x] + new_share_y >= peak - best_score \
                                 or hot_after >= peak - best_score:
@@ -519,6 +565,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             x = cur[best_a]
             y = best_b
             cur[best_a] = y
+            slot_group[best_a] = expert_group[y]
             counts[x] -= 1
             counts[y] += 1
             node = gpu_node[best_a // per_gpu]
@@ -534,9 +581,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             move_expert[steps] = y
             steps += 1
             stale = True
-            load[:] = 0.0
-            for p in range(num_slots):
-                load[p // per_gpu] += share[cur[p]]
+            _gpu_sums(load, cur, share)
             peak_after[steps - 1] = load.max()
         else:
             if steps + 2 > max_steps:
@@ -545,6 +590,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             z = cur[best_b]
             cur[best_a] = z
             cur[best_b] = x
+            slot_group[best_a], slot_group[best_b] = slot_group[best_b], slot_group[best_a]
             node_has[hot_node, x] -= 1
             node_has[hot_node, z] += 1
             node_has[gpu_node[best_b // per_gpu], z] -= 1
@@ -561,8 +607,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, group_siz
             load[h] += share[x] - share[z]
             resort(order, load, hot)
             resort(order, load, h)
-            _sort_slots(by_slot_share[hot], cur, share, hot * per_gpu)
-            _sort_slots(by_slot_share[h], cur, share, h * per_gpu)
+            slots_sorted[hot] = slots_sorted[h] = False
             peak_after[steps - 1] = load[order[num_gpus - 1]]
     return steps
 
@@ -583,9 +628,10 @@ def repair(weight, current_phy2log, num_gpus, slot_node, gpu_node, allowed, grou
     move_expert = np.full((num_layers, width), -1, np.int64)
     peak_after = np.full((num_layers, width), np.inf)
     steps = np.zeros(num_layers, np.int64)
+    expert_group = np.arange(weight.shape[1]) // group_size
     for layer in numba.prange(num_layers):
         steps[layer] = _repair_layer(weight[layer], current_phy2log[layer], num_gpus, slot_node,
-                                     gpu_node, allowed[layer], group_size, max_steps[layer],
+                                     gpu_node, allowed[layer], expert_group, max_steps[layer],
                                      target[layer], cross_factor, move_slot[layer],
                                      move_expert[layer], peak_after[layer])
     return steps, move_slot, move_expert, peak_after
@@ -615,6 +661,8 @@ def _transfers(current, new, num_nodes, num_gpus, num_experts):
     """See transfers. current, new: [L, P] int64 -> ([M, 4] int64, [M] bool)."""
     num_layers, num_slots = new.shape
     per_gpu = num_slots // num_gpus
+    slot_gpu = np.arange(num_slots) // per_gpu
+    gpu_node = np.arange(num_gpus) * num_nodes // num_gpus
     total = 0
     for layer in range(num_layers):
         for p in range(num_slots):
@@ -631,13 +679,13 @@ def _transfers(current, new, num_nodes, num_gpus, num_experts):
             e = new[layer, p]
             if e == current[layer, p]:
                 continue
-            gpu = p // per_gpu
-            node = gpu * num_nodes // num_gpus
+            gpu = slot_gpu[p]
+            node = gpu_node[gpu]
             best, best_rank = -1, 3
             q = head[e]
             while q >= 0:
-                g = q // per_gpu
-                rank = 0 if g == gpu else (1 if g * num_nodes // num_gpus == node else 2)
+                g = slot_gpu[q]
+                rank = 0 if g == gpu else (1 if gpu_node[g] == node else 2)
                 if rank < best_rank:
                     best, best_rank = q, rank
                 q = nxt[q]
@@ -658,21 +706,34 @@ def slot_nodes(num_slots: int, num_nodes: int, num_gpus: int) -> np.ndarray:
 def _allowed(current_phy2log: np.ndarray, num_groups: int, num_nodes: int, num_experts: int,
              hierarchical: bool) -> np.ndarray:
     """[L, N, K] bool: may group k's experts sit on node n (global plans: anywhere)."""
-    num_layers, num_slots = current_phy2log.shape
     if not hierarchical or num_nodes == 1:
-        return np.ones((num_layers, 1, 1), bool)
-    group = current_phy2log // (num_experts // num_groups)
-    node = np.arange(num_slots) // (num_slots // num_nodes)  # hierarchical: N divides G
-    allowed = np.zeros((num_layers, num_nodes, num_groups), bool)
-    allowed[np.arange(num_layers)[:, None], node[None, :], group] = True
-    return allowed
+        return np.ones((current_phy2log.shape[0], 1, 1), bool)
+    return _groups_on_nodes(current_phy2log, num_groups, num_nodes, num_experts // num_groups)
 
 
-def _apply(current_row: np.ndarray, move_slot: np.ndarray, move_expert: np.ndarray,
-           count: int) -> np.ndarray:
-    row = current_row.copy()
-    row[move_slot[:count]] = move_expert[:count]
-    return row
+@numba.njit(cache=True, nogil=True)
+def _groups_on_nodes(current, num_groups, num_nodes, group_size):
+    """[L, N, K] bool: does node n hold an expert of group k (N divides the slots)."""
+    num_layers, num_slots = current.shape
+    per_node = num_slots // num_nodes
+    group_of = np.arange(num_groups * group_size) // group_size
+    held = np.zeros((num_layers, num_nodes, num_groups), np.bool_)
+    for layer in range(num_layers):
+        slot = 0
+        for node in range(num_nodes):
+            for _ in range(per_node):
+                held[layer, node, group_of[current[layer, slot]]] = True
+                slot += 1
+    return held
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _apply_repairs(phy2log, count, move_slot, move_expert):
+    """Applies each layer's first count [L] repair changes (move_slot, move_expert: [L, S])
+    to phy2log [L, P] in place."""
+    for layer in range(phy2log.shape[0]):
+        for k in range(count[layer]):
+            phy2log[layer, move_slot[layer, k]] = move_expert[layer, k]
 
 
 # --------------------------------------------------------------------------- the stage driver
@@ -745,12 +806,12 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
     kind = np.where((kind != 0) & (gain < options.min_balancedness_gain), 0, kind)
     kept_for_gain = int(((kind == 0) & has_better).sum())
     out = np.where((kind == 2)[:, None], relabelled, current)
-    for layer in np.flatnonzero(kind == 1):
-        out[layer] = _apply(current[layer], move_slot[layer], move_expert[layer], count[layer])
+    _apply_repairs(out, np.where(kind == 1, count, 0), move_slot, move_expert)
     return out, migration_summary(current, out, num_nodes, num_gpus, kept_for_gain, weight,
-                                  peak_cur)
+                                  peak_cur, np.where(kind == 0, peak_cur, peak))
 
 
+@numba.njit(cache=True, nogil=True)
 def _cheapest_within(peak_cur, peak_new, steps, peak_after, tolerance):
     """Per layer, the option with fewest moves whose peak is within tolerance of the best one:
     kind 0 the current mapping, 1 the first `count` repair changes, 2 the relabelled new plan.
@@ -758,18 +819,22 @@ def _cheapest_within(peak_cur, peak_new, steps, peak_after, tolerance):
     peak_cur, peak_new: [L]; steps: [L]; peak_after: [L, S] (inf mid-swap) -> (kind [L],
     count [L], peak [L]).
     """
-    num_layers, width = peak_after.shape
-    valid = np.arange(width)[None, :] < steps[:, None]
-    after = np.where(valid, peak_after, np.inf)
-    best = np.minimum(np.minimum(peak_cur, peak_new), after.min(1, initial=np.inf))
-    limit = best * (1.0 + tolerance)
-    ok = after <= limit[:, None]
-    first = ok.argmax(1)
-    kind = np.where(peak_cur <= limit, 0, np.where(ok.any(1), 1, 2))
-    count = np.where(kind == 1, first + 1, 0)
-    rows = np.arange(num_layers)
-    peak = np.where(kind == 0, peak_cur,
-                    np.where(kind == 1, after[rows, np.minimum(first, width - 1)], peak_new))
+    num_layers = peak_cur.size
+    kind = np.full(num_layers, 2, np.int64)
+    count = np.zeros(num_layers, np.int64)
+    peak = peak_new.copy()
+    for layer in range(num_layers):
+        best = min(peak_cur[layer], peak_new[layer])
+        for k in range(steps[layer]):
+            best = min(best, peak_after[layer, k])
+        limit = best * (1.0 + tolerance)
+        if peak_cur[layer] <= limit:
+            kind[layer], peak[layer] = 0, peak_cur[layer]
+            continue
+        for k in range(steps[layer]):
+            if peak_after[layer, k] <= limit:
+                kind[layer], count[layer], peak[layer] = 1, k + 1, peak_after[layer, k]
+                break
     return kind, count, peak
 
 
@@ -833,17 +898,20 @@ def _budgeted(peak_cur, peak_new, new_moves, steps, peak_after, tolerance, per_l
 
 def migration_summary(current_phy2log: np.ndarray, phy2log: np.ndarray, num_nodes: int,
                       num_gpus: int, kept_for_gain: int, load: np.ndarray,
-                      peak_before: np.ndarray | None = None) -> Migration:
+                      peak_before: np.ndarray | None = None,
+                      peak_after: np.ndarray | None = None) -> Migration:
     """The Migration record for moving current_phy2log [L, P] to phy2log [L, P], with each
     layer's balancedness (mean / peak GPU load) on load [L, E] before and after.
-    peak_before: [L], the current mapping's peak GPU loads if already known."""
+    peak_before, peak_after: [L], the two mappings' peak GPU loads if already known."""
     moves, cross = transfers(current_phy2log, phy2log, num_nodes, num_gpus)
     changed = (phy2log != current_phy2log).sum(1)
     mean = load.sum(1) / num_gpus
     if peak_before is None:
         peak_before = _peaks(load, current_phy2log, num_gpus)
+    if peak_after is None:
+        peak_after = _peaks(load, phy2log, num_gpus)
     before = balance_ratio(mean, peak_before)
-    after = balance_ratio(mean, _peaks(load, phy2log, num_gpus))
+    after = balance_ratio(mean, peak_after)
     return Migration(
         slots_changed=int(changed.sum()),
         cross_node_copies=int(cross.sum()),

@@ -25,12 +25,15 @@ def _plan_nodes(weight: np.ndarray, node_groups: np.ndarray, num_replicas: int,
     node_experts = (node_groups[..., None] * group_size + np.arange(group_size))
     node_experts = node_experts.reshape(num_layers * num_nodes, -1)
     layer_of_row = np.repeat(np.arange(num_layers), num_nodes)
-    node_weight = np.ascontiguousarray(weight[layer_of_row[:, None], node_experts])
-    slots_per_node = num_replicas // num_nodes
-    local = packing.solve_batch(node_weight, slots_per_node, num_gpus // num_nodes,
-                                min(MAX_MOVES_PER_ITEM * slots_per_node, MAX_MOVES),
-                                COUNT_SEARCH_STEPS)
+    node_weight = weight[layer_of_row[:, None], node_experts]
+    local = _pack(node_weight, num_replicas // num_nodes, num_gpus // num_nodes)
     return np.take_along_axis(node_experts, local, 1).reshape(num_layers, num_replicas)
+
+
+def _pack(weight: np.ndarray, num_slots: int, num_gpus: int) -> np.ndarray:
+    """weight: [B, E] -> phy2log [B, num_slots]: each row replicated and packed on its own."""
+    return packing.solve_batch(np.ascontiguousarray(weight), num_slots, num_gpus,
+                               min(MAX_MOVES_PER_ITEM * num_slots, MAX_MOVES), COUNT_SEARCH_STEPS)
 
 
 def _groups_by_node(node_of_group: np.ndarray, order_key: np.ndarray, num_nodes: int):
@@ -54,8 +57,7 @@ def refined_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nod
     """
     num_layers, num_experts = weight.shape
     if num_groups == 1:  # global; with groups, even one node orders them as the reference does
-        all_groups = np.broadcast_to(np.arange(num_groups), (num_layers, 1, num_groups))
-        return _plan_nodes(weight, all_groups, num_replicas, num_gpus)
+        return _pack(weight, num_replicas, num_gpus)
     group_load = weight.reshape(num_layers, num_groups, -1).sum(-1)
     load_rank = np.argsort(np.argsort(-group_load, axis=1, kind="stable"), axis=1)
     node, rank = reference_group_packing(weight.astype(np.float32), num_groups, num_nodes)

@@ -38,14 +38,19 @@ def _gpu_loads(weight, phy2log, num_gpus):
     num_layers, num_slots = phy2log.shape
     per_gpu = num_slots // num_gpus
     loads = np.zeros((num_layers, num_gpus))
-    counts = np.zeros(weight.shape[1], np.int64)
+    counts = np.zeros(weight.shape[1])
     for layer in range(num_layers):
-        counts[:] = 0
+        row = phy2log[layer]
+        counts[:] = 0.0
         for slot in range(num_slots):
-            counts[phy2log[layer, slot]] += 1
-        for slot in range(num_slots):
-            expert = phy2log[layer, slot]
-            loads[layer, slot // per_gpu] += weight[layer, expert] / counts[expert]
+            counts[row[slot]] += 1.0
+        slot = 0
+        for gpu in range(num_gpus):  # (no division per slot: it costs more than the sum)
+            total = 0.0
+            for _ in range(per_gpu):
+                total += weight[layer, row[slot]] / counts[row[slot]]
+                slot += 1
+            loads[layer, gpu] = total
     return loads
 
 
