@@ -7,7 +7,8 @@ then times the 58x256 -> 288 request (G=32, N=4, K=8) sequentially over TCP and 
 and from concurrent clients, from scratch and with a current mapping. "server compute" is the
 engine time the server reports (compute_seconds: plan and scoring, no transport); "overhead" is
 each call's latency minus it: validation, encoding, transport. The engine row times the same work
-in-process; the encode/decode rows time the client's side of the wire.
+in-process; the encode/decode rows time the client's side of the wire. Mappings travel as
+int32, as eplb_client asks for them; one row sends the same requests with int64 mappings.
 """
 
 from __future__ import annotations
@@ -47,18 +48,21 @@ def workloads():
     return [np.round(rng.lognormal(0, 1.2, (58, 256)) * 1000) for _ in range(6)], "synthetic"
 
 
-def requests(loads, with_mapping):
-    """One request per snapshot; with a mapping, the plan of the previous snapshot is current."""
+def requests(loads, with_mapping, mapping_dtype=pb.DTYPE_INT32):
+    """One request per snapshot; with a mapping, the plan of the previous snapshot is current.
+    Mappings travel as int32 both ways by default, as eplb_client sends them."""
     from eplb_server import plan
 
     out = []
+    narrow = mapping_dtype == pb.DTYPE_INT32
     for i, weight in enumerate(loads):
         request = pb.RebalanceRequest(model="bench", topology=pb.Topology(**TOPOLOGY),
-                                      expert_loads=to_tensor(weight))
+                                      expert_loads=to_tensor(weight), mapping_dtype=mapping_dtype)
         if with_mapping:
             previous = loads[i - 1]
             current = plan(torch.from_numpy(previous), **TOPOLOGY).phy2log.numpy()
-            request.current_phy2log.CopyFrom(to_tensor(current))
+            request.current_phy2log.CopyFrom(to_tensor(current.astype(np.int32) if narrow
+                                                       else current))
         out.append(request)
     return out
 
@@ -122,7 +126,8 @@ def codec_times(reqs, target, repeats):
 
     def encode():
         r = pb.RebalanceRequest(model="bench", topology=pb.Topology(**TOPOLOGY),
-                                expert_loads=to_tensor(weight))
+                                expert_loads=to_tensor(weight),
+                                mapping_dtype=request.mapping_dtype)
         if current is not None:
             r.current_phy2log.CopyFrom(to_tensor(current))
         return r.SerializeToString()
@@ -214,9 +219,12 @@ def run(args, loads, tcp, unix):
                      f"{ms(encode, 50):.3f}", f"{ms(encode, 99):.3f}", "", "", ""])
         rows.append([label, f"client decode response ({response_bytes / 1024:.0f} KiB)",
                      f"{ms(decode, 50):.3f}", f"{ms(decode, 99):.3f}", "", "", ""])
-        paths = [("TCP, sequential", tcp)] + ([("Unix socket, sequential", unix)] if unix else [])
-        for name, target in paths:
-            latencies, computes = sequential(target, reqs, args.requests)
+        wide = requests(loads, with_mapping, pb.DTYPE_INT64)
+        paths = [("TCP, sequential", tcp, reqs)] + (
+            [("Unix socket, sequential", unix, reqs)] if unix else []) + [
+            ("TCP, sequential, int64 mappings", tcp, wide)]
+        for name, target, batch in paths:
+            latencies, computes = sequential(target, batch, args.requests)
             p50, c50 = ms(latencies, 50), ms(computes, 50)
             overhead = np.subtract(latencies, computes)
             limit = 2 * c50 + 1

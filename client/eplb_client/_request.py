@@ -29,12 +29,16 @@ def _int(name: str, value) -> int:
 
 
 def _tensor(name: str, value, *, integer: bool = False) -> pb.Tensor:
+    """integer: whole numbers, sent as int32 when they fit (half the bytes of int64)."""
     try:
         a = as_numpy(value)
         if integer and a.dtype.kind == "f":
             if a.size and not (a == a.round()).all():
                 raise TensorError("must hold whole numbers")
             a = a.astype("int64")
+        if integer and a.dtype.kind in "iu" and a.size and a.dtype.itemsize > 4 \
+                and -2**31 <= a.min() and a.max() < 2**31:
+            a = a.astype("int32")
         return to_tensor(a)
     except (TensorError, ValueError, TypeError) as e:
         raise invalid(name, str(e)) from None
@@ -73,6 +77,7 @@ def rebalance_request(loads, *, num_replicas, num_groups, num_nodes, num_gpus, p
         history=pb.HistoryOptions(
             objective=_choice("history.objective", objective_value, objective),
             half_life=float(half_life), robust_k=float(robust_k)),
+        mapping_dtype=pb.DTYPE_INT32,  # half the response; results are int64 (see results.py)
     )
     field = "slot_loads" if slot_loads else "expert_loads"
     getattr(req, field).CopyFrom(_tensor(field, loads))

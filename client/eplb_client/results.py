@@ -17,6 +17,13 @@ def _frozen(a) -> np.ndarray:
     return a
 
 
+def _mapping(t) -> np.ndarray:
+    """A mapping Tensor as a read-only int64 array (the client asks the server for int32)."""
+    a = from_tensor(t).astype(np.int64, copy=False)  # from_tensor's array is a fresh one
+    a.setflags(write=False)
+    return a
+
+
 def _plain(value):
     """Converts arrays and nested results to JSON-ready Python values."""
     if isinstance(value, np.ndarray):
@@ -126,9 +133,9 @@ class RebalanceResult(_AsDict):
     @classmethod
     def from_proto(cls, r: pb.RebalanceResponse) -> "RebalanceResult":
         return cls(
-            phy2log=_frozen(from_tensor(r.phy2log)),
-            log2phy=_frozen(from_tensor(r.log2phy)),
-            logcnt=_frozen(from_tensor(r.logcnt)),
+            phy2log=_mapping(r.phy2log),
+            log2phy=_mapping(r.log2phy),
+            logcnt=_mapping(r.logcnt),
             policy=names.policy_name(r.policy),
             objective=names.objective_name(r.objective),
             plan=Score.from_proto(r.plan),

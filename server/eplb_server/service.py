@@ -104,8 +104,9 @@ def _bound_policy(policy: str) -> str:
 
 
 def _packed_tensor(array: np.ndarray) -> pb.Tensor:
-    """An int64 Tensor in int_values: readable for JSON clients such as grpcurl."""
-    return pb.Tensor(dtype=pb.DTYPE_INT64, shape=array.shape, int_values=array.ravel().tolist())
+    """An integer Tensor in int_values: readable for JSON clients such as grpcurl."""
+    dtype = pb.DTYPE_INT32 if array.dtype == np.int32 else pb.DTYPE_INT64
+    return pb.Tensor(dtype=dtype, shape=array.shape, int_values=array.ravel().tolist())
 
 
 def _numpy(tensor) -> np.ndarray:
@@ -174,8 +175,9 @@ class PlacementServicer(pb_grpc.PlacementServiceServicer):
         current_score = (None if current is None else _engine_call(
             self.engine.evaluate, weight, current, *topology, policy=bound,
             lower_bound=plan_score.layer_lower_bound))
-        phy2log, log2phy, logcnt = (_numpy(t) for t in (plan.phy2log, plan.log2phy, plan.logcnt))
         seconds = time.perf_counter() - start
+        phy2log, log2phy, logcnt = (_numpy(t).astype(a.mapping_dtype, copy=False)
+                                    for t in (plan.phy2log, plan.log2phy, plan.logcnt))
         encode = _packed_tensor if a.packed else to_tensor
         response = pb.RebalanceResponse(
             phy2log=encode(phy2log), log2phy=encode(log2phy), logcnt=encode(logcnt),

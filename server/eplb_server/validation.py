@@ -26,6 +26,7 @@ OBJECTIVES = {
 }
 _INT_DTYPES = (pb.DTYPE_INT32, pb.DTYPE_INT64)
 _LOAD_DTYPES = (pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT64) + _INT_DTYPES
+MAPPING_DTYPES = {pb.DTYPE_UNSPECIFIED: "int64", pb.DTYPE_INT64: "int64", pb.DTYPE_INT32: "int32"}
 MAX_MODEL_NAME = 256
 MAX_DIMENSION = 1 << 20  # transfers are encoded with three-byte varints (see wire.py)
 MAX_REQUEST_BYTES = (1 << 31) - 1  # gRPC's message length is an int32
@@ -79,6 +80,7 @@ class RebalanceArgs:
     half_life: float
     robust_k: float
     packed: bool = False  # the loads came as float_values/int_values: answer in int_values too
+    mapping_dtype: str = "int64"  # of the response's phy2log, log2phy and logcnt
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,12 @@ def _policy(value):
     if value not in POLICIES:
         _fail("policy", f"unknown policy {value}")
     return POLICIES[value]
+
+
+def _mapping_dtype(value):
+    if value not in MAPPING_DTYPES:
+        _fail("mapping_dtype", f"must be DTYPE_INT32 or DTYPE_INT64, got {value}")
+    return MAPPING_DTYPES[value]
 
 
 def _loads_shape(tensor, field, limits, last_name, last_limit):
@@ -245,6 +253,7 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
     violations += _migration_options(request.migration) + _history_options(request.history)
     _raise_any(violations)
     policy = _policy(request.policy)
+    mapping_dtype = _mapping_dtype(request.mapping_dtype)
     p = topo.num_replicas
 
     which = request.WhichOneof("loads")
@@ -295,7 +304,8 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
         from_scratch=m.from_scratch, max_moved_slots_per_layer=m.max_moved_slots_per_layer,
         max_moved_slots_total=m.max_moved_slots_total,
         min_balancedness_gain=m.min_balancedness_gain, objective=OBJECTIVES[h.objective],
-        half_life=h.half_life, robust_k=h.robust_k, packed=not getattr(request, which).data)
+        half_life=h.half_life, robust_k=h.robust_k, packed=not getattr(request, which).data,
+        mapping_dtype=mapping_dtype)
 
 
 def parse_evaluate(request: pb.EvaluateRequest, limits: Limits) -> EvaluateArgs:

@@ -86,6 +86,8 @@ class FakePlacement(pb_grpc.PlacementServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
         loads = from_tensor(request.expert_loads)
         phy2log, log2phy, logcnt = simple_plan(loads, topo.num_replicas)
+        if request.mapping_dtype == pb.DTYPE_INT32:  # as the real server answers
+            phy2log, log2phy, logcnt = (a.astype(np.int32) for a in (phy2log, log2phy, logcnt))
         resp = pb.RebalanceResponse(
             phy2log=to_tensor(phy2log), log2phy=to_tensor(log2phy), logcnt=to_tensor(logcnt),
             policy=pb.POLICY_GLOBAL, objective=pb.OBJECTIVE_SUM, plan=score(len(phy2log)),

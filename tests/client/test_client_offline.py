@@ -115,6 +115,21 @@ def test_request_carries_every_option(fake):
     assert req.expert_loads.dtype == pb.DTYPE_FLOAT32
     np.testing.assert_array_equal(from_tensor(req.expert_loads), LOADS.astype(np.float32))
     np.testing.assert_array_equal(from_tensor(req.current_phy2log), current)
+    assert req.mapping_dtype == pb.DTYPE_INT32
+
+
+@pytest.mark.parametrize("top, dtype", [(15, pb.DTYPE_INT32), (2**31, pb.DTYPE_INT64)])
+def test_mappings_travel_as_int32_and_come_back_as_int64(fake, top, dtype):
+    target, servicer = fake
+    current = np.tile(np.arange(16, dtype=np.int64) % 12, (2, 1))
+    current[1, 15] = top
+    with EplbClient(target) as c:
+        r = c.rebalance(LOADS, current_phy2log=current, **TOPO)
+    req = servicer.last_request
+    assert req.current_phy2log.dtype == dtype  # int32 only where every entry fits
+    np.testing.assert_array_equal(from_tensor(req.current_phy2log), current)
+    assert r.phy2log.dtype == r.log2phy.dtype == r.logcnt.dtype == np.int64
+    np.testing.assert_array_equal(r.phy2log, np.tile(np.arange(16) % 12, (2, 1)))
 
 
 def test_slot_loads_use_the_other_oneof_field(fake):

@@ -40,6 +40,7 @@ def test_sync_rebalance_equals_engine(server, skewed, policy, socket):
         r = c.rebalance(skewed, policy=policy, **TOPO)
     assert_same_plan(r, engine(skewed, TOPO, policy=policy))
     assert r.phy2log.shape == (6, 48) and r.logcnt.sum(axis=1).tolist() == [48] * 6
+    assert r.phy2log.dtype == r.log2phy.dtype == r.logcnt.dtype == np.int64  # sent as int32
     assert r.current is None and r.migration is None
     assert r.compute_seconds > 0 and r.device == "cpu"
 

@@ -73,6 +73,9 @@ REBALANCE_CASES = {
                               "migration.min_balancedness_gain"),
     "negative half-life": (lambda r: setattr(r.history, "half_life", -2.0), "history.half_life"),
     "unknown objective": (lambda r: setattr(r.history, "objective", 42), "history.objective"),
+    "float mapping dtype": (lambda r: setattr(r, "mapping_dtype", pb.DTYPE_FLOAT32),
+                            "mapping_dtype"),
+    "unknown mapping dtype": (lambda r: setattr(r, "mapping_dtype", 17), "mapping_dtype"),
     # Size limits (the test server allows 64 layers, 512 experts, 1024 slots, 8 windows).
     "too many layers": (with_loads(loads(layers=65)), "expert_loads.shape"),
     "too many experts": (

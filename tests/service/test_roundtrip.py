@@ -124,6 +124,27 @@ def test_packed_values_equal_raw_bytes(client):
                                           from_tensor(getattr(raw, name)))
 
 
+@pytest.mark.parametrize("policy", [pb.POLICY_DEEPSEEK, pb.POLICY_AUTO])
+@pytest.mark.parametrize("packed", [False, True])
+def test_int32_mappings_on_request(client, policy, packed):
+    weight = loads(seed=7)
+    request = rebalance_request(weight)
+    request.policy = policy
+    if packed:
+        request.expert_loads.CopyFrom(pb.Tensor(dtype=pb.DTYPE_FLOAT64, shape=[4, 16],
+                                                float_values=weight.ravel()))
+    default = client.Rebalance(request, timeout=30)
+    request.mapping_dtype = pb.DTYPE_INT32
+    narrow = client.Rebalance(request, timeout=30)
+    for name in ("phy2log", "log2phy", "logcnt"):
+        wide, small = getattr(default, name), getattr(narrow, name)
+        assert (wide.dtype, small.dtype) == (pb.DTYPE_INT64, pb.DTYPE_INT32)
+        assert bool(small.data) != packed
+        np.testing.assert_array_equal(from_tensor(small), from_tensor(wide))
+    if not packed:
+        assert narrow.log2phy.ByteSize() < 0.6 * default.log2phy.ByteSize()
+
+
 @pytest.mark.parametrize("policy", [pb.POLICY_AUTO, pb.POLICY_GLOBAL])
 def test_evaluate_equals_engine(client, policy):
     weight = loads(seed=7)

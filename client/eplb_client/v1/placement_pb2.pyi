@@ -96,7 +96,7 @@ class HistoryOptions(_message.Message):
     def __init__(self, objective: _Optional[_Union[Objective, str]] = ..., half_life: _Optional[float] = ..., robust_k: _Optional[float] = ...) -> None: ...
 
 class RebalanceRequest(_message.Message):
-    __slots__ = ("model", "topology", "policy", "expert_loads", "slot_loads", "current_phy2log", "migration", "history")
+    __slots__ = ("model", "topology", "policy", "expert_loads", "slot_loads", "current_phy2log", "migration", "history", "mapping_dtype")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class RebalanceRequest(_message.Message):
     CURRENT_PHY2LOG_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    MAPPING_DTYPE_FIELD_NUMBER: _ClassVar[int]
     model: str
     topology: Topology
     policy: Policy
@@ -113,7 +114,8 @@ class RebalanceRequest(_message.Message):
     current_phy2log: Tensor
     migration: MigrationOptions
     history: HistoryOptions
-    def __init__(self, model: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., expert_loads: _Optional[_Union[Tensor, _Mapping]] = ..., slot_loads: _Optional[_Union[Tensor, _Mapping]] = ..., current_phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., migration: _Optional[_Union[MigrationOptions, _Mapping]] = ..., history: _Optional[_Union[HistoryOptions, _Mapping]] = ...) -> None: ...
+    mapping_dtype: DType
+    def __init__(self, model: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., expert_loads: _Optional[_Union[Tensor, _Mapping]] = ..., slot_loads: _Optional[_Union[Tensor, _Mapping]] = ..., current_phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., migration: _Optional[_Union[MigrationOptions, _Mapping]] = ..., history: _Optional[_Union[HistoryOptions, _Mapping]] = ..., mapping_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
 
 class Score(_message.Message):
     __slots__ = ("balancedness", "layer_balancedness", "layer_max_load", "layer_lower_bound", "mean_gap", "max_gap", "window_balancedness")
