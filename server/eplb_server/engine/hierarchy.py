@@ -90,8 +90,21 @@ def _best_partition(group_load, parts, num_nodes):
 
 def assignment_peak(group_load: np.ndarray, node_of_group: np.ndarray, num_nodes: int):
     """The heaviest node's load under an assignment. group_load, node_of_group: [L, K] -> [L]."""
-    return np.stack([np.where(node_of_group == n, group_load, 0.0).sum(1)
-                     for n in range(num_nodes)], 1).max(1)
+    return _assignment_peak(np.ascontiguousarray(group_load, dtype=np.float64),
+                            np.ascontiguousarray(node_of_group, dtype=np.int64), num_nodes)
+
+
+@numba.njit(cache=True, nogil=True)
+def _assignment_peak(group_load, node_of_group, num_nodes):
+    num_layers, num_groups = group_load.shape
+    peak = np.empty(num_layers)
+    node_load = np.empty(num_nodes)
+    for layer in range(num_layers):
+        node_load[:] = 0.0
+        for k in range(num_groups):
+            node_load[node_of_group[layer, k]] += group_load[layer, k]
+        peak[layer] = node_load.max()
+    return peak
 
 
 def node_peak_bound(group_load: np.ndarray, num_nodes: int) -> np.ndarray:

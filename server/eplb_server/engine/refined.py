@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from . import packing
@@ -21,19 +22,53 @@ def _plan_nodes(weight: np.ndarray, node_groups: np.ndarray, num_replicas: int,
     Node n owns slots [n * P/N, (n + 1) * P/N); every replica of a group stays on its node.
     """
     num_layers, num_nodes, _ = node_groups.shape
-    group_size = weight.shape[1] // (node_groups.shape[1] * node_groups.shape[2])
-    node_experts = (node_groups[..., None] * group_size + np.arange(group_size))
-    node_experts = node_experts.reshape(num_layers * num_nodes, -1)
-    layer_of_row = np.repeat(np.arange(num_layers), num_nodes)
-    node_weight = weight[layer_of_row[:, None], node_experts]
+    node_experts, node_weight = _node_problems(weight, np.ascontiguousarray(node_groups))
     local = _pack(node_weight, num_replicas // num_nodes, num_gpus // num_nodes)
-    return np.take_along_axis(node_experts, local, 1).reshape(num_layers, num_replicas)
+    return _to_layers(node_experts, local, num_layers)
+
+
+@numba.njit(cache=True, nogil=True)
+def _node_problems(weight, node_groups):
+    """weight: [L, E], node_groups: [L, N, K/N] -> (node_experts [L * N, E/N] int64 (each
+    node's experts, its groups in order), node_weight [L * N, E/N])."""
+    num_layers, num_nodes, groups_per_node = node_groups.shape
+    group_size = weight.shape[1] // (num_nodes * groups_per_node)
+    node_experts = np.empty((num_layers * num_nodes, groups_per_node * group_size), np.int64)
+    node_weight = np.empty((num_layers * num_nodes, groups_per_node * group_size))
+    for layer in range(num_layers):
+        for node in range(num_nodes):
+            row, j = layer * num_nodes + node, 0
+            for k in range(groups_per_node):
+                first = node_groups[layer, node, k] * group_size
+                for expert in range(first, first + group_size):
+                    node_experts[row, j] = expert
+                    node_weight[row, j] = weight[layer, expert]
+                    j += 1
+    return node_experts, node_weight
+
+
+@numba.njit(cache=True, nogil=True)
+def _to_layers(node_experts, local, num_layers):
+    """node_experts: [L * N, E/N], local: [L * N, P/N] node-local expert per slot -> [L, P]."""
+    rows, slots = local.shape
+    num_nodes = rows // num_layers
+    phy2log = np.empty((num_layers, num_nodes * slots), np.int64)
+    for row in range(rows):
+        layer, node = row // num_nodes, row % num_nodes
+        for s in range(slots):
+            phy2log[layer, node * slots + s] = node_experts[row, local[row, s]]
+    return phy2log
 
 
 def _pack(weight: np.ndarray, num_slots: int, num_gpus: int) -> np.ndarray:
     """weight: [B, E] -> phy2log [B, num_slots]: each row replicated and packed on its own."""
     return packing.solve_batch(np.ascontiguousarray(weight), num_slots, num_gpus,
                                min(MAX_MOVES_PER_ITEM * num_slots, MAX_MOVES), COUNT_SEARCH_STEPS)
+
+
+def _load_rank(group_load: np.ndarray) -> np.ndarray:
+    """[L, K] -> each group's place by load, heaviest 0 (lower index first among equals)."""
+    return np.argsort(np.argsort(-group_load, axis=1, kind="stable"), axis=1)
 
 
 def _groups_by_node(node_of_group: np.ndarray, order_key: np.ndarray, num_nodes: int):
@@ -59,7 +94,6 @@ def refined_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nod
     if num_groups == 1:  # global; with groups, even one node orders them as the reference does
         return _pack(weight, num_replicas, num_gpus)
     group_load = weight.reshape(num_layers, num_groups, -1).sum(-1)
-    load_rank = np.argsort(np.argsort(-group_load, axis=1, kind="stable"), axis=1)
     node, rank = reference_group_packing(weight.astype(np.float32), num_groups, num_nodes)
     exact_node, exact_peak = best_node_loads(group_load, num_nodes)
     fixed = np.zeros(num_layers, bool)
@@ -68,13 +102,12 @@ def refined_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nod
         fixed = (kept >= 0).all(1) & (assignment_peak(group_load, np.maximum(kept, 0), num_nodes)
                                       <= exact_peak * (1.0 + keep_tolerance))
         node = np.where(fixed[:, None], kept, node)
-        rank = np.where(fixed[:, None], load_rank, rank)
+        rank = np.where(fixed[:, None], _load_rank(group_load), rank)
     phy2log = _plan_nodes(weight, _groups_by_node(node, rank, num_nodes), num_replicas, num_gpus)
     differ = np.flatnonzero((exact_peak < assignment_peak(group_load, node, num_nodes)) & ~fixed)
     if differ.size:
-        other = _plan_nodes(weight[differ],
-                            _groups_by_node(exact_node[differ], load_rank[differ], num_nodes),
-                            num_replicas, num_gpus)
+        by_node = _groups_by_node(exact_node[differ], _load_rank(group_load[differ]), num_nodes)
+        other = _plan_nodes(weight[differ], by_node, num_replicas, num_gpus)
         better = gpu_loads(weight[differ], other, num_gpus).max(1) \
             < gpu_loads(weight[differ], phy2log[differ], num_gpus).max(1)
         phy2log[differ[better]] = other[better]
