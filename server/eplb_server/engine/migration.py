@@ -244,29 +244,44 @@ def _slot_lists(row, head, nxt):
         head[row[p]] = p
 
 
-@numba.njit(cache=True, nogil=True)
-def _kept_slots_bound_layer(new_row, cur_row, num_gpus, head, nxt, on_gpu):
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _kept_slots_bound_layer(new_row, cur_row, slot_gpu, head, nxt, only_gpu, seen_on, seen,
+                            on_gpu):
+    """Scratch: head, only_gpu, seen_on, seen [E]; nxt [P]; on_gpu [G] zeros (restored)."""
+    num_gpus = on_gpu.size
     per_gpu = new_row.size // num_gpus
     _slot_lists(cur_row, head, nxt)
+    only_gpu[:] = -1  # the GPU of an expert's only current replica, else -1
+    seen_on[:] = -1
+    for p in range(cur_row.size):
+        if head[cur_row[p]] == p and nxt[p] < 0:
+            only_gpu[cur_row[p]] = slot_gpu[p]
     kept = 0
     for g in range(num_gpus):
-        on_gpu[:] = 0  # on_gpu[h]: slots of new GPU g that current GPU h could keep
         for k in range(g * per_gpu, (g + 1) * per_gpu):
             e = new_row[k]
-            seen = 0  # replicas of e on g before slot k: each current GPU keeps at most its own
-            for j in range(g * per_gpu, k):
-                if new_row[j] == e:
-                    seen += 1
-            q = head[e]
-            while q >= 0:
-                h = q // per_gpu
-                held = 0
-                while q >= 0 and q // per_gpu == h:
-                    held += 1
-                    q = nxt[q]
-                if held > seen:
-                    on_gpu[h] += 1
-        kept += on_gpu.max()
+            if seen_on[e] != g:  # seen[e]: replicas of e on g before slot k; a current GPU
+                seen_on[e] = g  # can keep e only where it holds more than those
+                seen[e] = 0
+            if only_gpu[e] >= 0:
+                if seen[e] == 0:
+                    on_gpu[only_gpu[e]] += 1
+            else:
+                q = head[e]
+                while q >= 0:
+                    h = slot_gpu[q]
+                    held = 0
+                    while q >= 0 and slot_gpu[q] == h:
+                        held += 1
+                        q = nxt[q]
+                    if held > seen[e]:
+                        on_gpu[h] += 1
+            seen[e] += 1
+        most = 0  # on_gpu[h]: slots of new GPU g that current GPU h could keep
+        for h in range(num_gpus):
+            most = max(most, on_gpu[h])
+            on_gpu[h] = 0
+        kept += most
     return kept
 
 
@@ -275,11 +290,13 @@ def kept_slots_bound(new_phy2log, current_phy2log, num_experts, num_gpus):
     """Upper bound on the slots `relabel` keeps, per layer: each new GPU keeps at most its
     overlap with the current GPU it shares most with. [L, P] x2 -> [L] int64."""
     num_layers, num_slots = new_phy2log.shape
+    slot_gpu = np.arange(num_slots) // (num_slots // num_gpus)
     out = np.zeros(num_layers, np.int64)
     for layer in numba.prange(num_layers):
+        scratch = np.empty((4, num_experts), np.int64)
         out[layer] = _kept_slots_bound_layer(
-            new_phy2log[layer], current_phy2log[layer], num_gpus,
-            np.empty(num_experts, np.int64), np.empty(num_slots, np.int64),
+            new_phy2log[layer], current_phy2log[layer], slot_gpu, scratch[0],
+            np.empty(num_slots, np.int64), scratch[1], scratch[2], scratch[3],
             np.zeros(num_gpus, np.int64))
     return out
 
