@@ -534,12 +534,10 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, expert_gr
                         break
                     if y == x or not allowed[slot_node[a], expert_group[y]]:
                         continue
-                    factor = 1.0 if node_has[hot_node, y] > 0 else cross_factor
-                    if factor * (peak - x_bound) <= best_score:
-                        continue
-                    gain = factor * (peak - _touched_peak(weight, cur, counts, load, head, nxt,
-                                                          per_gpu, a, y, delta, touched,
-                                                          touched_list))
+                    gain = peak - _touched_peak(weight, cur, counts, load, head, nxt, per_gpu, a, y,
+                                                delta, touched, touched_list)
+                    if node_has[hot_node, y] == 0:
+                        gain *= cross_factor
                     if gain > best_score:
                         best_score, best_kind, best_a, best_b = gain, 0, a, y
             # 2. A slot on one of the lightest GPUs takes a replica of expert y on the hot GPU.
