@@ -69,19 +69,28 @@ def _best_partition(group_load, parts, num_nodes):
     """group_load: [L, K], parts: [C, K] -> (first partition with the lightest heaviest node
     [L] int64, that node's load [L])."""
     num_layers, num_groups = group_load.shape
+    num_parts = parts.shape[0]
+    size = num_groups // num_nodes
+    members = np.empty((num_parts, num_nodes, size), np.int64)  # each node's groups, ascending
+    filled = np.zeros(num_nodes, np.int64)
+    for c in range(num_parts):
+        filled[:] = 0
+        for k in range(num_groups):
+            members[c, parts[c, k], filled[parts[c, k]]] = k
+            filled[parts[c, k]] += 1
     choice = np.zeros(num_layers, np.int64)
     peak = np.full(num_layers, np.inf)
-    node_load = np.empty(num_nodes)
     for layer in range(num_layers):
         best, best_c = np.inf, 0
-        for c in range(parts.shape[0]):
-            for n in range(num_nodes):
-                node_load[n] = 0.0
-            for k in range(num_groups):
-                node_load[parts[c, k]] += group_load[layer, k]
+        for c in range(num_parts):
             heaviest = 0.0
             for n in range(num_nodes):
-                heaviest = max(heaviest, node_load[n])
+                load = 0.0
+                for j in range(size):
+                    load += group_load[layer, members[c, n, j]]
+                heaviest = max(heaviest, load)
+                if heaviest >= best:  # cannot be strictly lighter
+                    break
             if heaviest < best:
                 best, best_c = heaviest, c
         peak[layer], choice[layer] = best, best_c
