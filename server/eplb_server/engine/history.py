@@ -139,7 +139,8 @@ def history_planner(history: np.ndarray, objective: str, half_life: float, robus
 
 
 # ---------------------------------------------------------------- multi-window packing
-@numba.njit(cache=True, nogil=True)
+# reassoc lets the sums over windows vectorise (measured: 0.86-0.90x the plan time, same plans).
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "nsz"})
 def _refine_layer(history, phy2log, counts, num_gpus, gpus_per_node, max_moves, max_partners):
     """Swaps slots between GPUs (within a node) while the sum over windows of the peak drops.
 
