@@ -1,4 +1,4 @@
-"""Retry policy for both clients: UNAVAILABLE only, with backoff, within the call's deadline."""
+"""Retry policy for both clients: UNAVAILABLE and CANCELLED, with backoff, within the deadline."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import grpc
 
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+# CANCELLED reaches a caller that did not cancel when a draining server drops a call it had
+# not started (gRPC's shutdown); Rebalance and Evaluate have no side effects, so it is retried.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 
 @dataclass(frozen=True)

@@ -58,10 +58,12 @@ def score(layers: int) -> pb.Score:
 
 
 class FakePlacement(pb_grpc.PlacementServiceServicer):
-    """Answers with simple_plan; `unavailable` counts calls to fail with UNAVAILABLE first."""
+    """Answers with simple_plan; `unavailable` counts calls to fail with UNAVAILABLE first,
+    `cancelled` (after those) calls to fail with CANCELLED, as a draining server does."""
 
     def __init__(self):
         self.unavailable = 0
+        self.cancelled = 0
         self.calls = 0
         self.last_request = None
         self._lock = threading.Lock()
@@ -71,8 +73,12 @@ class FakePlacement(pb_grpc.PlacementServiceServicer):
             self.calls += 1
             fail = self.unavailable > 0
             self.unavailable -= fail
+            cancel = not fail and self.cancelled > 0
+            self.cancelled -= cancel
         if fail:
             context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+        if cancel:
+            context.abort(grpc.StatusCode.CANCELLED, "Cancelling all calls")
 
     def Rebalance(self, request, context):
         self._maybe_fail(context)

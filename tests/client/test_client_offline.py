@@ -28,6 +28,20 @@ def test_unavailable_is_retried_until_it_succeeds(fake):
     assert r.phy2log.shape == (2, 16)
 
 
+def test_a_draining_servers_cancelled_is_retried(fake):
+    target, servicer = fake
+    servicer.unavailable, servicer.cancelled = 1, 2
+    with EplbClient(target, timeout=10) as c:
+        r = c.rebalance(LOADS, **TOPO)
+    assert servicer.calls == 4
+    assert r.phy2log.shape == (2, 16)
+    servicer.cancelled = 10
+    with EplbClient(target, timeout=10, retry=RetryPolicy(max_attempts=2)) as c:
+        with pytest.raises(EplbError) as info:
+            c.evaluate(LOADS, r.phy2log, num_groups=4, num_nodes=2, num_gpus=4)
+    assert info.value.code == grpc.StatusCode.CANCELLED and servicer.calls == 6
+
+
 def test_unavailable_gives_up_after_max_attempts(fake):
     target, servicer = fake
     servicer.unavailable = 100
