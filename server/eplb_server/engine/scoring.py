@@ -45,7 +45,7 @@ def _gpu_loads(weight, phy2log, num_gpus):
         for slot in range(num_slots):
             counts[row[slot]] += 1.0
         slot = 0
-        for gpu in range(num_gpus):  # (no division per slot: it costs more than the sum)
+        for gpu in range(num_gpus):  # (no integer division per slot: it costs more than the sum)
             total = 0.0
             for _ in range(per_gpu):
                 total += weight[layer, row[slot]] / counts[row[slot]]
