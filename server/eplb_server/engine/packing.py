@@ -89,11 +89,18 @@ def _items_of(weight, weight32, counts, by_weight):
     -> (item weight [n] float64, item weight [n] float32, item expert [n] int64)
     """
     num_experts = weight.size
-    replicated = np.flatnonzero(counts > 1)
-    piece32 = weight32[replicated] / counts[replicated].astype(np.float32)
-    order = descending_order(piece32)
-    replicated, piece32 = replicated[order], piece32[order]
-    n = counts.sum()
+    num_replicated, n = 0, 0
+    for e in range(num_experts):
+        num_replicated += counts[e] > 1
+        n += counts[e]
+    replicated = np.empty(num_replicated, np.int64)  # ascending ids, then by piece
+    piece32 = np.empty(num_replicated, np.float32)
+    j = 0
+    for e in range(num_experts):
+        if counts[e] > 1:
+            replicated[j], piece32[j] = e, weight32[e] / np.float32(counts[e])
+            j += 1
+    by_piece = descending_order(piece32)
     item_weight = np.empty(n)
     item_weight32 = np.empty(n, np.float32)
     item_expert = np.empty(n, np.int64)
@@ -101,10 +108,11 @@ def _items_of(weight, weight32, counts, by_weight):
     while k < n:
         while i < num_experts and counts[by_weight[i]] > 1:
             i += 1
-        if j < replicated.size and (
-                i == num_experts or piece32[j] > weight32[by_weight[i]]
-                or (piece32[j] == weight32[by_weight[i]] and replicated[j] < by_weight[i])):
-            e, piece = replicated[j], piece32[j]
+        r = by_piece[j] if j < num_replicated else -1
+        if r >= 0 and (
+                i == num_experts or piece32[r] > weight32[by_weight[i]]
+                or (piece32[r] == weight32[by_weight[i]] and replicated[r] < by_weight[i])):
+            e, piece = replicated[r], piece32[r]
             j += 1
         else:
             e, piece = by_weight[i], weight32[by_weight[i]]
@@ -137,7 +145,8 @@ def lpt(item_weight32, num_packs):
         leaves *= 2
     full = np.uint64(0xFFFFFFFFFFFFFFFF)
     tree = np.full(2 * leaves, full, np.uint64)
-    tree[leaves:leaves + num_packs] = np.arange(num_packs)
+    for pack in range(num_packs):
+        tree[leaves + pack] = pack
     for i in range(leaves - 1, 0, -1):
         tree[i] = min(tree[2 * i], tree[2 * i + 1])
     for item in range(n):
@@ -518,8 +527,8 @@ def _first_packings(item_weight, item_weight32, num_packs):
     item_weight(32): [n], heaviest first -> list of [m, c] item ids"""
     num_slots = item_weight.size
     cap = num_slots // num_packs
-    pack_items = np.empty((num_packs, cap), np.int64)
     if cap <= 2:
+        pack_items = np.empty((num_packs, cap), np.int64)
         for p in range(num_packs):
             pack_items[p, 0] = p
             if cap == 2:
