@@ -398,8 +398,8 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, expert_gr
     (may group k sit on node n); gpu_node: [G] physical node of each GPU; expert_group: [E]
     group of each expert (index into allowed). Writes up to max_steps slot changes into
     move_slot/move_expert [max_steps] and the peak after each into peak_after (inf in the
-    middle of a two-slot swap). Each step lowers the hot GPU: a slot on it takes
-    another expert, a slot elsewhere takes a replica of one of its experts, or two slots swap.
+    middle of a two-slot swap). Each step lowers the hot GPU: a slot on it takes another
+    expert, a slot elsewhere takes a replica of one of its experts, or two slots swap.
     A move counts by how far below the hot GPU's load every GPU it touches ends, per slot
     changed, times cross_factor when a slot receives an expert its node does not hold. Scans
     are ordered (experts by share, GPUs by load) so that they stop at the first candidate that
@@ -432,7 +432,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, expert_gr
     _gpu_sums(load, cur, share)
     num_allowed_nodes = allowed.shape[0]
     hot_fits = np.zeros(num_allowed_nodes, np.bool_)
-    stale = True  # GPU order and slot orders need a full rebuild (counts changed)
+    stale = True  # counts changed: rebuild the GPU order, re-sort slots when visited
     order = np.empty(num_gpus, np.int64)
     by_slot_share = np.empty((num_gpus, per_gpu), np.int64)  # each GPU's slots, heaviest first
     sorted_share = np.empty((num_gpus, per_gpu))  # ... and their shares
