@@ -33,7 +33,7 @@ def _before(key, ids, a, b):
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
-def _sift_down(heap, size, key, ids, i):
+def sift_down(heap, size, key, ids, i):
     """Restores the heap order (`_before`) of heap[:size] below position i."""
     while True:
         child = 2 * i + 1
@@ -70,13 +70,13 @@ def ordered_adams_counts(weight, by_weight, num_slots):
     divisor = np.ones(size, weight.dtype)
     heap = np.arange(size)  # positions in `expert`; `key` and ids order them as `_before`
     for i in range(size // 2 - 1, -1, -1):
-        _sift_down(heap, size, key, expert, i)
+        sift_down(heap, size, key, expert, i)
     for _ in range(num_slots - num_experts):
         top = heap[0]
         counts[expert[top]] += 1
         divisor[top] += 1
         key[top] = weight[expert[top]] / divisor[top]
-        _sift_down(heap, size, key, expert, 0)
+        sift_down(heap, size, key, expert, 0)
     return counts
 
 

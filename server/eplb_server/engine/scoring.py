@@ -54,12 +54,64 @@ def _gpu_loads(weight, phy2log, num_gpus):
     return loads
 
 
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _sift_down_smallest(heap, i):
+    """Restores a min-heap of values below position i."""
+    size = heap.size
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            return
+        if child + 1 < size and heap[child + 1] < heap[child]:
+            child += 1
+        if heap[child] >= heap[i]:
+            return
+        heap[i], heap[child] = heap[child], heap[i]
+        i = child
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _largest(values, top):
+    """Fills top [k] with the k largest of values [n] (k <= n), in no particular order."""
+    k = top.size
+    for i in range(k):
+        top[i] = values[i]
+    for i in range(k // 2 - 1, -1, -1):
+        _sift_down_smallest(top, i)
+    for i in range(k, values.size):
+        if values[i] > top[0]:
+            top[0] = values[i]
+            _sift_down_smallest(top, 0)
+
+
 @numba.njit(cache=True, nogil=True)
 def _replication_bound(weight, num_slots):
-    bound = np.zeros(weight.shape[0])
-    for layer in range(weight.shape[0]):
-        if weight.shape[1]:
-            bound[layer] = (weight[layer] / packing.adams_counts(weight[layer], num_slots)).max()
+    """The largest piece once each extra slot has gone to the expert with the largest piece,
+    as `packing.adams_counts` gives them. Only the S + 1 heaviest experts can matter (one of
+    them gets no extra slot and keeps its whole weight, at least any other expert's), and the
+    value does not depend on ties: heaps over their weights, no sort."""
+    num_layers, num_experts = weight.shape
+    bound = np.zeros(num_layers)
+    extra = num_slots - num_experts
+    size = min(extra + 1, num_experts)
+    if size <= 0:
+        return bound
+    ids = np.arange(size)
+    top, piece = np.empty(size), np.empty(size)
+    heap, count = np.empty(size, np.int64), np.empty(size)
+    for layer in range(num_layers):
+        _largest(weight[layer], top)
+        piece[:] = top
+        count[:] = 1.0
+        heap[:] = ids
+        for i in range(size // 2 - 1, -1, -1):
+            packing.sift_down(heap, size, piece, ids, i)
+        for _ in range(extra):
+            first = heap[0]
+            count[first] += 1.0
+            piece[first] = top[first] / count[first]
+            packing.sift_down(heap, size, piece, ids, 0)
+        bound[layer] = piece[heap[0]]
     return bound
 
 
