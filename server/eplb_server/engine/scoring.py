@@ -93,8 +93,8 @@ def _replication_bound(weight, num_slots):
     num_layers, num_experts = weight.shape
     bound = np.zeros(num_layers)
     extra = num_slots - num_experts
-    size = min(extra + 1, num_experts)
-    if size <= 0:
+    size = min(max(extra, 0) + 1, num_experts)
+    if size == 0:
         return bound
     ids = np.arange(size)
     top, piece = np.empty(size), np.empty(size)
