@@ -7,7 +7,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from eplb_server.engine import packing, pairing, sorting
+from eplb_server.engine import packing, pairing, scoring, sorting
 from tests.conftest import sorted_pairing_peak
 
 
@@ -163,6 +163,16 @@ def test_adams_counts_from_the_heaviest_only_match_a_full_scan(num_experts, extr
     weight = random_loads(rng, num_experts, ties).astype(np.float32)
     assert (packing.adams_counts(weight, num_experts + extra)
             == naive_adams_counts(weight, num_experts + extra)).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 80), st.integers(1, 4), st.integers(0, 2**31),
+       st.booleans())
+def test_replication_bound_is_the_greedy_largest_piece(num_experts, extra, layers, seed, ties):
+    rng = np.random.default_rng(seed)
+    weight = np.stack([random_loads(rng, num_experts, ties) for _ in range(layers)])
+    expected = [(w / naive_adams_counts(w, num_experts + extra)).max() for w in weight]
+    assert scoring.replication_bound(weight, num_experts + extra).tolist() == expected
 
 
 @settings(max_examples=200, deadline=None)
