@@ -27,7 +27,7 @@ import torch
 
 from .refined import refined_plan
 from .scoring import balance_ratio, gpu_loads
-from .sorting import resort
+from .sorting import ascending_into, resort
 
 # Default relative peak tolerance: a layer keeps its current mapping (or takes the cheaper
 # repair) when its peak GPU load is within 0.2% of the best affordable plan's. Re-measuring the
@@ -365,17 +365,6 @@ def _gpu_sums(load, cur, share):
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
-def _ascending(order, key):
-    """Fills order [n] with 0 .. n - 1 by key [n], smallest first (stable insertion sort)."""
-    for k in range(order.size):
-        j = k
-        while j > 0 and key[order[j - 1]] > key[k]:
-            order[j] = order[j - 1]
-            j -= 1
-        order[j] = k
-
-
-@numba.njit(cache=True, nogil=True, _nrt=False)
 def _sort_slots(slots, slot_share, cur, share, first):
     """Fills slots [c] with first .. first + c - 1, by share of their expert, heaviest first,
     and slot_share [c] with those shares."""
@@ -439,7 +428,7 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, expert_gr
     slots_sorted = np.zeros(num_gpus, np.bool_)  # (sorted when first needed)
     while steps < max_steps:
         if stale:
-            _ascending(order, load)  # the hot GPU last
+            ascending_into(order, load)  # the hot GPU last
             slots_sorted[:] = False
             stale = False
         hot = order[num_gpus - 1]

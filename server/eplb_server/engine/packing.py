@@ -13,7 +13,7 @@ import numba
 import numpy as np
 
 from .pairing import COUNT_SEARCH_WIDTH, THRESHOLD_STEPS, count_search_pairs, threshold_counts
-from .sorting import descending_order, resort
+from .sorting import ascending_into, descending_order, resort
 
 
 # Refinement stops within this fraction of the lower bound (mean pack load, largest piece):
@@ -259,8 +259,9 @@ def _best_single_swap(pack_weight, pack_expert, limit, loads, by_load, enough):
     """Best 1-for-1 swap between the heaviest pack and another, lightest packs first.
 
     Per item of the heaviest pack only the partner closest to halving the gap is tried (items
-    are sorted, so one pass over both packs finds them all). Stops once a swap brings both packs down to
-    `enough`. Returns (objective, other pack, slot in heaviest, slot in other), other < 0 if none.
+    are sorted, so one pass over both packs finds them all). Stops once a swap brings both
+    packs down to `enough`. Returns (objective, other pack, slot in heaviest, slot in other),
+    other < 0 if none.
     """
     num_packs, cap = pack_weight.shape
     heavy = by_load[num_packs - 1]
@@ -390,9 +391,8 @@ def refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners, goo
     if cap < 2 or num_packs < 2:
         return 0
     mean = loads.sum() / num_packs
-    by_load = np.arange(num_packs)
-    for p in range(1, num_packs):  # insertion sort: numba's argsort costs ~1 us for 32 keys
-        resort(by_load[:p + 1], loads, p)
+    by_load = np.empty(num_packs, np.int64)
+    ascending_into(by_load, loads)  # numba's argsort costs ~1 us for 32 keys
     num_pairs = cap * (cap - 1) // 2
     sums, first, second = np.empty((2, num_pairs)), np.empty((2, num_pairs), np.int64), \
         np.empty((2, num_pairs), np.int64)

@@ -58,6 +58,18 @@ def descending_order(key):
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
+def ascending_into(order, key):
+    """Fills order [n] with 0 .. n - 1 by key [n], smallest first, lower index first among
+    equals (insertion sort: for few keys, without allocating)."""
+    for k in range(order.size):
+        j = k
+        while j > 0 and key[order[j - 1]] > key[k]:
+            order[j] = order[j - 1]
+            j -= 1
+        order[j] = k
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def resort(by_load, loads, moved):
     """Restores ascending order of by_load (indices into loads) after loads[moved] changed."""
     m = by_load.size
