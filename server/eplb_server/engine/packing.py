@@ -155,11 +155,13 @@ def lpt(item_weight32, num_packs):
         filled[pack] += 1
         loads[pack] += item_weight32[item]
         i = leaves + pack
-        tree[i] = full if filled[pack] == cap \
+        key = full if filled[pack] == cap \
             else (np.uint64(load_bits[pack]) << np.uint64(32)) | np.uint64(pack)
-        while i > 1:
+        tree[i] = key
+        while i > 1:  # the new minima up to the root, each from its sibling (not re-read)
+            key = min(key, tree[i ^ 1])
             i >>= 1
-            tree[i] = min(tree[2 * i], tree[2 * i + 1])
+            tree[i] = key
     return pack_items
 
 
@@ -175,14 +177,15 @@ def differencing(item_weight, num_packs):
     n = item_weight.size
     cap = n // num_packs
     total = np.empty((cap, num_packs))  # per partial: its packs' loads, largest first
-    head = np.empty((cap, num_packs), np.int64)  # first and last item of each pack's list
-    tail = np.empty((cap, num_packs), np.int64)
+    head = np.empty((cap, num_packs), np.int64)  # the first item of each of its packs
+    last = np.arange(n)  # of a pack's first item: the pack's last item
     after = np.full(n, -1, np.int64)  # the next item in the same pack
     for r in range(cap):
         for p in range(num_packs):
             total[r, p] = item_weight[r * num_packs + p]
-            head[r, p] = tail[r, p] = r * num_packs + p
+            head[r, p] = r * num_packs + p
     alive = np.ones(cap, np.bool_)
+    merged, merged_head = np.empty(num_packs), np.empty(num_packs, np.int64)
     for _ in range(cap - 1):
         a, b, spread_a, spread_b = -1, -1, -1.0, -1.0
         for r in range(cap):
@@ -193,20 +196,21 @@ def differencing(item_weight, num_packs):
                 b, spread_b = r, spread_r
         for p in range(num_packs):
             q = num_packs - 1 - p
-            after[tail[a, p]] = head[b, q]
-            total[a, p] += total[b, q]
-            tail[a, p] = tail[b, q]
-        for p in range(1, num_packs):  # insertion sort, largest first
-            load, first, last, j = total[a, p], head[a, p], tail[a, p], p
-            while j > 0 and total[a, j - 1] < load:
-                total[a, j], head[a, j], tail[a, j] = total[a, j - 1], head[a, j - 1], tail[a, j - 1]
-                j -= 1
-            total[a, j], head[a, j], tail[a, j] = load, first, last
+            after[last[head[a, p]]] = head[b, q]
+            last[head[a, p]] = last[head[b, q]]
+            merged[p], merged_head[p] = total[a, p] + total[b, q], head[a, p]
+        # Largest first, stable: each pack's place counted without branches (an insertion
+        # sort mispredicts about once per pack).
+        for p in range(num_packs):
+            load, place = merged[p], 0
+            for q in range(num_packs):
+                place += (merged[q] > load) | ((merged[q] == load) & (q < p))
+            total[a, place], head[a, place] = load, merged_head[p]
         alive[b] = False
-    last = np.flatnonzero(alive)[0]
+    final = np.flatnonzero(alive)[0]
     pack_of = np.empty(n, np.int64)
     for p in range(num_packs):
-        item = head[last, p]
+        item = head[final, p]
         while item >= 0:
             pack_of[item] = p
             item = after[item]

@@ -30,18 +30,20 @@ def _descending_by_bits(bits):
     """Stable LSD radix sort, largest first, of the bit patterns of non-negative floats (which
     order as the floats do). bits: [n] uint32 or uint64 -> [n] int64"""
     n = bits.size
+    counts = np.zeros((bits.itemsize, 257), np.int64)  # per byte: bucket starts, largest first
+    for i in range(n):  # all histograms in one pass: they do not depend on the order
+        for d in range(bits.itemsize):
+            counts[d, 256 - ((bits[i] >> (8 * d)) & 255)] += 1
     order, spare = np.arange(n), np.empty(n, np.int64)
-    counts = np.empty(257, np.int64)
-    for shift in range(0, 8 * bits.itemsize, 8):
-        counts[:] = 0
-        for i in range(n):
-            counts[256 - ((bits[order[i]] >> shift) & 255)] += 1
+    for d in range(bits.itemsize):
+        if counts[d, 256 - ((bits[0] >> (8 * d)) & 255)] == n:
+            continue  # every key has this byte: the pass would keep the order
         for digit in range(256):
-            counts[digit + 1] += counts[digit]
+            counts[d, digit + 1] += counts[d, digit]
         for i in range(n):
-            digit = 255 - ((bits[order[i]] >> shift) & 255)
-            spare[counts[digit]] = order[i]
-            counts[digit] += 1
+            digit = 255 - ((bits[order[i]] >> (8 * d)) & 255)
+            spare[counts[d, digit]] = order[i]
+            counts[d, digit] += 1
         order, spare = spare, order
     return order
 
