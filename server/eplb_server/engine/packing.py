@@ -13,7 +13,7 @@ import numba
 import numpy as np
 
 from .pairing import COUNT_SEARCH_WIDTH, THRESHOLD_STEPS, count_search_pairs, threshold_counts
-from .sorting import ascending_into, descending_order, resort
+from .sorting import ascending_into, descending_into, descending_order, resort
 
 
 # Refinement stops within this fraction of the lower bound (mean pack load, largest piece):
@@ -186,6 +186,7 @@ def differencing(item_weight, num_packs):
             head[r, p] = r * num_packs + p
     alive = np.ones(cap, np.bool_)
     merged, merged_head = np.empty(num_packs), np.empty(num_packs, np.int64)
+    by_load = np.empty(num_packs, np.int64)
     for _ in range(cap - 1):
         a, b, spread_a, spread_b = -1, -1, -1.0, -1.0
         for r in range(cap):
@@ -199,13 +200,9 @@ def differencing(item_weight, num_packs):
             after[last[head[a, p]]] = head[b, q]
             last[head[a, p]] = last[head[b, q]]
             merged[p], merged_head[p] = total[a, p] + total[b, q], head[a, p]
-        # Largest first, stable: each pack's place counted without branches (an insertion
-        # sort mispredicts about once per pack).
+        descending_into(by_load, merged)
         for p in range(num_packs):
-            load, place = merged[p], 0
-            for q in range(num_packs):
-                place += (merged[q] > load) | ((merged[q] == load) & (q < p))
-            total[a, place], head[a, place] = load, merged_head[p]
+            total[a, p], head[a, p] = merged[by_load[p]], merged_head[by_load[p]]
         alive[b] = False
     final = np.flatnonzero(alive)[0]
     pack_of = np.empty(n, np.int64)
