@@ -25,6 +25,7 @@ import numba
 import numpy as np
 import torch
 
+from .matching import sparse_max_weight_assignment
 from .refined import refined_plan
 from .scoring import balance_ratio, gpu_loads
 from .sorting import ascending_into, resort
@@ -68,63 +69,6 @@ class Migration:
     layer_balancedness_after: torch.Tensor  # [L] float64: the same for the returned mapping
 
 
-# --------------------------------------------------------------------------- assignment
-
-
-@numba.njit(cache=True, nogil=True)
-def max_weight_assignment(score):
-    """Assignment maximising the total score (Jonker-Volgenant style shortest augmenting paths).
-
-    score: [n, n] float64 -> col_of_row [n] int64, a permutation. O(n^3).
-    """
-    n = score.shape[0]
-    inf = np.inf
-    u = np.zeros(n + 1)
-    v = np.zeros(n + 1)
-    p = np.zeros(n + 1, np.int64)  # p[j]: row (1-based) matched to column j, 0 = none
-    way = np.zeros(n + 1, np.int64)
-    minv = np.empty(n + 1)
-    used = np.zeros(n + 1, np.bool_)
-    for i in range(1, n + 1):
-        p[0] = i
-        j0 = 0
-        minv[:] = inf
-        used[:] = False
-        while True:
-            used[j0] = True
-            i0 = p[j0]
-            delta = inf
-            j1 = 0
-            for j in range(1, n + 1):
-                if not used[j]:
-                    cur = -score[i0 - 1, j - 1] - u[i0] - v[j]
-                    if cur < minv[j]:
-                        minv[j] = cur
-                        way[j] = j0
-                    if minv[j] < delta:
-                        delta = minv[j]
-                        j1 = j
-            for j in range(n + 1):
-                if used[j]:
-                    u[p[j]] += delta
-                    v[j] -= delta
-                else:
-                    minv[j] -= delta
-            j0 = j1
-            if p[j0] == 0:
-                break
-        while True:
-            j1 = way[j0]
-            p[j0] = p[j1]
-            j0 = j1
-            if j0 == 0:
-                break
-    col_of_row = np.empty(n, np.int64)
-    for j in range(1, n + 1):
-        col_of_row[p[j] - 1] = j - 1
-    return col_of_row
-
-
 # --------------------------------------------------------------------------- relabelling
 
 
@@ -134,9 +78,14 @@ def _match_blocks(new_row, cur_row, new_first, cur_first, count, block, scratch)
     current blocks (starting at cur_first). -> cur block index for each new block, [count].
 
     The overlaps (multiset intersections) come from each expert's current slots, so the cost is
-    about one step per replica pair rather than count^2 * block. scratch: [E] int64 (clobbered).
+    about one step per replica pair rather than count^2 * block, and only the pairs of blocks
+    that overlap are listed for the assignment. scratch: [E] int64 (clobbered).
     """
-    score = np.zeros((count, count))
+    row_start = np.zeros(count + 1, np.int64)
+    edge_col = np.empty(4 * count, np.int64)  # grows: a row has at most `count` pairs
+    edge_weight = np.empty(4 * count, np.int64)
+    edge_of = np.full(count, -1, np.int64)  # the current row's pair with each current block
+    num_edges = 0
     lo = cur_first * block
     hi = (cur_first + count) * block
     head = scratch  # head[e]: lowest current slot in range holding e, -1 if none
@@ -151,6 +100,10 @@ def _match_blocks(new_row, cur_row, new_first, cur_first, count, block, scratch)
         head[e] = q
     claimed = np.zeros(hi - lo, np.bool_)
     for a in range(count):
+        if num_edges + count > edge_col.size:
+            extra = np.empty(edge_col.size + count, np.int64)
+            edge_col, edge_weight = np.concatenate((edge_col, extra)), \
+                np.concatenate((edge_weight, extra))
         first = (new_first + a) * block
         for k in range(first, first + block):
             last_block = -1
@@ -159,9 +112,15 @@ def _match_blocks(new_row, cur_row, new_first, cur_first, count, block, scratch)
                 b = (q - lo) // block
                 if b != last_block and not claimed[q - lo]:
                     claimed[q - lo] = True
-                    score[a, b] += 1.0
+                    if edge_of[b] < 0:
+                        edge_of[b], edge_col[num_edges], edge_weight[num_edges] = num_edges, b, 0
+                        num_edges += 1
+                    edge_weight[edge_of[b]] += 1
                     last_block = b
                 q = nxt[q - lo]
+        row_start[a + 1] = num_edges
+        for e in range(row_start[a], num_edges):
+            edge_of[edge_col[e]] = -1
         for k in range(first, first + block):  # un-claim for the next new block
             q = head[new_row[k]]
             while q >= 0:
@@ -171,7 +130,8 @@ def _match_blocks(new_row, cur_row, new_first, cur_first, count, block, scratch)
         scratch[cur_row[k]] = 0
     for k in range(new_first * block, (new_first + count) * block):
         scratch[new_row[k]] = 0
-    return max_weight_assignment(score) + cur_first
+    return sparse_max_weight_assignment(row_start, edge_col[:num_edges],
+                                        edge_weight[:num_edges]) + cur_first
 
 
 @numba.njit(cache=True, nogil=True)
