@@ -1,10 +1,10 @@
 """Migration-aware re-planning vs from-scratch planning on drifting workloads (issue 5).
 
-    python -m bench.migration [--steps 6] [--drift 0.15] [--repeat 3]
+    python -m bench.migration [--steps 6] [--drift 0.15] [--repeat 3] [--gpus 32]
 
 Per step: slots moved and cross-node copies, balancedness on the window planned for and on the
 next one, planning time, for a chain that re-plans from scratch and one that passes its current
-mapping; 58x256 -> 288 slots, G32 N4 K8, hierarchical and global. Real snapshots are read from
+mapping; 58x256 -> 288 slots, G32 N4 K8 (--gpus: another GPU count), hierarchical and global. Real snapshots are read from
 ../shared/data/deepseek-v3 when present (consecutive files form the pairs).
 """
 
@@ -60,11 +60,11 @@ def timed_pair(repeat, first, second):
     return out[0], best[0] * 1e3, out[1], best[1] * 1e3
 
 
-def run_chain(windows, policy, repeat):
+def run_chain(windows, policy, repeat, shape=SHAPE):
     """Rows per step i >= 1: plans on window i given the plan of step i - 1."""
-    kw = dict(SHAPE, policy=policy)
-    bal = lambda w, m: evaluate(torch.tensor(w), m, SHAPE["num_groups"], SHAPE["num_nodes"],  # noqa
-                                SHAPE["num_gpus"], policy=policy).balancedness
+    kw = dict(shape, policy=policy)
+    bal = lambda w, m: evaluate(torch.tensor(w), m, shape["num_groups"], shape["num_nodes"],  # noqa
+                                shape["num_gpus"], policy=policy).balancedness
     scratch_prev = mig_prev = plan(torch.tensor(windows[0]), **kw).phy2log
     rows = []
     for i in range(1, len(windows)):
@@ -72,9 +72,9 @@ def run_chain(windows, policy, repeat):
         nxt = windows[i + 1] if i + 1 < len(windows) else None
         scratch, t_s, mig, t_m = timed_pair(repeat, lambda: plan(w, **kw),
                                             lambda: plan(w, current_phy2log=mig_prev, **kw))
-        per_node = SHAPE["num_replicas"] // SHAPE["num_nodes"]
+        per_node = shape["num_replicas"] // shape["num_nodes"]
         diff = scratch.phy2log != scratch_prev
-        node = torch.arange(SHAPE["num_replicas"]) // per_node
+        node = torch.arange(shape["num_replicas"]) // per_node
         # from-scratch copies: cross-node unless some slot on the node held the expert
         cross_s = 0
         for layer, slot in diff.nonzero().tolist():
@@ -97,8 +97,11 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--drift", type=float, default=0.15)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--gpus", type=int, default=SHAPE["num_gpus"],
+                        help="a multiple of 4 dividing 288 (e.g. 144: 2 slots per GPU)")
     args = parser.parse_args(argv)
-    plan(torch.tensor(drifting(1, 0.1)[0]), **SHAPE)  # compile
+    shape = dict(SHAPE, num_gpus=args.gpus)
+    plan(torch.tensor(drifting(1, 0.1)[0]), **shape)  # compile
     suites = [(f"drift{args.drift}", drifting(args.steps, args.drift))]
     real = snapshots()
     if real is None:
@@ -113,7 +116,7 @@ def main(argv=None):
     summary = []
     for name, windows in suites:
         for policy in ("hierarchical", "global"):
-            rows = run_chain(windows, policy, args.repeat)
+            rows = run_chain(windows, policy, args.repeat, shape)
             for r in rows:
                 print(f"{name:>10} {policy:>12} {r['step']:>4} | {r['moved_s']:>9} {r['moved_m']:>6}"
                       f" {r['moved_m'] / max(r['moved_s'], 1):>6.1%} | {r['cross_s']:>9}"
