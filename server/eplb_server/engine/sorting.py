@@ -1,6 +1,6 @@
-"""Sorting kernels: stable sorts of non-negative floats, largest first (radix; counting places for
-few keys; numba's argsort is several times slower at a few hundred keys), and restoring an order
-after one key changed."""
+"""Sorting kernels: stable sorts of non-negative floats (counting places for few keys; largest
+first by radix, several times faster than numba's argsort at a few hundred keys; smallest first,
+needed only for orders of GPUs, by the argsort), and restoring an order after one key changed."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ SMALL_SORT = 64
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
-def descending_into(order, key):
-    """Fills order [n] with 0 .. n - 1 by key [n], largest first, lower index first among
-    equals. Each key's place is counted without branches (O(n^2), for few keys: an insertion
-    sort mispredicts about once per key and takes twice as long at 16 to 64 keys)."""
+def _count_places(order, key, descending):
+    """Stable sort of few keys: each key's place is counted without branches (O(n^2): an
+    insertion sort mispredicts about once per key and takes twice as long at 16 to 64 keys)."""
     for i in range(key.size):
         place = 0
         for j in range(key.size):
-            place += (key[j] > key[i]) | ((key[j] == key[i]) & (j < i))
+            before = key[j] > key[i] if descending else key[j] < key[i]
+            place += before | ((key[j] == key[i]) & (j < i))
         order[place] = i
 
 
@@ -48,26 +48,32 @@ def _descending_by_bits(bits):
 
 
 @numba.njit(cache=True, nogil=True)
-def descending_order(key):
-    """Indices by key, largest first, lower index first among equals.
-    key: [n] non-negative float32 or float64 -> [n] int64"""
+def descending_into(order, key):
+    """Fills order [n] with 0 .. n - 1 by key [n] (non-negative floats), largest first, lower
+    index first among equals."""
     if key.size <= SMALL_SORT:
-        order = np.empty(key.size, np.int64)
-        descending_into(order, key)
-        return order
-    if key.itemsize == 4:
-        return _descending_by_bits(key.view(np.uint32))
-    return _descending_by_bits(key.view(np.uint64))
+        _count_places(order, key, True)
+    elif key.itemsize == 4:
+        order[:] = _descending_by_bits(key.view(np.uint32))
+    else:
+        order[:] = _descending_by_bits(key.view(np.uint64))
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(cache=True, nogil=True)
+def descending_order(key):
+    """`descending_into`, allocating the order. key: [n] -> [n] int64"""
+    order = np.empty(key.size, np.int64)
+    descending_into(order, key)
+    return order
+
+
+@numba.njit(cache=True, nogil=True)
 def ascending_into(order, key):
     """`descending_into`, smallest first."""
-    for i in range(key.size):
-        place = 0
-        for j in range(key.size):
-            place += (key[j] < key[i]) | ((key[j] == key[i]) & (j < i))
-        order[place] = i
+    if key.size <= SMALL_SORT:
+        _count_places(order, key, False)
+    else:
+        order[:] = np.argsort(key, kind="mergesort")
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
