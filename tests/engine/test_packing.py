@@ -101,6 +101,16 @@ def test_descending_order_is_a_stable_sort_largest_first(size, seed, with_ties):
         assert (sorting.descending_order(typed) == np.argsort(-typed, kind="stable")).all()
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 200), st.integers(0, 2**31), st.booleans())
+def test_ascending_into_is_a_stable_sort_smallest_first(size, seed, with_ties):
+    rng = np.random.default_rng(seed)
+    key = rng.integers(0, 4, size) if with_ties else rng.lognormal(0, 3, size)
+    order = np.full(size, -1, np.int64)
+    sorting.ascending_into(order, key.astype(np.float64))
+    assert (order == np.argsort(key, kind="stable")).all()
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.integers(2, 40), st.integers(0, 2**31), st.booleans())
 def test_pair_peak_of_a_moved_replica_matches_a_full_sort(num_experts, seed, with_ties):
