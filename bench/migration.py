@@ -4,8 +4,9 @@
 
 Per step: slots moved and cross-node copies, balancedness on the window planned for and on the
 next one, planning time, for a chain that re-plans from scratch and one that passes its current
-mapping; 58x256 -> 288 slots, G32 N4 K8 (--gpus: another GPU count), hierarchical and global. Real snapshots are read from
-../shared/data/deepseek-v3 when present (consecutive files form the pairs).
+mapping; 58x256 -> 288 slots, G32 N4 K8 (--gpus: another GPU count), hierarchical and global.
+Real snapshots are read from ../shared/data/deepseek-v3 when present (consecutive files form the
+pairs).
 """
 
 from __future__ import annotations

@@ -7,8 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eplb_server.engine.api import evaluate, plan
-from eplb_server.engine.migration import (MigrationOptions, keep_current, kept_slots_bound,
-                                          relabel)
+from eplb_server.engine.migration import MigrationOptions, keep_current, kept_slots_bound, relabel
 
 
 def workload(seed, layers=4, experts=32, sigma=1.0):

@@ -87,8 +87,9 @@ def sparse_max_weight_assignment(row_start, edge_col, edge_weight):
                         reached[num_reached] = col
                         num_reached += 1
                     dist[col], came_from[col] = d, row
+                    # Heap key 2d + matched: among equal distances a free column ends the search.
                     size = _push(heap_key, heap_col, size, 2 * d + (row_of_col[col] >= 0), col)
-            while True:
+            while True:  # the nearest column not yet settled (stale entries skipped)
                 size = _pop(heap_key, heap_col, size)
                 col = heap_col[size]
                 if not done[col] and heap_key[size] == 2 * dist[col] + (row_of_col[col] >= 0):
