@@ -121,6 +121,22 @@ def test_refined_plans_are_valid_and_never_worse_than_reference(problem, policy)
     assert torch.equal(again[0], phy2log)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_light_nodes_refined_less_leave_every_layer_peak_unchanged(problem):
+    from eplb_server.engine import refined
+    weight, num_replicas, num_groups, num_nodes, num_gpus = problem
+    weight = weight * torch.linspace(1.0, 1.3, weight.shape[1], dtype=weight.dtype)  # node skew
+    kw = dict(num_groups=num_groups, num_nodes=num_nodes, num_gpus=num_gpus)
+    with_floor = plan(weight, num_replicas, policy="hierarchical", **kw).phy2log
+    saved, refined.LIGHT_NODE_MARGIN = refined.LIGHT_NODE_MARGIN, 1.0  # every node fully refined
+    try:
+        without = plan(weight, num_replicas, policy="hierarchical", **kw).phy2log
+    finally:
+        refined.LIGHT_NODE_MARGIN = saved
+    assert torch.equal(peaks(weight, with_floor, num_gpus), peaks(weight, without, num_gpus))
+
+
 @pytest.mark.parametrize("policy", ["hierarchical", "global", "deepseek"])
 def test_one_gpu_one_layer_and_p_equals_e(policy, device):
     weight = torch.arange(1.0, 9.0, device=device).reshape(1, 8)

@@ -146,7 +146,8 @@ def test_noise_moves_almost_nothing(policy):
     again = plan(torch.tensor(noisy), 96, 8, 4, 16, policy=policy,
                  current_phy2log=first.phy2log)
     moved_scratch = int((scratch.phy2log != first.phy2log).sum())
-    assert again.migration.slots_changed <= max(2, moved_scratch // 20)
+    assert again.migration.slots_changed <= max(2, first.phy2log.numel() // 50)  # 2% of slots
+    assert again.migration.slots_changed * 10 <= moved_scratch
     a = evaluate(torch.tensor(noisy), scratch.phy2log, 8, 4, 16, policy=policy).balancedness
     b = evaluate(torch.tensor(noisy), again.phy2log, 8, 4, 16, policy=policy).balancedness
     assert b >= a * (1 - 0.005)

@@ -488,10 +488,11 @@ def _replica_counts(weight, weight32, by_weight, num_slots, num_packs, count_ste
 
 
 @numba.njit(cache=True, nogil=True)
-def solve_one(weight, num_slots, num_packs, max_moves, count_steps):
+def solve_one(weight, num_slots, num_packs, max_moves, count_steps, enough=0.0):
     """Replicates and packs one problem. weight: [E] float64 -> slot_expert [num_slots] int64.
 
     Slot s sits in pack s // (num_slots / num_packs); within a pack, slots go by expert id.
+    Refinement stops at a peak of `enough` if that is higher than its own target.
     """
     cap = num_slots // num_packs
     weight32 = weight.astype(np.float32)
@@ -510,7 +511,7 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps):
         if cap > 2:  # two per pack are already paired optimally
             bound = max(loads.sum() / num_packs, pack_weight[:, 0].max())
             refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners,
-                   bound * (1.0 + REFINE_TOLERANCE))
+                   max(bound * (1.0 + REFINE_TOLERANCE), enough))
         if cap <= SMALL_PACK_MAX_CAP and _crowded(pack_expert, limit, counts):
             spread(pack_weight, pack_expert, limit, loads)
         peak = loads.max()
@@ -627,9 +628,10 @@ def pack_distinct(weight, num_packs):
 
 
 @numba.njit(cache=True, parallel=True)
-def solve_batch(weight, num_slots, num_packs, max_moves, count_steps):
-    """Independent problems in parallel. weight: [B, E] float64 -> slot_expert [B, num_slots]."""
+def solve_batch(weight, num_slots, num_packs, max_moves, count_steps, enough):
+    """Independent problems in parallel. weight: [B, E] float64, enough: [B] (as `solve_one`)
+    -> slot_expert [B, num_slots]."""
     out = np.empty((weight.shape[0], num_slots), np.int64)
     for b in numba.prange(weight.shape[0]):
-        out[b] = solve_one(weight[b], num_slots, num_packs, max_moves, count_steps)
+        out[b] = solve_one(weight[b], num_slots, num_packs, max_moves, count_steps, enough[b])
     return out
