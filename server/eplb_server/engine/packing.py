@@ -492,14 +492,17 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps, enough=0.0):
     """Replicates and packs one problem. weight: [E] float64 -> slot_expert [num_slots] int64.
 
     Slot s sits in pack s // (num_slots / num_packs); within a pack, slots go by expert id.
-    Refinement stops at a peak of `enough` if that is higher than its own target.
+    `enough`: a peak that the whole plan exceeds anyway (a hierarchical layer's lighter nodes:
+    under its heaviest node's mean GPU load). Refinement stops there if that is above its own
+    target, and the reference's LPT start is skipped when differencing already peaks below it
+    (the plan's peak, not this problem's, is what must not exceed the reference's).
     """
     cap = num_slots // num_packs
     weight32 = weight.astype(np.float32)
     by_weight = descending_order(weight32)
     counts = _replica_counts(weight, weight32, by_weight, num_slots, num_packs, count_steps)
     item_weight, item_weight32, item_expert = _items_of(weight, weight32, counts, by_weight)
-    starts = _first_packings(item_weight, item_weight32, num_packs)
+    starts = _first_packings(item_weight, item_weight32, num_packs, enough)
     limit = (counts + num_packs - 1) // num_packs
     # 2-for-2 swaps with every pack pay off where packs hold few items (measured: at 4 per
     # GPU they cut the mean gap 0.26% -> 0.08%); with more items, the lightest pack suffices.
@@ -521,11 +524,12 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps, enough=0.0):
 
 
 @numba.njit(cache=True, nogil=True)
-def _first_packings(item_weight, item_weight32, num_packs):
+def _first_packings(item_weight, item_weight32, num_packs, enough):
     """Packings to refine, as item ids [m, c] each: at one or two per pack, the reference's
     (largest with smallest: optimal for given counts); else its LPT and `differencing`, both
     where refinement is strong (few per pack: measured, the better of the two refined cut the
-    worst layer 1.02% -> 0.55% at 4 per GPU), else whichever peaks lower.
+    worst layer 1.02% -> 0.55% at 4 per GPU), else whichever peaks lower, and differencing
+    alone if it peaks at or below `enough` (see `solve_one`).
     item_weight(32): [n], heaviest first -> list of [m, c] item ids"""
     num_slots = item_weight.size
     cap = num_slots // num_packs
@@ -536,8 +540,10 @@ def _first_packings(item_weight, item_weight32, num_packs):
             if cap == 2:
                 pack_items[p, 1] = num_slots - 1 - p
         return [pack_items]
-    pack_items = lpt(item_weight32, num_packs)
     other = differencing(item_weight, num_packs)
+    if cap > PAIR_SWAP_ALL_MAX_CAP and _peak(item_weight, other) <= enough:
+        return [other]
+    pack_items = lpt(item_weight32, num_packs)
     if cap <= PAIR_SWAP_ALL_MAX_CAP:
         return [pack_items, other]
     return [other if _peak(item_weight, other) <= _peak(item_weight, pack_items) else pack_items]
