@@ -92,13 +92,25 @@ def test_adams_counts_attain_the_replication_bound(num_slots):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(1, 600), st.integers(0, 2**31), st.booleans())
-def test_descending_order_is_a_stable_sort_largest_first(size, seed, with_ties):
+@given(st.integers(1, 600), st.integers(0, 2**31), st.sampled_from(["ties", "spread", "cluster"]))
+def test_descending_order_is_a_stable_sort_largest_first(size, seed, kind):
     rng = np.random.default_rng(seed)
-    key = rng.integers(0, 4, size) if with_ties else rng.lognormal(0, 3, size)
+    key = {"ties": lambda: rng.integers(0, 4, size),
+           "spread": lambda: rng.lognormal(0, 3, size),
+           "cluster": lambda: np.where(rng.random(size) < 0.05, 1e9, 1e6 + rng.random(size))}[kind]()
     for dtype in (np.float32, np.float64):
         typed = key.astype(dtype)
         assert (sorting.descending_order(typed) == np.argsort(-typed, kind="stable")).all()
+
+
+def test_bucket_sort_takes_spread_keys_and_declines_crowded_ones():
+    rng = np.random.default_rng(0)
+    order = np.empty(256, np.int64)
+    spread = rng.lognormal(0, 3, 256).astype(np.float32)
+    assert sorting._descending_by_buckets(order, spread.view(np.uint32))
+    assert (order == np.argsort(-spread, kind="stable")).all()
+    ties = rng.integers(0, 4, 256).astype(np.float32)
+    assert not sorting._descending_by_buckets(order, ties.view(np.uint32))
 
 
 @settings(max_examples=100, deadline=None)
