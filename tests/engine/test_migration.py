@@ -69,6 +69,8 @@ SHAPES = [  # (experts, replicas, groups, nodes, gpus, policy)
     (32, 48, 4, 2, 8, "global"),
     (16, 24, 4, 4, 8, "hierarchical"),
     (24, 24, 1, 2, 4, "global"),
+    (16, 24, 4, 2, 12, "global"),  # two slots per GPU: re-pairing
+    (16, 24, 4, 2, 12, "hierarchical"),
 ]
 
 

@@ -7,12 +7,14 @@ Three stages, all per layer and all pure functions of their arrays:
    then each surviving expert goes back to its current slot on its GPU. Every GPU keeps its
    multiset of experts, so no GPU load changes. Without a budget it runs only for the layers
    that take the new plan (`kept_slots_bound` stands in for its count of kept slots before).
-2. Trade (`_cheapest_within`, `_budgeted`): per layer, the options are the current mapping (0 moves), the relabelled
-   new plan, and every prefix of a greedy local repair of the current mapping (`repair`: each
-   step replaces one replica on the heaviest GPU, or swaps two replicas, whichever lowers the
-   peak most per slot changed). The cheapest option whose peak is within `tolerance` of the best
-   affordable one wins; layers whose balancedness gain is below `min_balancedness_gain` keep
-   their mapping; a total budget is shared out by the best peak reduction per moved slot.
+2. Trade (`_cheapest_within`, `_budgeted`): per layer, the options are the current mapping
+   (0 moves), the relabelled new plan, every prefix of a greedy local repair of the current
+   mapping (`repair`: each step replaces one replica on the heaviest GPU, or swaps two
+   replicas, whichever lowers the peak most per slot changed), and at two slots per GPU the
+   current pairs re-paired under the new plan's counts (`repairing.repair_pairs`). The
+   cheapest option whose peak is within `tolerance` of the best affordable one wins; layers
+   whose balancedness gain is below `min_balancedness_gain` keep their mapping; a total
+   budget is shared out by the best peak reduction per moved slot.
 3. Transfers (`transfers`): each changed slot receives its expert from a slot that holds it in
    the current mapping: the same GPU if possible, else the same node, else any.
 """
@@ -27,6 +29,7 @@ import torch
 
 from .matching import sparse_max_weight_assignment
 from .refined import refined_plan
+from .repairing import repair_pairs
 from .scoring import balance_ratio, gpu_loads
 from .sorting import ascending_into, resort
 
@@ -735,9 +738,19 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
     peak_cur = _peaks(weight, current, num_gpus)
     peak_new = _peaks(weight, new, num_gpus)
 
+    # At two slots per GPU, the current pairs re-paired under the new plan's counts (within
+    # each node for hierarchical plans): the fourth option, and a cap on the repair's moves.
+    paired_moves = np.full(num_layers, num_slots + 1)
+    paired, peak_paired = current, np.full(num_layers, np.inf)
+    if num_slots == 2 * num_gpus:
+        paired, found = repair_pairs(weight, current, new, peak_new * (1.0 + tolerance),
+                                     num_nodes if hierarchical else 1)
+        paired_moves = np.where(found, (paired != current).sum(1), num_slots + 1)
+        peak_paired = np.where(found, _peaks(weight, paired, num_gpus), np.inf)
+
     # Repair: up to as many moves as the new plan needs (or the budget), stopping early at the
     # tolerance when no budget needs sharing out.
-    cap = np.maximum(new_moves - 1, 0)
+    cap = np.maximum(np.minimum(new_moves, paired_moves) - 1, 0)
     if per_layer > 0:
         cap = np.minimum(cap, per_layer)
     if total > 0:
@@ -755,7 +768,8 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
         cap.astype(np.int64), target, CROSS_NODE_FACTOR)
 
     if not budgeted:
-        kind, count, peak = _cheapest_within(peak_cur, peak_new, steps, peak_after, tolerance)
+        kind, count, peak = _cheapest_within(peak_cur, peak_new, new_moves, steps, peak_after,
+                                             peak_paired, paired_moves, tolerance)
         rows = np.flatnonzero((kind == 2) | (new_moves == 0))
         if rows.size:
             relabelled[rows] = relabel(new[rows], current[rows], num_experts, num_nodes,
@@ -763,50 +777,57 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
             new_moves[rows] = (relabelled[rows] != current[rows]).sum(1)
     else:
         kind, count, peak = _budgeted(peak_cur, peak_new, new_moves, steps, peak_after,
-                                      tolerance, per_layer, total)
+                                      peak_paired, paired_moves, tolerance, per_layer, total)
     best_repair = peak_after.min(1, initial=np.inf)  # mid-swap entries and unused steps are inf
-    has_better = (np.minimum(best_repair, peak_new) < peak_cur) & (new_moves > 0)
+    has_better = (np.minimum(np.minimum(best_repair, peak_paired), peak_new) < peak_cur) \
+        & (new_moves > 0)
     gain = balance_ratio(mean, peak) - balance_ratio(mean, peak_cur)
     kind = np.where((kind != 0) & (gain < options.min_balancedness_gain), 0, kind)
     kept_for_gain = int(((kind == 0) & has_better).sum())
-    out = np.where((kind == 2)[:, None], relabelled, current)
+    out = np.where((kind == 2)[:, None], relabelled, np.where((kind == 3)[:, None], paired, current))
     _apply_repairs(out, np.where(kind == 1, count, 0), move_slot, move_expert)
     return out, migration_summary(current, out, num_nodes, num_gpus, kept_for_gain, weight,
                                   peak_cur, np.where(kind == 0, peak_cur, peak))
 
 
 @numba.njit(cache=True, nogil=True)
-def _cheapest_within(peak_cur, peak_new, steps, peak_after, tolerance):
+def _cheapest_within(peak_cur, peak_new, new_moves, steps, peak_after, peak_paired, paired_moves,
+                     tolerance):
     """Per layer, the option with fewest moves whose peak is within tolerance of the best one:
-    kind 0 the current mapping, 1 the first `count` repair changes, 2 the relabelled new plan.
+    kind 0 the current mapping, 1 the first `count` repair changes, 2 the relabelled new plan,
+    3 the re-paired current mapping.
 
-    peak_cur, peak_new: [L]; steps: [L]; peak_after: [L, S] (inf mid-swap) -> (kind [L],
-    count [L], peak [L]).
+    peak_cur, peak_new, new_moves (a lower bound): [L]; steps: [L]; peak_after: [L, S] (inf
+    mid-swap); peak_paired, paired_moves: [L] (inf where none) -> (kind [L], count [L], peak [L]).
     """
     num_layers = peak_cur.size
     kind = np.full(num_layers, 2, np.int64)
     count = np.zeros(num_layers, np.int64)
     peak = peak_new.copy()
     for layer in range(num_layers):
-        best = min(peak_cur[layer], peak_new[layer])
+        best = min(peak_cur[layer], peak_new[layer], peak_paired[layer])
         for k in range(steps[layer]):
             best = min(best, peak_after[layer, k])
         limit = best * (1.0 + tolerance)
         if peak_cur[layer] <= limit:
             kind[layer], peak[layer] = 0, peak_cur[layer]
             continue
+        moves = new_moves[layer]
         for k in range(steps[layer]):
             if peak_after[layer, k] <= limit:
-                kind[layer], count[layer], peak[layer] = 1, k + 1, peak_after[layer, k]
+                kind[layer], count[layer], peak[layer], moves = 1, k + 1, peak_after[layer, k], k + 1
                 break
+        if peak_paired[layer] <= limit and paired_moves[layer] < moves:
+            kind[layer], count[layer], peak[layer] = 3, 0, peak_paired[layer]
     return kind, count, peak
 
 
-def _budgeted(peak_cur, peak_new, new_moves, steps, peak_after, tolerance, per_layer, total):
+def _budgeted(peak_cur, peak_new, new_moves, steps, peak_after, peak_paired, paired_moves,
+              tolerance, per_layer, total):
     """Like _cheapest_within, under a per-layer and/or total movement budget: the total is
     shared out greedily by peak reduction per moved slot. -> (kind [L], count [L], peak [L])."""
     num_layers = peak_cur.shape[0]
-    # Options per layer: (moves, peak, kind, repair steps); kind 0 current, 1 repair, 2 new.
+    # Options per layer: (moves, peak, kind, repair steps); kinds as in _cheapest_within.
     menus = []
     for layer in range(num_layers):
         menu = [(0, peak_cur[layer], 0, 0)]
@@ -814,6 +835,8 @@ def _budgeted(peak_cur, peak_new, new_moves, steps, peak_after, tolerance, per_l
             if np.isfinite(peak_after[layer, k]):
                 menu.append((k + 1, peak_after[layer, k], 1, k + 1))
         menu.append((int(new_moves[layer]), peak_new[layer], 2, 0))
+        if np.isfinite(peak_paired[layer]):
+            menu.append((int(paired_moves[layer]), peak_paired[layer], 3, 0))
         if per_layer > 0:
             menu = [m for m in menu if m[0] <= per_layer]
         # Pareto front in moves: each entry strictly lowers the peak.
