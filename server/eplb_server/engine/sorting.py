@@ -11,8 +11,11 @@ import numpy as np
 # Up to this many keys counting each key's place is faster than the radix sort's 4 or 8 passes
 # over 256 buckets (measured on float32 loads: 1.6 vs 2.5 us for 64 keys, 5.2 vs 2.5 for 128).
 SMALL_SORT = 64
-# Above it, a bucket pass and an insertion pass (0.7x the radix sort on the real snapshots' 256
-# loads, whose buckets hold at most 10), unless ties or tight clusters crowd a bucket past this.
+# Descending sorts of more keys than this first try a bucket pass and an insertion pass: 0.6x
+# counting places at 64 keys and 0.7x the radix sort at 256 on the real snapshots' loads (whose
+# buckets hold at most 10; the same speed at 48 keys), unless ties or tight clusters crowd a
+# bucket past MAX_BUCKET.
+BUCKETS_ABOVE = 48
 MAX_BUCKET = 16
 
 
@@ -91,13 +94,22 @@ def _descending_by_buckets(order, bits):
 def descending_into(order, key):
     """Fills order [n] with 0 .. n - 1 by key [n] (non-negative floats), largest first, lower
     index first among equals."""
-    if key.size <= SMALL_SORT:
+    if key.size <= BUCKETS_ABOVE:
         _count_places(order, key, True)
     elif key.itemsize == 4:
-        if not _descending_by_buckets(order, key.view(np.uint32)):
-            order[:] = _descending_by_bits(key.view(np.uint32))
-    elif not _descending_by_buckets(order, key.view(np.uint64)):
-        order[:] = _descending_by_bits(key.view(np.uint64))
+        _descending_by_bits_into(order, key, key.view(np.uint32))
+    else:
+        _descending_by_bits_into(order, key, key.view(np.uint64))
+
+
+@numba.njit(cache=True, nogil=True)
+def _descending_by_bits_into(order, key, bits):
+    """`descending_into` for more than BUCKETS_ABOVE keys, bits: their bit patterns."""
+    if not _descending_by_buckets(order, bits):
+        if key.size <= SMALL_SORT:
+            _count_places(order, key, True)
+        else:
+            order[:] = _descending_by_bits(bits)
 
 
 @numba.njit(cache=True, nogil=True)
