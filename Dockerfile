@@ -38,6 +38,7 @@ RUN python -c "import torch, eplb_server; \
 w = torch.rand(2, 16) * 100; p = eplb_server.plan(w, 32, 4, 2, 8); \
 eplb_server.plan(w, 32, 4, 2, 8, current_phy2log=p.phy2log); \
 eplb_server.plan(w, 32, 4, 2, 8, policy='global'); eplb_server.plan(w, 32, 4, 2, 8, policy='deepseek'); \
+q = eplb_server.plan(w, 16, 4, 2, 8); eplb_server.plan(w, 16, 4, 2, 8, current_phy2log=q.phy2log); \
 eplb_server.evaluate(w, p.phy2log, 4, 2, 8)"
 EXPOSE 50051 9090
 # Calls grpc.health.v1.Health/Check; NOT_SERVING (warm-up, draining) counts as unhealthy.
