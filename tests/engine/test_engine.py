@@ -137,6 +137,22 @@ def test_light_nodes_refined_less_leave_every_layer_peak_unchanged(problem):
     assert torch.equal(peaks(weight, with_floor, num_gpus), peaks(weight, without, num_gpus))
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("policy", ["hierarchical", "global", "deepseek"])
+def test_negative_zero_loads_plan_as_zeros(policy):
+    weight = np.random.default_rng(0).lognormal(0, 1, (4, 128)) * 100
+    weight[:, :10] = 0.0
+    negative_zero = weight.copy()
+    negative_zero[:, :10] = -0.0
+    args = (160, 8, 4, 16)
+    expected = plan(torch.tensor(weight), *args, policy=policy)
+    got = plan(torch.tensor(negative_zero), *args, policy=policy)
+    assert torch.equal(got.phy2log, expected.phy2log)
+    assert torch.equal(plan(torch.tensor(negative_zero), *args, policy=policy,
+                            current_phy2log=expected.phy2log).phy2log, expected.phy2log)
+    assert np.signbit(negative_zero[:, :10]).all()  # the caller's array is left as it was
+
+
 @pytest.mark.parametrize("policy", ["hierarchical", "global", "deepseek"])
 def test_one_gpu_one_layer_and_p_equals_e(policy, device):
     weight = torch.arange(1.0, 9.0, device=device).reshape(1, 8)

@@ -80,7 +80,9 @@ def _loads(weight) -> np.ndarray:
         raise ValueError("weight must be finite (no NaN or inf)")
     if (array < 0).any():
         raise ValueError("weight must be non-negative")
-    return np.ascontiguousarray(array)
+    # -0.0 passes as non-negative but sets the sign bit, by which the kernels order loads
+    # (it hung the packer); adding 0.0 makes it 0.0 and copies, leaving the caller's array.
+    return np.ascontiguousarray(array) + 0.0
 
 
 def _constraint(policy: str, num_groups: int, num_nodes: int) -> tuple[int, int]:

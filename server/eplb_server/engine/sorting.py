@@ -64,6 +64,8 @@ def _descending_by_buckets(order, bits):
     high, low = np.int64(bits[0]), np.int64(bits[0])  # int64 throughout: the sign bit is 0
     for i in range(1, n):
         high, low = max(high, np.int64(bits[i])), min(low, np.int64(bits[i]))
+    if low < 0:  # a float64 with its sign bit set: not a key this sort takes
+        return False
     num_buckets, shift = 2 * n, 0
     while (high - low) >> shift >= num_buckets:
         shift += 1
