@@ -1,10 +1,10 @@
 """Compiled kernels of the refined engine: replication, LPT packing, swap refinement.
 
-Each kernel solves one independent problem (a layer, or a layer's node); `solve_batch` runs a
-batch of them in parallel. Replication and the LPT start make the reference's decisions (in
-float32, lowest index among equals), and every later step only lowers the peak (at two slots
-per pack, the counts searched in `pairing`), so a refined plan is never worse than the
-reference's for the same problem. Pure functions of their arrays.
+Each kernel solves one independent problem (a layer, or a layer's node; `refined` runs them in
+parallel). Replication and the LPT start make the reference's decisions (in float32, lowest
+index among equals), and every later step only lowers the peak (at two slots per pack, the
+counts searched in `pairing`), so a refined plan is never worse than the reference's for the
+same problem. Pure functions of their arrays.
 """
 
 from __future__ import annotations
@@ -631,13 +631,3 @@ def pack_distinct(weight, num_packs):
         for j in range(cap):
             pack_of[pack_item[p, j]] = p
     return pack_of, loads
-
-
-@numba.njit(cache=True, parallel=True)
-def solve_batch(weight, num_slots, num_packs, max_moves, count_steps, enough):
-    """Independent problems in parallel. weight: [B, E] float64, enough: [B] (as `solve_one`)
-    -> slot_expert [B, num_slots]."""
-    out = np.empty((weight.shape[0], num_slots), np.int64)
-    for b in numba.prange(weight.shape[0]):
-        out[b] = solve_one(weight[b], num_slots, num_packs, max_moves, count_steps, enough[b])
-    return out

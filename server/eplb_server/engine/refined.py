@@ -26,15 +26,17 @@ def _plan_nodes(weight: np.ndarray, node_groups: np.ndarray, num_replicas: int,
     """
     num_nodes = node_groups.shape[1]
     slots = num_replicas // num_nodes
+    margin = LIGHT_NODE_MARGIN if num_nodes > 1 else 1.0  # one node: no floor
     return _solve_nodes(np.ascontiguousarray(weight), np.ascontiguousarray(node_groups), slots,
                         num_gpus // num_nodes, min(MAX_MOVES_PER_ITEM * slots, MAX_MOVES),
-                        COUNT_SEARCH_STEPS, LIGHT_NODE_MARGIN)
+                        COUNT_SEARCH_STEPS, margin)
 
 
 @numba.njit(cache=True, parallel=True)
 def _solve_nodes(weight, node_groups, slots_per_node, gpus_per_node, max_moves, count_steps,
                  margin):
-    """Each node of each layer replicated and packed on its own, in parallel.
+    """Each node of each layer replicated and packed on its own, in parallel (the engine's one
+    parallel loop over `packing.solve_one`: each such loop compiles its whole call tree again).
 
     weight: [L, E], node_groups: [L, N, K/N] -> phy2log [L, N * slots_per_node]. Lighter nodes
     need not be refined far below the layer's heaviest node's mean GPU load, less `margin`
@@ -66,13 +68,6 @@ def _solve_nodes(weight, node_groups, slots_per_node, gpus_per_node, max_moves, 
     return phy2log
 
 
-def _pack(weight: np.ndarray, num_slots: int, num_gpus: int) -> np.ndarray:
-    """weight: [B, E] -> phy2log [B, num_slots]: each row replicated and packed on its own."""
-    return packing.solve_batch(np.ascontiguousarray(weight), num_slots, num_gpus,
-                               min(MAX_MOVES_PER_ITEM * num_slots, MAX_MOVES), COUNT_SEARCH_STEPS,
-                               np.zeros(weight.shape[0]))
-
-
 def _load_rank(group_load: np.ndarray) -> np.ndarray:
     """[L, K] -> each group's place by load, heaviest 0 (lower index first among equals)."""
     return np.argsort(np.argsort(-group_load, axis=1, kind="stable"), axis=1)
@@ -99,7 +94,8 @@ def refined_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nod
     """
     num_layers, num_experts = weight.shape
     if num_groups == 1:  # global; with groups, even one node orders them as the reference does
-        return _pack(weight, num_replicas, num_gpus)
+        return _plan_nodes(weight, np.zeros((num_layers, 1, 1), np.int64), num_replicas,
+                           num_gpus)
     group_load = weight.reshape(num_layers, num_groups, -1).sum(-1)
     node, rank = reference_group_packing(weight.astype(np.float32), num_groups, num_nodes)
     exact_node, exact_peak = best_node_loads(group_load, num_nodes)
