@@ -1,4 +1,4 @@
-"""Bulk protobuf encoding of Migration.transfers (16k transfers in ~0.1 ms, not ~25 ms one by one)."""
+"""Bulk protobuf encoding of Migration.transfers (16k transfers: ~0.4 ms, not ~25 ms one by one)."""
 
 from __future__ import annotations
 

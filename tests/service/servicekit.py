@@ -178,7 +178,8 @@ class ServerProcess:
             return found and found.group(1)
         return self._wait(logged, limit)
 
-    def wait_serving(self, target, limit=120.0):
+    def wait_serving(self, target, limit=300.0):
+        """Up to 300 s: on a fresh checkout the first server compiles every kernel (~90 s here)."""
         request = health_pb2.HealthCheckRequest()
 
         def serving():

@@ -784,7 +784,8 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
     gain = balance_ratio(mean, peak) - balance_ratio(mean, peak_cur)
     kind = np.where((kind != 0) & (gain < options.min_balancedness_gain), 0, kind)
     kept_for_gain = int(((kind == 0) & has_better).sum())
-    out = np.where((kind == 2)[:, None], relabelled, np.where((kind == 3)[:, None], paired, current))
+    out = np.where((kind == 3)[:, None], paired, current)
+    out = np.where((kind == 2)[:, None], relabelled, out)
     _apply_repairs(out, np.where(kind == 1, count, 0), move_slot, move_expert)
     return out, migration_summary(current, out, num_nodes, num_gpus, kept_for_gain, weight,
                                   peak_cur, np.where(kind == 0, peak_cur, peak))
@@ -815,7 +816,8 @@ def _cheapest_within(peak_cur, peak_new, new_moves, steps, peak_after, peak_pair
         moves = new_moves[layer]
         for k in range(steps[layer]):
             if peak_after[layer, k] <= limit:
-                kind[layer], count[layer], peak[layer], moves = 1, k + 1, peak_after[layer, k], k + 1
+                kind[layer], count[layer], peak[layer] = 1, k + 1, peak_after[layer, k]
+                moves = k + 1
                 break
         if peak_paired[layer] <= limit and paired_moves[layer] < moves:
             kind[layer], count[layer], peak[layer] = 3, 0, peak_paired[layer]
