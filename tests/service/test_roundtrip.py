@@ -63,6 +63,16 @@ def test_real_snapshot_58x256_to_288(client):
     assert 0 < response.plan.balancedness <= 1
 
 
+@pytest.mark.timeout(120)
+def test_negative_zero_loads_are_zeros_and_the_server_keeps_serving(client):
+    weight = np.random.default_rng(0).lognormal(0, 1, (4, 128)) * 100
+    weight[:, :10] = -0.0  # hung the engine thread before the engine entry normalised it
+    topology = dict(num_replicas=160, num_groups=8, num_nodes=4, num_gpus=16)
+    response = client.Rebalance(rebalance_request(weight, **topology), timeout=60)
+    assert_plan_equal(response, eplb_server.plan(torch.from_numpy(np.abs(weight)), **topology))
+    assert client.Rebalance(rebalance_request(), timeout=30).HasField("plan")
+
+
 def test_current_mapping_is_scored_and_migration_reported(client):
     old, new = loads(seed=1), loads(seed=2)
     current = eplb_server.plan(torch.from_numpy(old), **SMALL).phy2log
