@@ -10,6 +10,8 @@ import numpy as np
 from eplb_client.tensors import TensorError, from_tensor
 from eplb_client.v1 import placement_pb2 as pb
 
+from .engine.api import MAX_LAYER_LOAD
+
 POLICIES = {
     pb.POLICY_UNSPECIFIED: "auto",
     pb.POLICY_AUTO: "auto",
@@ -176,6 +178,12 @@ def _check_loads(loads, field):
     if negative.any():
         index = np.unravel_index(int(np.argmax(negative)), loads.shape)
         _fail(field, f"{loads[index]} at {list(map(int, index))}: loads must be non-negative")
+    with np.errstate(over="ignore"):
+        totals = loads.sum(axis=(0, 2) if loads.ndim == 3 else 1, dtype=np.float64)
+    if totals.size and totals.max() > MAX_LAYER_LOAD:
+        layer = int(np.argmax(totals))
+        _fail(field, f"layer {layer} sums to {totals[layer]:.4g}: a layer's total load must be "
+              f"at most {MAX_LAYER_LOAD:.4g} (float32)")
 
 
 def _mapping_shape(tensor, field, layers, limits):

@@ -37,6 +37,7 @@ REBALANCE_CASES = {
     "inf load": (with_loads(poke(GOOD, (0, 0), np.inf)), "expert_loads"),
     "negative load": (with_loads(poke(GOOD, (2, 5), -1.0)), "expert_loads"),
     "negative int load": (with_loads(poke(GOOD.astype(np.int32), (2, 5), -4)), "expert_loads"),
+    "layer total beyond float32": (with_loads(poke(GOOD, (3, 1), 1e308)), "expert_loads"),
     "loads not 2-d or 3-d": (with_loads(GOOD.ravel()), "expert_loads.shape"),
     "zero-sized loads": (with_loads(np.zeros((4, 0))), "expert_loads.shape"),
     "data shorter than shape": (lambda r: setattr(r.expert_loads, "data", r.expert_loads.data[:-8]),

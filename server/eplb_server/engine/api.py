@@ -17,6 +17,9 @@ from .refined import refined_plan
 from .scoring import Score, score
 
 NODE_TOLERANCE = 0.01  # issue 5: slack on the heaviest node for keeping the current assignment
+# A layer's total load (summed over windows too) must fit in float32, in which the reference
+# computes: beyond it pieces and sums overflow to inf and the kernels' invariants break.
+MAX_LAYER_LOAD = float(np.finfo(np.float32).max)
 POLICIES = ("auto", "hierarchical", "global", "deepseek")
 # Numba's default threading layer must not be entered from two threads at once.
 _ENGINE_LOCK = threading.Lock()
@@ -80,6 +83,12 @@ def _loads(weight) -> np.ndarray:
         raise ValueError("weight must be finite (no NaN or inf)")
     if (array < 0).any():
         raise ValueError("weight must be non-negative")
+    with np.errstate(over="ignore"):
+        total = array.sum(-1).max(initial=0.0) if array.ndim == 2 \
+            else array.sum((0, 2)).max(initial=0.0)
+    if total > MAX_LAYER_LOAD:
+        raise ValueError(f"weight is too large: a layer's total load is {total:.4g}, at most "
+                         f"{MAX_LAYER_LOAD:.4g} is planned (float32, as the reference computes)")
     # -0.0 passes as non-negative but sets the sign bit, by which the kernels order loads
     # (it hung the packer); adding 0.0 makes it 0.0 and copies, leaving the caller's array.
     return np.ascontiguousarray(array) + 0.0
