@@ -168,7 +168,8 @@ def _decode(tensor, field):
 
 
 def _check_loads(loads, field):
-    """Rejects NaN, infinite and negative loads, naming the first offending index."""
+    """Rejects NaN, infinite and negative loads, naming the first offending index, and layers
+    whose total overflows float32 (the engine's limit), naming the layer."""
     if loads.dtype.kind == "f":
         bad = ~np.isfinite(loads)
         if bad.any():
