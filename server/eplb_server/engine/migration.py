@@ -799,7 +799,8 @@ def _cheapest_within(peak_cur, peak_new, new_moves, steps, peak_after, peak_pair
     3 the re-paired current mapping.
 
     peak_cur, peak_new, new_moves (a lower bound): [L]; steps: [L]; peak_after: [L, S] (inf
-    mid-swap); peak_paired, paired_moves: [L] (inf where none) -> (kind [L], count [L], peak [L]).
+    mid-swap); peak_paired, paired_moves: [L] (inf and P + 1 where there is none)
+    -> (kind [L], count [L], peak [L]).
     """
     num_layers = peak_cur.size
     kind = np.full(num_layers, 2, np.int64)

@@ -88,8 +88,9 @@ def _repair_pairs_layer(piece, row, counts, target, out):
     # the heavier slot of the lightest full GPUs (room beside a light replica), then any slot,
     # heaviest replica first (so that at the end every pair is formed anew).
     to_free = np.empty(num_gpus + num_slots, np.int64)
-    for i, g in enumerate(np.argsort(pair_load, kind="mergesort")):
-        to_free[i] = _heavier_slot(piece, row, g)
+    ascending_into(to_free[:num_gpus], pair_load)
+    for i in range(num_gpus):
+        to_free[i] = _heavier_slot(piece, row, to_free[i])
     to_free[num_gpus:] = descending_order(piece[row])
     next_free, batch = 0, 1
     while True:

@@ -99,14 +99,15 @@ def descending_into(order, key):
     if key.size <= BUCKETS_ABOVE:
         _count_places(order, key, True)
     elif key.itemsize == 4:
-        _descending_by_bits_into(order, key, key.view(np.uint32))
+        _descending_many_into(order, key, key.view(np.uint32))
     else:
-        _descending_by_bits_into(order, key, key.view(np.uint64))
+        _descending_many_into(order, key, key.view(np.uint64))
 
 
 @numba.njit(cache=True, nogil=True)
-def _descending_by_bits_into(order, key, bits):
-    """`descending_into` for more than BUCKETS_ABOVE keys, bits: their bit patterns."""
+def _descending_many_into(order, key, bits):
+    """`descending_into` for more than BUCKETS_ABOVE keys (bits: their bit patterns): buckets,
+    else counting places or the radix sort."""
     if not _descending_by_buckets(order, bits):
         if key.size <= SMALL_SORT:
             _count_places(order, key, True)
