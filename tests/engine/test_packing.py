@@ -252,11 +252,3 @@ def test_slots_by_pack_sorts_each_pack_by_expert(packs, cap, num_experts, seed):
     pack_expert = np.random.default_rng(seed).integers(0, num_experts, (packs, cap))
     assert (packing._slots_by_pack(pack_expert, num_experts)
             == np.sort(pack_expert, axis=1).ravel()).all()
-
-
-@settings(max_examples=100, deadline=None)
-@given(packings())
-def test_crowded_says_whether_a_pack_holds_more_than_its_limit(packing_case):
-    _, pack_expert, limit = packing_case
-    counts = np.bincount(pack_expert.ravel(), minlength=limit.size)
-    assert packing._crowded(pack_expert, limit, counts) == (held_over_limit(pack_expert, limit) > 0)

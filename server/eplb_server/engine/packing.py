@@ -434,27 +434,19 @@ def _slot_of(pack_weight, pack_expert, pack, weight, expert):
     return -1
 
 
-@numba.njit(cache=True, nogil=True, _nrt=False)
-def _crowded(pack_expert, limit, counts):
-    """Whether a pack holds more replicas of an expert than its limit (counts [E])."""
-    for p in range(pack_expert.shape[0]):
-        for a in range(pack_expert.shape[1]):
-            expert = pack_expert[p, a]
-            if counts[expert] > limit[expert] and _held(pack_expert, p, expert, -1) > limit[expert]:
-                return True
-    return False
-
-
-@numba.njit(cache=True, nogil=True, _nrt=False)
+@numba.njit(cache=True, nogil=True)
 def spread(pack_weight, pack_expert, limit, loads):
     """Moves replicas out of packs holding more of one expert than its fair share, by swaps
     that keep both packs at or below the current peak."""
     num_packs, cap = pack_weight.shape
     peak = loads.max()
+    held = np.zeros(limit.size, np.int64)  # replicas of each expert in pack p
     for p in range(num_packs):
         for a in range(cap):
+            held[pack_expert[p, a]] += 1
+        for a in range(cap):
             expert = pack_expert[p, a]
-            if _held(pack_expert, p, expert, -1) <= limit[expert]:
+            if held[expert] <= limit[expert]:
                 continue
             done = False
             for q in range(num_packs):
@@ -466,10 +458,14 @@ def spread(pack_weight, pack_expert, limit, loads):
                     if other != expert and _held(pack_expert, p, other, a) < limit[other] \
                             and loads[p] - delta <= peak and loads[q] + delta <= peak:
                         _swap(pack_weight, pack_expert, loads, p, a, q, b)
+                        held[expert] -= 1
+                        held[other] += 1
                         done = True
                         break
                 if done:
                     break
+        for a in range(cap):
+            held[pack_expert[p, a]] = 0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -515,7 +511,7 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps, enough=0.0):
             bound = max(loads.sum() / num_packs, pack_weight[:, 0].max())
             refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners,
                    max(bound * (1.0 + REFINE_TOLERANCE), enough))
-        if cap <= SMALL_PACK_MAX_CAP and _crowded(pack_expert, limit, counts):
+        if cap <= SMALL_PACK_MAX_CAP:
             spread(pack_weight, pack_expert, limit, loads)
         peak = loads.max()
         if peak < best_peak:
