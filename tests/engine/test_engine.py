@@ -211,6 +211,8 @@ def test_hierarchical_bound_is_tighter_and_met(snapshot_paths):
 
 @pytest.mark.parametrize("bad, message", [
     (dict(weight=torch.tensor([[float("nan"), 1.0]])), "finite"),
+    (dict(weight=torch.tensor([[1.0, float("inf")]])), "finite"),
+    (dict(weight=torch.tensor([[float("-inf"), 1.0]])), "finite"),
     (dict(weight=torch.tensor([[-1.0, 1.0]])), "non-negative"),
     (dict(weight=torch.full((2, 4), 1e38, dtype=torch.float64)), "too large"),  # total 4e38
     (dict(weight=torch.full((3, 2, 4), 3e37, dtype=torch.float64)), "too large"),  # 3.6e38

@@ -79,15 +79,15 @@ def _loads(weight) -> np.ndarray:
         else np.asarray(weight, dtype=np.float64)
     if array.ndim not in (2, 3):
         raise ValueError(f"weight must be [L, E] or [T, L, E], got shape {list(array.shape)}")
-    if not np.isfinite(array).all():
-        raise ValueError("weight must be finite (no NaN or inf)")
-    if (array < 0).any():
-        raise ValueError("weight must be non-negative")
+    if not (array >= 0).all():  # false for NaN and -inf too
+        raise ValueError("weight must be finite (no NaN or inf)" if not np.isfinite(array).all()
+                         else "weight must be non-negative")
     with np.errstate(over="ignore"):
         total = array.sum(-1).max(initial=0.0) if array.ndim == 2 \
             else array.sum((0, 2)).max(initial=0.0)
-    if total > MAX_LAYER_LOAD:
-        raise ValueError(f"weight is too large: a layer's total load is {total:.4g}, at most "
+    if not total <= MAX_LAYER_LOAD:  # inf where a load is +inf
+        raise ValueError("weight must be finite (no NaN or inf)" if np.isinf(array).any() else
+                         f"weight is too large: a layer's total load is {total:.4g}, at most "
                          f"{MAX_LAYER_LOAD:.4g} is planned (float32, as the reference computes)")
     # -0.0 passes as non-negative but sets the sign bit, by which the kernels order loads
     # (it hung the packer); adding 0.0 makes it 0.0 and copies, leaving the caller's array.
