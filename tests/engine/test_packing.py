@@ -246,6 +246,23 @@ def test_differencing_starts_closer_to_the_bound_than_lpt_on_replicated_experts(
     assert differencing_gap < 0.5 * lpt_gap
 
 
+
+@pytest.mark.parametrize("cap", [3, 9])
+def test_first_packings_keep_lpt_alone_when_it_peaks_under_enough(cap):
+    weight = np.sort(np.random.default_rng(cap).lognormal(0, 1, 8 * cap))[::-1].copy()
+    weight32 = weight.astype(np.float32)
+    lpt = packing.lpt(weight32, 8)
+    lpt_peak = weight[lpt].sum(1).max()
+    kept = packing._first_packings(weight, weight32, 8, lpt_peak)
+    assert len(kept) == 1 and (kept[0] == lpt).all()
+    starts = packing._first_packings(weight, weight32, 8, lpt_peak * 0.999)
+    differencing = packing.differencing(weight, 8)
+    if cap <= packing.PAIR_SWAP_ALL_MAX_CAP:  # both refined
+        assert len(starts) == 2 and (starts[1] == differencing).all()
+    else:  # the one that peaks lower
+        better = min((differencing, lpt), key=lambda items: weight[items].sum(1).max())
+        assert len(starts) == 1 and (starts[0] == better).all()
+
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 10), st.integers(1, 8), st.integers(1, 30), st.integers(0, 2**31))
 def test_slots_by_pack_sorts_each_pack_by_expert(packs, cap, num_experts, seed):
