@@ -249,6 +249,22 @@ def test_evaluate_with_a_known_bound_matches_a_full_evaluation():
         evaluate(weight, second, 4, 2, 8, lower_bound=known[:1])
 
 
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 4), st.booleans(), st.integers(0, 2**31))
+def test_pairing_two_groups_per_node_matches_the_enumeration(num_nodes, layers, ties, seed):
+    from eplb_server.engine import hierarchy
+    rng = np.random.default_rng(seed)
+    shape = (layers, 2 * num_nodes)
+    group_load = rng.integers(0, 4, shape).astype(float) if ties else rng.lognormal(0, 1, shape)
+    node_of, peak = hierarchy.best_node_loads(group_load, num_nodes)
+    parts = hierarchy.node_partitions(2 * num_nodes, num_nodes)
+    _, enumerated = hierarchy._best_partition(group_load, parts, num_nodes)
+    assert (peak == enumerated).all()
+    assert (hierarchy.assignment_peak(group_load, node_of, num_nodes) == peak).all()
+    assert all(np.bincount(row, minlength=num_nodes).tolist() == [2] * num_nodes
+               for row in node_of)
+
 def test_gpu_loads_and_exact_node_assignment_match_direct_formulas():
     import itertools
 

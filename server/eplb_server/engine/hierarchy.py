@@ -1,4 +1,4 @@
-"""Group-to-node assignment for hierarchical plans: exact by enumeration when small."""
+"""Group-to-node assignment for hierarchical plans: exact by pairing or enumeration."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numba
 import numpy as np
 
 from . import packing
+from .sorting import descending_into
 
 MAX_PARTITIONS = 20000
 
@@ -48,9 +49,12 @@ def best_node_loads(group_load: np.ndarray, num_nodes: int):
     """Assignment minimising the heaviest node, and that node's load.
 
     group_load: [L, K] -> (node_of_group [L, K] int64, min max node load [L])
-    Exact when the partitions can be enumerated; otherwise the refined packer's answer.
+    Exact with two groups per node (by pairing) or when the partitions can be enumerated;
+    otherwise the refined packer's answer.
     """
     num_layers, num_groups = group_load.shape
+    if num_groups == 2 * num_nodes:
+        return _best_pairing(np.ascontiguousarray(group_load, dtype=np.float64))
     parts = node_partitions(num_groups, num_nodes)
     if parts is not None:
         choice, peak = _best_partition(np.ascontiguousarray(group_load, dtype=np.float64),
@@ -61,6 +65,23 @@ def best_node_loads(group_load: np.ndarray, num_nodes: int):
     for layer in range(num_layers):
         node_of[layer], loads = packing.pack_distinct(group_load[layer], num_nodes)
         peak[layer] = loads.max()
+    return node_of, peak
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_pairing(group_load):
+    """Two groups per node: the i-th heaviest group with the i-th lightest gives the lightest
+    heaviest pair (an exchange argument). [L, K] -> (node_of_group [L, K] int64, peak [L])."""
+    num_layers, num_groups = group_load.shape
+    node_of = np.empty((num_layers, num_groups), np.int64)
+    peak = np.zeros(num_layers)
+    order = np.empty(num_groups, np.int64)
+    for layer in range(num_layers):
+        descending_into(order, group_load[layer])
+        for node in range(num_groups // 2):
+            heavy, light = order[node], order[num_groups - 1 - node]
+            node_of[layer, heavy] = node_of[layer, light] = node
+            peak[layer] = max(peak[layer], group_load[layer, heavy] + group_load[layer, light])
     return node_of, peak
 
 
