@@ -249,7 +249,6 @@ def test_evaluate_with_a_known_bound_matches_a_full_evaluation():
         evaluate(weight, second, 4, 2, 8, lower_bound=known[:1])
 
 
-
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 5), st.integers(1, 4), st.booleans(), st.integers(0, 2**31))
 def test_pairing_two_groups_per_node_matches_the_enumeration(num_nodes, layers, ties, seed):
