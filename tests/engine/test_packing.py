@@ -246,7 +246,6 @@ def test_differencing_starts_closer_to_the_bound_than_lpt_on_replicated_experts(
     assert differencing_gap < 0.5 * lpt_gap
 
 
-
 @pytest.mark.parametrize("cap", [3, 9])
 def test_first_packings_keep_lpt_alone_when_it_peaks_under_enough(cap):
     weight = np.sort(np.random.default_rng(cap).lognormal(0, 1, 8 * cap))[::-1].copy()
@@ -262,6 +261,7 @@ def test_first_packings_keep_lpt_alone_when_it_peaks_under_enough(cap):
     else:  # the one that peaks lower
         better = min((differencing, lpt), key=lambda items: weight[items].sum(1).max())
         assert len(starts) == 1 and (starts[0] == better).all()
+
 
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 10), st.integers(1, 8), st.integers(1, 30), st.integers(0, 2**31))

@@ -45,24 +45,25 @@ def _solve_nodes(weight, node_groups, slots_per_node, gpus_per_node, max_moves, 
     num_layers, num_nodes, groups_per_node = node_groups.shape
     group_size = weight.shape[1] // (num_nodes * groups_per_node)
     node_size = groups_per_node * group_size
-    phy2log = np.empty((num_layers, num_nodes * slots_per_node), np.int64)
-    for row in numba.prange(num_layers * num_nodes):
-        layer, node = row // num_nodes, row % num_nodes
-        heaviest = 0.0
+    heaviest = np.zeros(num_layers)  # each layer's heaviest node load
+    for layer in range(num_layers):
         for n in range(num_nodes):
             load = 0.0
             for k in range(groups_per_node):
                 first = node_groups[layer, n, k] * group_size
                 for expert in range(first, first + group_size):
                     load += weight[layer, expert]
-            heaviest = max(heaviest, load)
+            heaviest[layer] = max(heaviest[layer], load)
+    phy2log = np.empty((num_layers, num_nodes * slots_per_node), np.int64)
+    for row in numba.prange(num_layers * num_nodes):
+        layer, node = row // num_nodes, row % num_nodes
         experts = np.empty(node_size, np.int64)
         for k in range(groups_per_node):
             for j in range(group_size):
                 experts[k * group_size + j] = node_groups[layer, node, k] * group_size + j
         local = packing.solve_one(weight[layer][experts], slots_per_node, gpus_per_node,
                                   max_moves, count_steps,
-                                  heaviest / gpus_per_node * (1.0 - margin))
+                                  heaviest[layer] / gpus_per_node * (1.0 - margin))
         for s in range(slots_per_node):
             phy2log[layer, node * slots_per_node + s] = experts[local[s]]
     return phy2log
