@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -46,12 +48,14 @@ def held_over_limit(pack_expert, limit):
 
 @settings(max_examples=200, deadline=None)
 @given(packings(), st.sampled_from([1, 100]))
-def test_refine_and_spread_preserve_items_and_never_raise_the_peak(packing_case, partners):
+def test_refine_balance_and_spread_preserve_items_and_never_raise_the_peak(packing_case,
+                                                                          partners):
     pack_weight, pack_expert, limit = packing_case
     before = sorted(zip(pack_weight.ravel().tolist(), pack_expert.ravel().tolist()))
     loads = pack_weight.sum(1)
     peak, excess = loads.max(), held_over_limit(pack_expert, limit)
     packing.refine(pack_weight, pack_expert, limit, loads, 1000, partners, 0.0)
+    packing.balance_pairs(pack_weight, pack_expert, limit, loads)
     packing.spread(pack_weight, pack_expert, limit, loads)
     assert sorted(zip(pack_weight.ravel().tolist(), pack_expert.ravel().tolist())) == before
     assert np.allclose(loads, pack_weight.sum(1))
@@ -73,6 +77,50 @@ def test_pair_swaps_with_every_pack_beat_pair_swaps_with_the_lightest_only():
         packing.refine(pack_weight, pack_expert, np.ones(16, np.int64), loads, 50, partners, 0.0)
         peaks.append(loads.max())
     assert peaks == [63.0, 62.0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 2**31), st.booleans())
+def test_balance_pairs_brings_two_packs_as_close_as_any_exchange_can(cap, seed, ties):
+    rng = np.random.default_rng(seed)
+    pack_weight = -np.sort(-random_loads(rng, 2 * cap, ties, low=1).reshape(2, cap), axis=1)
+    pack_expert = np.arange(2 * cap).reshape(2, cap)
+    loads = pack_weight.sum(1)
+    gap = abs(loads[0] - loads[1])
+    heavy, light = pack_weight[loads.argmax()], pack_weight[loads.argmin()]
+    closest = gap
+    for size in (1, 2):
+        for a in itertools.combinations(range(cap), size):
+            for b in itertools.combinations(range(cap), size):
+                delta = heavy[list(a)].sum() - light[list(b)].sum()
+                if 0 < delta < gap:
+                    closest = min(closest, abs(gap - 2 * delta))
+    packing.balance_pairs(pack_weight, pack_expert, np.ones(2 * cap, np.int64), loads)
+    assert abs(loads[0] - loads[1]) == pytest.approx(closest, abs=1e-9)
+    assert np.allclose(loads, pack_weight.sum(1))
+
+
+def test_balance_pairs_frees_refinement_where_it_is_stuck():
+    rng = np.random.default_rng(4)
+    gaps = []
+    for _ in range(20):  # 64 experts on 72 slots of 18 packs, four per pack as at EP72
+        expert_weight = rng.lognormal(0, 1.2, 64)
+        counts = packing.adams_counts(expert_weight, 72)
+        weight = np.sort(np.repeat(expert_weight / counts, counts))[::-1].copy()
+        bound = max(weight.sum() / 18, weight[0])
+        items = packing.differencing(weight, 18)
+        peaks = []
+        for balance in (False, True):
+            pack_weight, pack_expert = weight[items], items.copy()
+            loads, limit = pack_weight.sum(1), np.ones(72, np.int64)
+            packing.refine(pack_weight, pack_expert, limit, loads, 1000, 18, 0.0)
+            if balance:
+                packing.balance_pairs(pack_weight, pack_expert, limit, loads)
+                packing.refine(pack_weight, pack_expert, limit, loads, 1000, 18, 0.0)
+            peaks.append(loads.max())
+        gaps.append([peak / bound - 1 for peak in peaks])
+    refined, balanced = np.array(gaps).T
+    assert (balanced <= refined).all() and balanced.mean() < 0.9 * refined.mean()
 
 
 @pytest.mark.parametrize("num_slots", [8, 16, 24])
