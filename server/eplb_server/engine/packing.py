@@ -335,12 +335,21 @@ def _pair_sums(pack_weight, pack, sums, first, second):
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
+def _sum_pairs_once(pack_weight, pack, sums, first, second, summed):
+    """`_pair_sums` into row `pack` of sums, first, second [m, c(c-1)/2] unless summed[pack]."""
+    if not summed[pack]:
+        _pair_sums(pack_weight, pack, sums[pack], first[pack], second[pack])
+        summed[pack] = True
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
 def _best_pair_swap_any(pack_weight, pack_expert, limit, loads, by_load, partners, sums, first,
-                        second):
+                        second, summed):
     """Best 2-for-2 swap between the heaviest pack and the `partners` lightest others, lightest
     first, skipping packs that cannot beat the best found. For each pair of the heaviest pack
     only the other pack's pair closest to halving the gap is tried: with both packs' pair sums
-    sorted (buffers sums, first, second [2, c(c-1)/2]: heaviest, other), one pass finds them.
+    sorted (sums, first, second [m, c(c-1)/2]: `_pair_sums` of the packs marked in summed [m],
+    filled here for the others), one pass finds them.
 
     Returns (objective, other pack, (x, y, u, v)): slots x, y of the heaviest pack go to slots
     u, v of the other; other < 0 when no swap lowers the peak.
@@ -350,28 +359,28 @@ def _best_pair_swap_any(pack_weight, pack_expert, limit, loads, by_load, partner
     heavy = by_load[num_packs - 1]
     top = loads[heavy]
     best, other, found = top - 1e-12 * abs(top), -1, (-1, -1, -1, -1)
-    _pair_sums(pack_weight, heavy, sums[0], first[0], second[0])
+    _sum_pairs_once(pack_weight, heavy, sums, first, second, summed)
     for k in range(min(partners, num_packs - 1)):
         o = by_load[k]
         low = loads[o]
         if 0.5 * (top + low) >= best:
             break
         gap = top - low
-        _pair_sums(pack_weight, o, sums[1], first[1], second[1])
+        _sum_pairs_once(pack_weight, o, sums, first, second, summed)
         j = 0  # first pair of o with sum >= ideal, which rises with the heaviest pack's sum
         for h in range(num_pairs):
-            heavy_sum = sums[0, h]
+            heavy_sum = sums[heavy, h]
             ideal = heavy_sum - 0.5 * gap
-            while j < num_pairs and sums[1, j] < ideal:
+            while j < num_pairs and sums[o, j] < ideal:
                 j += 1
             for c in (j - 1, j):
                 if c < 0 or c >= num_pairs:
                     continue
-                delta = heavy_sum - sums[1, c]
+                delta = heavy_sum - sums[o, c]
                 if delta <= 0.0 or delta >= gap:
                     continue
                 objective = max(top - delta, low + delta)
-                x, y, u, v = first[0, h], second[0, h], first[1, c], second[1, c]
+                x, y, u, v = first[heavy, h], second[heavy, h], first[o, c], second[o, c]
                 if objective < best \
                         and _pair_swap_fits(pack_expert, limit, heavy, x, y, o, u, v) \
                         and _pair_swap_fits(pack_expert, limit, o, u, v, heavy, x, y):
@@ -450,8 +459,7 @@ def balance_pairs(pack_weight, pack_expert, limit, loads):
     sums = np.empty((num_packs, num_pairs))
     first, second = np.empty((num_packs, num_pairs), np.int64), \
         np.empty((num_packs, num_pairs), np.int64)
-    for p in range(num_packs):
-        _pair_sums(pack_weight, p, sums[p], first[p], second[p])
+    summed = np.zeros(num_packs, np.bool_)
     order = np.empty(num_packs, np.int64)
     descending_into(order, loads)
     least_gap = loads.max() - loads.sum() / num_packs
@@ -462,6 +470,8 @@ def balance_pairs(pack_weight, pack_expert, limit, loads):
                 p, q = q, p
             if loads[p] - loads[q] <= least_gap:
                 continue
+            _sum_pairs_once(pack_weight, p, sums, first, second, summed)
+            _sum_pairs_once(pack_weight, q, sums, first, second, summed)
             delta, x, y, u, v = _closest_exchange(pack_weight, pack_expert, limit, p, q,
                                                   loads[p] - loads[q], sums, first, second)
             if delta == 0.0:
@@ -470,8 +480,7 @@ def balance_pairs(pack_weight, pack_expert, limit, loads):
                 _swap(pack_weight, pack_expert, loads, p, x, q, u)
             else:
                 _swap_two(pack_weight, pack_expert, loads, p, x, y, q, u, v)
-            _pair_sums(pack_weight, p, sums[p], first[p], second[p])
-            _pair_sums(pack_weight, q, sums[q], first[q], second[q])
+            summed[p] = summed[q] = False
 
 
 @numba.njit(cache=True, nogil=True)
@@ -490,8 +499,9 @@ def refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners, goo
     by_load = np.empty(num_packs, np.int64)
     ascending_into(by_load, loads)  # numba's argsort costs ~1 us for 32 keys
     num_pairs = cap * (cap - 1) // 2
-    sums, first, second = np.empty((2, num_pairs)), np.empty((2, num_pairs), np.int64), \
-        np.empty((2, num_pairs), np.int64)
+    sums, first, second = np.empty((num_packs, num_pairs)), \
+        np.empty((num_packs, num_pairs), np.int64), np.empty((num_packs, num_pairs), np.int64)
+    summed = np.zeros(num_packs, np.bool_)  # packs whose pair sums are up to date
     for move in range(max_moves):
         heavy = by_load[num_packs - 1]
         if loads[heavy] <= good_enough:
@@ -506,10 +516,11 @@ def refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners, goo
                 return move
             best, other, (x, y, u, v) = _best_pair_swap_any(
                 pack_weight, pack_expert, limit, loads, by_load, pair_partners, sums, first,
-                second)
+                second, summed)
             if other < 0:
                 return move
             _swap_two(pack_weight, pack_expert, loads, heavy, x, y, other, u, v)
+        summed[heavy] = summed[other] = False
         resort(by_load, loads, heavy)
         resort(by_load, loads, other)
     return max_moves
