@@ -124,21 +124,22 @@ def test_reductions():
 
 
 def test_recency_follows_recent_windows():
-    # An expert hot only in the last window earns more replicas under recency than under sum.
+    # An expert hot only in the last window earns more replicas under recency than under sum
+    # (one slot per GPU: the counts follow the objective's loads, as the reference gives them).
     history = np.ones((6, 1, 8))
     history[:5, 0, 0] = 20
     history[5, 0, 7] = 20
-    rec = api.plan(history, 16, 1, 1, 4, policy="global", objective="recency", half_life=0.5)
-    tot = api.plan(history, 16, 1, 1, 4, policy="global", objective="sum")
+    rec = api.plan(history, 16, 1, 1, 16, policy="global", objective="recency", half_life=0.5)
+    tot = api.plan(history, 16, 1, 1, 16, policy="global", objective="sum")
     assert rec.logcnt[0, 7] > tot.logcnt[0, 7]
 
 
 def test_robust_replicates_volatile_experts():
-    # Experts 0 and 1 have the same mean; 1 is volatile and earns at least as many replicas.
+    # Experts 0 and 1 have the same mean; 1 is volatile and earns more replicas (one slot per GPU).
     history = np.ones((4, 1, 8))
     history[:, 0, 0] = 10
     history[:, 0, 1] = [0, 20, 0, 20]
-    rob = api.plan(history, 16, 1, 1, 4, policy="global", objective="robust", robust_k=2.0)
+    rob = api.plan(history, 16, 1, 1, 16, policy="global", objective="robust", robust_k=2.0)
     assert rob.logcnt[0, 1] > rob.logcnt[0, 0]
 
 

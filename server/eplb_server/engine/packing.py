@@ -24,6 +24,9 @@ PAIR_SWAP_ALL_MAX_CAP = 5  # most slots per pack at which 2-for-2 swaps try ever
 # Above this many slots per pack, 2-for-2 swaps (O(c^2) pair sums per move) and the spreading
 # pass (O(m c^2)) are skipped: they would dominate, and such packs hold many experts anyway.
 SMALL_PACK_MAX_CAP = 32
+COUNT_MOVE_GAP = 0.01
+COUNT_MOVES = 8
+COUNT_MOVE_TAKERS = 2
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
@@ -584,11 +587,114 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps, enough=0.0):
     under its heaviest node's mean GPU load). Refinement stops there if that is above its own
     target, and differencing is skipped when the reference's LPT start already peaks below it
     (measured: 93% of a hierarchical EP32 layer's lighter nodes on the real snapshots).
+    Where the reference's counts give an expert more replicas than packs, `capped_counts` are
+    packed too and the better plan kept.
     """
-    cap = num_slots // num_packs
     weight32 = weight.astype(np.float32)
     by_weight = descending_order(weight32)
     counts = _replica_counts(weight, weight32, by_weight, num_slots, num_packs, count_steps)
+    best_expert, best_peak = _replicas_packed(weight, weight32, by_weight, counts, num_packs,
+                                              max_moves, enough)
+    if counts.max() > num_packs:
+        capped = capped_counts(weight, counts, num_packs)
+        if (capped != counts).any():
+            pack_expert, peak = _replicas_packed(weight, weight32, by_weight, capped, num_packs,
+                                                 max_moves, enough)
+            if peak < best_peak:
+                best_expert, best_peak, counts = pack_expert, peak, capped
+    if num_slots > 2 * num_packs:
+        best_expert = _count_moves(weight, weight32, by_weight, counts, num_packs, max_moves,
+                                   enough, best_expert, best_peak)
+    return _slots_by_pack(best_expert, weight.size)
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_moves(weight, weight32, by_weight, counts, num_packs, max_moves, enough, best_expert,
+                 best_peak):
+    """While the peak stays COUNT_MOVE_GAP above its bound, single replica moves that lower it:
+    from an expert on the heaviest pack to the one of largest load per replica, or to an expert
+    on the heaviest pack from the one that loses least. -> pack_expert [m, c]"""
+    num_experts = weight.size
+    mean = weight.sum() / num_packs
+    counts = counts.copy()
+    for _ in range(COUNT_MOVES):
+        bound = mean
+        for e in range(num_experts):
+            bound = max(bound, weight[e] / counts[e])
+        if best_peak <= max(bound * (1.0 + COUNT_MOVE_GAP), enough):
+            break
+        heavy, heavy_load = 0, -1.0
+        for p in range(num_packs):
+            load = 0.0
+            for e in best_expert[p]:
+                load += weight[e] / counts[e]
+            if load > heavy_load:
+                heavy, heavy_load = p, load
+        found, found_peak, found_expert = -1, best_peak, best_expert
+        moves = np.empty((2 * best_expert.shape[1], 2), np.int64)
+        num_moves = 0
+        takers = 0
+        for e in best_expert[heavy]:  # heaviest piece first
+            if counts[e] > 1:  # e gives a replica to the expert of largest piece
+                to, piece = -1, -1.0
+                for f in range(num_experts):
+                    if f != e and weight[f] / counts[f] > piece:
+                        to, piece = f, weight[f] / counts[f]
+                moves[num_moves] = (e, to)
+                num_moves += 1
+            if takers >= COUNT_MOVE_TAKERS:
+                continue
+            takers += 1
+            source, cost = -1, np.inf  # e takes a replica from the one that loses least
+            for f in range(num_experts):
+                if f != e and counts[f] > 1 and weight[f] / (counts[f] - 1) < cost:
+                    source, cost = f, weight[f] / (counts[f] - 1)
+            if source >= 0:
+                moves[num_moves] = (source, e)
+                num_moves += 1
+        for k in range(num_moves):
+            counts[moves[k, 0]] -= 1
+            counts[moves[k, 1]] += 1
+            pack_expert, peak = _replicas_packed(weight, weight32, by_weight, counts, num_packs,
+                                                 max_moves, enough)
+            if peak < found_peak:
+                found, found_peak, found_expert = k, peak, pack_expert
+            counts[moves[k, 0]] += 1
+            counts[moves[k, 1]] -= 1
+        if found < 0:
+            break
+        counts[moves[found, 0]] -= 1
+        counts[moves[found, 1]] += 1
+        best_expert, best_peak = found_expert, found_peak
+    return best_expert
+
+
+@numba.njit(cache=True, nogil=True)
+def capped_counts(weight, counts, num_packs):
+    """counts [E] with no expert above one replica per pack, the slots this frees given one at
+    a time to the expert of largest load per replica (lower index among equals) still below
+    that. More replicas than packs put two on some pack: ceil(c / m) w / c >= w / m, so they
+    never lower the expert's load on its heaviest pack, and other experts want the slots.
+    -> counts [E] int64 (a copy; unchanged where every expert reaches the cap)"""
+    capped = np.minimum(counts, num_packs)
+    free = counts.sum() - capped.sum()
+    if free > (num_packs - capped).sum():
+        return counts.copy()
+    for _ in range(free):
+        best, best_piece = -1, -1.0
+        for e in range(weight.size):
+            if capped[e] < num_packs and weight[e] / capped[e] > best_piece:
+                best, best_piece = e, weight[e] / capped[e]
+        capped[best] += 1
+    return capped
+
+
+@numba.njit(cache=True, nogil=True)
+def _replicas_packed(weight, weight32, by_weight, counts, num_packs, max_moves, enough):
+    """Packs counts [E] replicas of each expert onto num_packs packs (see `solve_one`).
+    -> (pack_expert [m, c], peak)"""
+    num_slots = counts.sum()
+    cap = num_slots // num_packs
     item_weight, item_weight32, item_expert = _items_of(weight, weight32, counts, by_weight)
     starts = _first_packings(item_weight, item_weight32, num_packs, enough)
     limit = (counts + num_packs - 1) // num_packs
@@ -611,7 +717,7 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps, enough=0.0):
         peak = loads.max()
         if peak < best_peak:
             best_expert, best_peak = pack_expert, peak
-    return _slots_by_pack(best_expert, weight.size)
+    return best_expert, best_peak
 
 
 @numba.njit(cache=True, nogil=True)

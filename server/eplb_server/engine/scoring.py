@@ -124,13 +124,21 @@ def lower_bound(weight: np.ndarray, num_slots: int, num_groups: int, num_nodes: 
                 num_gpus: int, hierarchical: bool) -> np.ndarray:
     """Lower bound on any plan's peak GPU load per layer. weight: [L, E] -> [L].
 
-    Global: max(W / G, R*). Hierarchical also: the lightest possible heaviest node / GPUs per node.
+    Global: max(W / G, R*). Hierarchical also: the lightest possible heaviest node / GPUs per
+    node, and each group's R* with the slots its node has beyond one per expert (a node's
+    P / N slots hold its E / N experts, so no group gets more extra replicas than that).
     """
     weight = np.ascontiguousarray(weight, dtype=np.float64)
     bound = np.maximum(weight.sum(1) / num_gpus, replication_bound(weight, num_slots))
     if hierarchical and num_nodes > 1:
-        group_load = weight.reshape(weight.shape[0], num_groups, -1).sum(-1)
-        bound = np.maximum(bound, node_peak_bound(group_load, num_nodes) / (num_gpus // num_nodes))
+        num_layers, num_experts = weight.shape
+        group_weight = weight.reshape(num_layers * num_groups, -1)
+        group_slots = group_weight.shape[1] + (num_slots - num_experts) // num_nodes
+        group_bound = replication_bound(group_weight, group_slots).reshape(num_layers, -1)
+        group_load = group_weight.sum(1).reshape(num_layers, num_groups)
+        bound = np.maximum.reduce([
+            bound, group_bound.max(1),
+            node_peak_bound(group_load, num_nodes) / (num_gpus // num_nodes)])
     return bound
 
 
