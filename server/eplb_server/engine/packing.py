@@ -616,6 +616,8 @@ def _count_moves(weight, weight32, by_weight, counts, num_packs, max_moves, enou
     on the heaviest pack from the one that loses least. -> pack_expert [m, c]"""
     num_experts = weight.size
     mean = weight.sum() / num_packs
+    if best_peak <= mean * (1.0 + COUNT_MOVE_GAP):  # most problems: nothing to do
+        return best_expert
     counts = counts.copy()
     for _ in range(COUNT_MOVES):
         bound = mean
