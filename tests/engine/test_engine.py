@@ -264,6 +264,30 @@ def test_pairing_two_groups_per_node_matches_the_enumeration(num_nodes, layers, 
     assert all(np.bincount(row, minlength=num_nodes).tolist() == [2] * num_nodes
                for row in node_of)
 
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([(16, 8), (32, 16), (24, 8), (30, 6)]), st.booleans(),
+       st.integers(0, 2**31))
+def test_node_peak_bound_is_exact_for_pairs_and_below_every_assignment(shape, ties, seed):
+    from eplb_server.engine import hierarchy
+    num_groups, num_nodes = shape  # too many partitions to enumerate, all four
+    rng = np.random.default_rng(seed)
+    group_load = rng.integers(0, 4, (3, num_groups)).astype(float) if ties \
+        else rng.lognormal(0, 1.5, (3, num_groups))
+    bound = hierarchy.node_peak_bound(group_load, num_nodes)
+    per_node = num_groups // num_nodes
+    for _ in range(20):
+        node_of = np.stack([rng.permutation(np.arange(num_groups) // per_node) for _ in range(3)])
+        assert (bound <= hierarchy.assignment_peak(group_load, node_of, num_nodes) + 1e-9).all()
+    if per_node == 2:  # the pairing is exact: the bound is attained
+        node_of, peak = hierarchy.best_node_loads(group_load, num_nodes)
+        assert (bound == peak).all()
+    else:  # the heaviest group with the lightest ones beside it, or the mean
+        lightest = np.sort(group_load, axis=1)[:, :per_node - 1].sum(1)
+        assert (bound >= group_load.max(1) + lightest).all()
+        assert (bound >= group_load.sum(1) / num_nodes - 1e-9).all()
+
+
 def test_gpu_loads_and_exact_node_assignment_match_direct_formulas():
     import itertools
 

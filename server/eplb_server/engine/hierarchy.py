@@ -138,7 +138,13 @@ def _assignment_peak(group_load, node_of_group, num_nodes):
 
 
 def node_peak_bound(group_load: np.ndarray, num_nodes: int) -> np.ndarray:
-    """A lower bound on the heaviest node's load over all assignments. group_load: [L, K] -> [L]."""
-    if node_partitions(group_load.shape[1], num_nodes) is not None:
+    """A lower bound on the heaviest node's load over all assignments. group_load: [L, K] -> [L].
+
+    Exact where `best_node_loads` is; else the mean node load, or the heaviest group beside the
+    lightest ones that fill its node, whichever is larger.
+    """
+    num_groups = group_load.shape[1]
+    if num_groups == 2 * num_nodes or node_partitions(num_groups, num_nodes) is not None:
         return best_node_loads(group_load, num_nodes)[1]
-    return np.maximum(group_load.sum(1) / num_nodes, group_load.max(1))
+    lightest = np.sort(group_load, axis=1)[:, :num_groups // num_nodes - 1].sum(1)
+    return np.maximum(group_load.sum(1) / num_nodes, group_load.max(1) + lightest)
