@@ -209,6 +209,17 @@ def test_hierarchical_bound_is_tighter_and_met(snapshot_paths):
     assert (hier.layer_lower_bound <= hier.layer_max_load * (1 + 1e-9)).all()
 
 
+def test_hierarchical_bound_counts_only_the_node_slots_a_group_can_use():
+    # Node 0 holds experts [100, 1, 1] in 4 slots: the hot expert gets at most 2 replicas, so
+    # no hierarchical plan peaks under 50 (the global R*, 3 replicas of the 8 slots, is 33.3).
+    weight = torch.tensor([[100.0, 1, 1, 1, 1, 1]])
+    phy2log, _, _ = rebalance_experts(weight, 8, 2, 2, 8, policy="hierarchical")
+    hier = evaluate(weight, phy2log, 2, 2, 8, policy="hierarchical")
+    flat = evaluate(weight, phy2log, 2, 2, 8, policy="global")
+    assert flat.layer_lower_bound.tolist() == pytest.approx([100 / 3])
+    assert hier.layer_lower_bound.tolist() == [50.0] == hier.layer_max_load.tolist()
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(weight=torch.tensor([[float("nan"), 1.0]])), "finite"),
     (dict(weight=torch.tensor([[1.0, float("inf")]])), "finite"),
