@@ -2,9 +2,10 @@
 
 Each kernel solves one independent problem (a layer, or a layer's node; `refined` runs them in
 parallel). Replication and the LPT start make the reference's decisions (in float32, lowest
-index among equals), and every later step only lowers the peak (at two slots per pack, the
-counts searched in `pairing`), so a refined plan is never worse than the reference's for the
-same problem. Pure functions of their arrays.
+index among equals), and every later step only lowers the peak (other replica counts too:
+at two slots per pack those that `pairing` searches, at more `capped_counts` and
+`_count_moves`), so a refined plan is never worse than the reference's for the same problem.
+Pure functions of their arrays.
 """
 
 from __future__ import annotations
@@ -643,7 +644,10 @@ def _count_moves(weight, weight32, by_weight, counts, num_packs, max_moves, enou
         moves = np.empty((2 * best_expert.shape[1], 2), np.int64)
         num_moves = 0
         takers = 0
-        for e in best_expert[heavy]:  # heaviest piece first
+        for j in range(best_expert.shape[1]):  # heaviest piece first, an expert's adjacent
+            e = best_expert[heavy, j]
+            if j > 0 and best_expert[heavy, j - 1] == e:
+                continue
             if counts[e] > 1:  # e gives a replica to the expert of largest piece
                 to, piece = -1, -1.0
                 for f in range(num_experts):
