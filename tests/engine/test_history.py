@@ -105,6 +105,25 @@ def test_default_never_worse_than_sum_on_given_windows(seed, policy):
     assert ours.sum() <= base.sum()
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31), st.sampled_from([(8, 8), (8, 4), (3, 3), (16, 4)]), st.booleans())
+def test_every_window_swap_lowers_the_sum_of_window_peaks(seed, gpus, ties):
+    from eplb_server.engine.history import refine_windows
+    num_gpus, gpus_per_node = gpus  # the search keeps each window's top three GPUs between
+    history = drifting(seed, 5, 2, 16)  # moves: each move's gain is checked from scratch here
+    if ties:
+        history = np.floor(history / 40)
+    plan = api.plan(history.sum(0), 48, 1, 1, num_gpus, policy="global")
+    start, counts = plan.phy2log.numpy(), plan.logcnt.numpy()
+    objective = [expected_peak(history, start, num_gpus)]
+    for moves in range(1, 9):
+        phy2log = refine_windows(history, start.copy(), counts, num_gpus, gpus_per_node, moves, 2)
+        objective.append(expected_peak(history, phy2log, num_gpus))
+    for steps in np.diff(np.array(objective), axis=0).T:  # per layer: lower, until it stops
+        stop = np.flatnonzero(steps >= 0)[0] if (steps >= 0).any() else steps.size
+        assert (steps[:stop] < 0).all() and (steps[stop:] == 0).all(), steps
+
+
 def test_sum_objective_is_the_plan_of_the_summed_load():
     history = drifting(5, 4, 3, 16)
     a = api.plan(history, 24, 4, 2, 4, objective="sum")

@@ -162,6 +162,8 @@ def _refine_layer(history, phy2log, counts, num_gpus, gpus_per_node, max_moves, 
         for p in range(num_slots):
             load[p // per_gpu, t] += slot_load[p, t]
     top = np.empty((num_windows, 3), np.int64)  # the three heaviest GPUs per window
+    for t in range(num_windows):
+        _top_three(load, t, top)
     peak_count = np.zeros(num_gpus, np.int64)
     light = np.empty(gpus_per_node)
     rest = np.empty(num_windows)  # a window's peak among the GPUs a swap leaves alone
@@ -171,18 +173,8 @@ def _refine_layer(history, phy2log, counts, num_gpus, gpus_per_node, max_moves, 
     for _ in range(max_moves):
         peak_count[:] = 0
         for t in range(num_windows):
-            a = b = c = -1
-            for g in range(num_gpus):
-                x = load[g, t]
-                if a < 0 or x > load[a, t]:
-                    c, b, a = b, a, g
-                elif b < 0 or x > load[b, t]:
-                    c, b = b, g
-                elif c < 0 or x > load[c, t]:
-                    c = g
-            top[t, 0], top[t, 1], top[t, 2] = a, b, c
-            peak[t] = load[a, t]
-            peak_count[a] += 1
+            peak[t] = load[top[t, 0], t]
+            peak_count[top[t, 0]] += 1
         src = np.argmax(peak_count)
         node = src // gpus_per_node
         best_delta, best_a, best_b = -1e-12, -1, -1
@@ -225,7 +217,29 @@ def _refine_layer(history, phy2log, counts, num_gpus, gpus_per_node, max_moves, 
             load[dst, t] -= d
             slot_load[best_a, t], slot_load[best_b, t] = slot_load[best_b, t], slot_load[best_a, t]
         phy2log[best_a], phy2log[best_b] = phy2log[best_b], phy2log[best_a]
+        for t in range(num_windows):  # only src and dst moved: elsewhere the top three stay
+            third = top[t, 2]
+            if third < 0 or src == top[t, 0] or src == top[t, 1] or src == third \
+                    or dst == top[t, 0] or dst == top[t, 1] or dst == third \
+                    or load[src, t] >= load[third, t] or load[dst, t] >= load[third, t]:
+                _top_three(load, t, top)
     return phy2log
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _top_three(load, t, top):
+    """top[t] = the three heaviest GPUs of window t in load [G, T], lower index among equals
+    (-1 where there are fewer GPUs)."""
+    a = b = c = -1
+    for g in range(load.shape[0]):
+        x = load[g, t]
+        if a < 0 or x > load[a, t]:
+            c, b, a = b, a, g
+        elif b < 0 or x > load[b, t]:
+            c, b = b, g
+        elif c < 0 or x > load[c, t]:
+            c = g
+    top[t, 0], top[t, 1], top[t, 2] = a, b, c
 
 
 @numba.njit(cache=True, parallel=True)
