@@ -500,7 +500,7 @@ def refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners, goo
     place; limit [E]: most replicas of an expert a pack may hold. Returns the moves made.
     """
     num_packs, cap = pack_weight.shape
-    if cap < 2 or num_packs < 2:
+    if cap < 2 or num_packs < 2 or loads.max() <= good_enough:
         return 0
     mean = loads.sum() / num_packs
     by_load = np.empty(num_packs, np.int64)
