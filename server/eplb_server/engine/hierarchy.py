@@ -49,23 +49,32 @@ def best_node_loads(group_load: np.ndarray, num_nodes: int):
     """Assignment minimising the heaviest node, and that node's load.
 
     group_load: [L, K] -> (node_of_group [L, K] int64, min max node load [L])
-    Exact with two groups per node (by pairing) or when the partitions can be enumerated;
-    otherwise the refined packer's answer.
+    Exact where `exact_node_loads` is; otherwise the refined packer's answer.
     """
+    exact = exact_node_loads(group_load, num_nodes)
+    if exact is not None:
+        return exact
     num_layers, num_groups = group_load.shape
-    if num_groups == 2 * num_nodes:
-        return _best_pairing(np.ascontiguousarray(group_load, dtype=np.float64))
-    parts = node_partitions(num_groups, num_nodes)
-    if parts is not None:
-        choice, peak = _best_partition(np.ascontiguousarray(group_load, dtype=np.float64),
-                                       parts, num_nodes)
-        return parts[choice], peak
     node_of = np.empty((num_layers, num_groups), np.int64)
     peak = np.empty(num_layers)
     for layer in range(num_layers):
         node_of[layer], loads = packing.pack_distinct(group_load[layer], num_nodes)
         peak[layer] = loads.max()
     return node_of, peak
+
+
+def exact_node_loads(group_load: np.ndarray, num_nodes: int):
+    """`best_node_loads` with two groups per node (by pairing) or when the partitions can be
+    enumerated; None otherwise."""
+    num_groups = group_load.shape[1]
+    load = np.ascontiguousarray(group_load, dtype=np.float64)
+    if num_groups == 2 * num_nodes:
+        return _best_pairing(load)
+    parts = node_partitions(num_groups, num_nodes)
+    if parts is None:
+        return None
+    choice, peak = _best_partition(load, parts, num_nodes)
+    return parts[choice], peak
 
 
 @numba.njit(cache=True, nogil=True)
@@ -140,11 +149,12 @@ def _assignment_peak(group_load, node_of_group, num_nodes):
 def node_peak_bound(group_load: np.ndarray, num_nodes: int) -> np.ndarray:
     """A lower bound on the heaviest node's load over all assignments. group_load: [L, K] -> [L].
 
-    Exact where `best_node_loads` is; else the mean node load, or the heaviest group beside the
+    Exact where `exact_node_loads` is; else the mean node load, or the heaviest group beside the
     lightest ones that fill its node, whichever is larger.
     """
+    exact = exact_node_loads(group_load, num_nodes)
+    if exact is not None:
+        return exact[1]
     num_groups = group_load.shape[1]
-    if num_groups == 2 * num_nodes or node_partitions(num_groups, num_nodes) is not None:
-        return best_node_loads(group_load, num_nodes)[1]
     lightest = np.sort(group_load, axis=1)[:, :num_groups // num_nodes - 1].sum(1)
     return np.maximum(group_load.sum(1) / num_nodes, group_load.max(1) + lightest)

@@ -341,6 +341,14 @@ def _pair_sums(pack_weight, pack, sums, first, second):
             k += 1
 
 
+@numba.njit(cache=True, nogil=True)
+def _pair_sum_cache(num_packs, cap):
+    """Empty (sums, first, second) [m, c(c-1)/2] for `_sum_pairs_once`, and summed [m] False."""
+    num_pairs = cap * (cap - 1) // 2
+    return np.empty((num_packs, num_pairs)), np.empty((num_packs, num_pairs), np.int64), \
+        np.empty((num_packs, num_pairs), np.int64), np.zeros(num_packs, np.bool_)
+
+
 @numba.njit(cache=True, nogil=True, _nrt=False)
 def _sum_pairs_once(pack_weight, pack, sums, first, second, summed):
     """`_pair_sums` into row `pack` of sums, first, second [m, c(c-1)/2] unless summed[pack]."""
@@ -462,11 +470,7 @@ def balance_pairs(pack_weight, pack_expert, limit, loads):
     pack_weight [m, c] (rows sorted descending), pack_expert [m, c], loads [m] change in place.
     """
     num_packs, cap = pack_weight.shape
-    num_pairs = cap * (cap - 1) // 2
-    sums = np.empty((num_packs, num_pairs))
-    first, second = np.empty((num_packs, num_pairs), np.int64), \
-        np.empty((num_packs, num_pairs), np.int64)
-    summed = np.zeros(num_packs, np.bool_)
+    sums, first, second, summed = _pair_sum_cache(num_packs, cap)
     order = np.empty(num_packs, np.int64)
     descending_into(order, loads)
     least_gap = loads.max() - loads.sum() / num_packs
@@ -505,10 +509,7 @@ def refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners, goo
     mean = loads.sum() / num_packs
     by_load = np.empty(num_packs, np.int64)
     ascending_into(by_load, loads)  # numba's argsort costs ~1 us for 32 keys
-    num_pairs = cap * (cap - 1) // 2
-    sums, first, second = np.empty((num_packs, num_pairs)), \
-        np.empty((num_packs, num_pairs), np.int64), np.empty((num_packs, num_pairs), np.int64)
-    summed = np.zeros(num_packs, np.bool_)  # packs whose pair sums are up to date
+    sums, first, second, summed = _pair_sum_cache(num_packs, cap)
     for move in range(max_moves):
         heavy = by_load[num_packs - 1]
         if loads[heavy] <= good_enough:
@@ -620,7 +621,7 @@ def _count_moves(weight, weight32, by_weight, counts, num_packs, max_moves, enou
     the heaviest pack's COUNT_MOVE_TAKERS largest experts from the one that loses least. Each
     candidate is packed in full, COUNT_MOVE_SLOTS slots' worth of them per problem at most
     (a 40-slot node: 25; 288 slots: 3; none from 1025 slots up, where one packing of a skewed
-    layer costs ~10 ms). -> pack_expert [m, c]"""
+    layer costs ~14 ms). -> pack_expert [m, c]"""
     num_experts = weight.size
     mean = weight.sum() / num_packs
     if best_peak <= mean * (1.0 + COUNT_MOVE_GAP):  # most problems: nothing to do
