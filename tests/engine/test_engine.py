@@ -290,10 +290,15 @@ def test_node_peak_bound_is_exact_for_pairs_and_below_every_assignment(shape, ti
     for _ in range(20):
         node_of = np.stack([rng.permutation(np.arange(num_groups) // per_node) for _ in range(3)])
         assert (bound <= hierarchy.assignment_peak(group_load, node_of, num_nodes) + 1e-9).all()
+    node_of, peak = hierarchy.best_node_loads(group_load, num_nodes)
+    assert all(np.bincount(row, minlength=num_nodes).tolist() == [per_node] * num_nodes
+               for row in node_of)
+    assert np.allclose(hierarchy.assignment_peak(group_load, node_of, num_nodes), peak,
+                       rtol=1e-12, atol=0)  # the packer's loads change by swaps, in place
     if per_node == 2:  # the pairing is exact: the bound is attained
-        node_of, peak = hierarchy.best_node_loads(group_load, num_nodes)
         assert (bound == peak).all()
-    else:  # the heaviest group with the lightest ones beside it, or the mean
+    else:  # the packer's assignment; the heaviest group with the lightest ones, or the mean
+        assert (bound <= peak + 1e-9).all()
         lightest = np.sort(group_load, axis=1)[:, :per_node - 1].sum(1)
         assert (bound >= group_load.max(1) + lightest).all()
         assert (bound >= group_load.sum(1) / num_nodes - 1e-9).all()

@@ -54,6 +54,13 @@ def best_node_loads(group_load: np.ndarray, num_nodes: int):
     exact = exact_node_loads(group_load, num_nodes)
     if exact is not None:
         return exact
+    return _packed_node_loads(np.ascontiguousarray(group_load, dtype=np.float64), num_nodes)
+
+
+@numba.njit(cache=True, nogil=True)
+def _packed_node_loads(group_load, num_nodes):
+    """`packing.pack_distinct` of each layer's groups onto nodes.
+    [L, K] -> (node_of_group [L, K] int64, heaviest node load [L])"""
     num_layers, num_groups = group_load.shape
     node_of = np.empty((num_layers, num_groups), np.int64)
     peak = np.empty(num_layers)
