@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .history import history_planner
+from .loads import checked_copy
 from .mapping import build_log2phy, expert_counts, ranks_and_counts
 from .reference import reference_plan
 from .migration import MigrationOptions, keep_current, migration_summary, plan_keeping_nodes
@@ -79,19 +80,15 @@ def _loads(weight) -> np.ndarray:
         else np.asarray(weight, dtype=np.float64)
     if array.ndim not in (2, 3):
         raise ValueError(f"weight must be [L, E] or [T, L, E], got shape {list(array.shape)}")
-    if not (array >= 0).all():  # false for NaN and -inf too
+    copy, non_negative, total = checked_copy(array if array.ndim == 3 else array[None])
+    if not non_negative:  # false for NaN and -inf too
         raise ValueError("weight must be finite (no NaN or inf)" if not np.isfinite(array).all()
                          else "weight must be non-negative")
-    with np.errstate(over="ignore"):
-        total = array.sum(-1).max(initial=0.0) if array.ndim == 2 \
-            else array.sum((0, 2)).max(initial=0.0)
     if not total <= MAX_LAYER_LOAD:  # inf where a load is +inf
         raise ValueError("weight must be finite (no NaN or inf)" if np.isinf(array).any() else
                          f"weight is too large: a layer's total load is {total:.4g}, at most "
                          f"{MAX_LAYER_LOAD:.4g} is planned (float32, as the reference computes)")
-    # -0.0 passes as non-negative but sets the sign bit, by which the kernels order loads
-    # (it hung the packer); adding 0.0 makes it 0.0 and copies, leaving the caller's array.
-    return np.ascontiguousarray(array) + 0.0
+    return copy if array.ndim == 3 else copy[0]
 
 
 def _constraint(policy: str, num_groups: int, num_nodes: int) -> tuple[int, int]:

@@ -18,14 +18,16 @@ def _lpt_float32(weight, order, num_packs):
     cap = n // num_packs
     pack_index = np.empty((num_rows, n), np.int64)
     rank_in_pack = np.empty((num_rows, n), np.int64)
+    loads = np.empty(num_packs, np.float32)
+    counts = np.empty(num_packs, np.int64)
     for r in range(num_rows):
         if cap == 1:
             for i in range(n):
                 pack_index[r, i] = i
                 rank_in_pack[r, i] = 0
             continue
-        loads = np.zeros(num_packs, np.float32)
-        counts = np.zeros(num_packs, np.int64)
+        loads[:] = 0.0
+        counts[:] = 0
         for item in order[r]:
             best = -1
             for p in range(num_packs):
