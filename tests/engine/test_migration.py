@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eplb_server.engine.api import evaluate, plan
-from eplb_server.engine.migration import MigrationOptions, keep_current, kept_slots_bound, relabel
+from eplb_server.engine.migration import (MigrationOptions, _budgeted, keep_current,
+                                          kept_slots_bound, relabel)
 
 
 def workload(seed, layers=4, experts=32, sigma=1.0):
@@ -256,3 +257,86 @@ def test_global_repair_prefers_moves_inside_a_node():
             migration.CROSS_NODE_FACTOR = old
         cross.append(m.cross_node_copies / max(m.slots_changed, 1))
     assert cross[1] <= cross[0]
+
+
+def sequential_budgeted(peak_cur, peak_new, new_moves, steps, peak_after, peak_paired, paired_moves,
+              tolerance, per_layer, total):
+    """The budget sharing as first written, in Python: every grant rescans every layer."""
+    num_layers = peak_cur.shape[0]
+    # Options per layer: (moves, peak, kind, repair steps); kinds as in _cheapest_within.
+    menus = []
+    for layer in range(num_layers):
+        menu = [(0, peak_cur[layer], 0, 0)]
+        for k in range(int(steps[layer])):
+            if np.isfinite(peak_after[layer, k]):
+                menu.append((k + 1, peak_after[layer, k], 1, k + 1))
+        menu.append((int(new_moves[layer]), peak_new[layer], 2, 0))
+        if np.isfinite(peak_paired[layer]):
+            menu.append((int(paired_moves[layer]), peak_paired[layer], 3, 0))
+        if per_layer > 0:
+            menu = [m for m in menu if m[0] <= per_layer]
+        # Pareto front in moves: each entry strictly lowers the peak.
+        menu.sort(key=lambda m: (m[0], m[1]))
+        front = []
+        for m in menu:
+            if not front or m[1] < front[-1][1]:
+                front.append(m)
+        menus.append(front)
+
+    chosen = [0] * num_layers  # index into each layer's front
+    if total > 0:
+        budget = total
+        while True:
+            best, best_ratio = None, 0.0
+            for layer, front in enumerate(menus):
+                here = front[chosen[layer]]
+                for index in range(chosen[layer] + 1, len(front)):
+                    extra = front[index][0] - here[0]
+                    if extra > budget:
+                        break
+                    ratio = (here[1] - front[index][1]) / extra
+                    if ratio > best_ratio:
+                        best, best_ratio = (layer, index), ratio
+            if best is None:
+                break
+            layer, index = best
+            budget -= menus[layer][index][0] - menus[layer][chosen[layer]][0]
+            chosen[layer] = index
+        # Within what was granted, the cheapest option inside the tolerance.
+        for layer, front in enumerate(menus):
+            granted = front[chosen[layer]][1]
+            chosen[layer] = next(i for i, m in enumerate(front)
+                                 if m[1] <= granted * (1.0 + tolerance))
+    else:
+        for layer, front in enumerate(menus):
+            best_peak = front[-1][1]
+            chosen[layer] = next(i for i, m in enumerate(front)
+                                 if m[1] <= best_peak * (1.0 + tolerance))
+    picked = [front[chosen[layer]] for layer, front in enumerate(menus)]
+    kind = np.array([m[2] for m in picked], np.int64)
+    count = np.array([m[3] for m in picked], np.int64)
+    peak = np.array([m[1] for m in picked], np.float64)
+    return kind, count, peak
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 12), st.integers(0, 2**31), st.booleans(),
+       st.sampled_from([0, 3, 8]), st.sampled_from([0, 5, 20, 60]), st.sampled_from([0.0, 0.01]))
+def test_budget_sharing_matches_the_sequential_greedy(layers, width, seed, ties, per_layer,
+                                                      total, tolerance):
+    rng = np.random.default_rng(seed)
+    peak = (lambda shape: rng.integers(10, 14, shape).astype(float)) if ties \
+        else (lambda shape: rng.uniform(10.0, 14.0, shape))
+    peak_cur, peak_new, peak_paired = peak(layers) + 1.0, peak(layers), peak(layers)
+    peak_after = peak((layers, width))
+    peak_after[rng.random((layers, width)) < 0.3] = np.inf  # mid-swap steps
+    peak_paired[rng.random(layers) < 0.5] = np.inf  # no re-pairing
+    steps = rng.integers(0, width + 1, layers)
+    new_moves = rng.integers(0, 2 * width, layers)
+    paired_moves = rng.integers(0, 2 * width, layers)
+    args = (peak_cur, peak_new, new_moves, steps, peak_after, peak_paired, paired_moves,
+            tolerance, per_layer, total)
+    got = _budgeted(*args)
+    expected = sequential_budgeted(*args)
+    for a, b in zip(got, expected):
+        assert (a == b).all()

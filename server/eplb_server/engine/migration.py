@@ -825,65 +825,110 @@ def _cheapest_within(peak_cur, peak_new, new_moves, steps, peak_after, peak_pair
     return kind, count, peak
 
 
+@numba.njit(cache=True, nogil=True)
 def _budgeted(peak_cur, peak_new, new_moves, steps, peak_after, peak_paired, paired_moves,
               tolerance, per_layer, total):
     """Like _cheapest_within, under a per-layer and/or total movement budget: the total is
     shared out greedily by peak reduction per moved slot. -> (kind [L], count [L], peak [L])."""
-    num_layers = peak_cur.shape[0]
-    # Options per layer: (moves, peak, kind, repair steps); kinds as in _cheapest_within.
-    menus = []
+    num_layers = peak_cur.size
+    width = peak_after.shape[1] + 3
+    moves = np.empty((num_layers, width), np.int64)  # each layer's options ...
+    peak = np.empty((num_layers, width))
+    kind = np.empty((num_layers, width), np.int64)
+    count = np.empty((num_layers, width), np.int64)
+    size = np.empty(num_layers, np.int64)  # ... its first size[l] are its Pareto front
     for layer in range(num_layers):
-        menu = [(0, peak_cur[layer], 0, 0)]
-        for k in range(int(steps[layer])):
-            if np.isfinite(peak_after[layer, k]):
-                menu.append((k + 1, peak_after[layer, k], 1, k + 1))
-        menu.append((int(new_moves[layer]), peak_new[layer], 2, 0))
-        if np.isfinite(peak_paired[layer]):
-            menu.append((int(paired_moves[layer]), peak_paired[layer], 3, 0))
-        if per_layer > 0:
-            menu = [m for m in menu if m[0] <= per_layer]
-        # Pareto front in moves: each entry strictly lowers the peak.
-        menu.sort(key=lambda m: (m[0], m[1]))
-        front = []
-        for m in menu:
-            if not front or m[1] < front[-1][1]:
-                front.append(m)
-        menus.append(front)
-
-    chosen = [0] * num_layers  # index into each layer's front
+        size[layer] = _front(layer, peak_cur, peak_new, new_moves, steps, peak_after,
+                             peak_paired, paired_moves, per_layer, moves[layer], peak[layer],
+                             kind[layer], count[layer])
+    chosen = np.zeros(num_layers, np.int64)  # index into each layer's front
     if total > 0:
         budget = total
+        # Each layer's best upgrade that fits the budget. The budget only shrinks, so one that
+        # still fits stays the best: it is found again only for the layer upgraded and for
+        # layers whose upgrade no longer fits.
+        upgrade = np.empty(num_layers, np.int64)
+        ratio = np.empty(num_layers)
+        for layer in range(num_layers):
+            upgrade[layer], ratio[layer] = _best_upgrade(moves[layer], peak[layer], size[layer],
+                                                         chosen[layer], budget)
         while True:
-            best, best_ratio = None, 0.0
-            for layer, front in enumerate(menus):
-                here = front[chosen[layer]]
-                for index in range(chosen[layer] + 1, len(front)):
-                    extra = front[index][0] - here[0]
-                    if extra > budget:
-                        break
-                    ratio = (here[1] - front[index][1]) / extra
-                    if ratio > best_ratio:
-                        best, best_ratio = (layer, index), ratio
-            if best is None:
+            best = -1
+            for layer in range(num_layers):
+                if upgrade[layer] >= 0 and (best < 0 or ratio[layer] > ratio[best]):
+                    best = layer
+            if best < 0:
                 break
-            layer, index = best
-            budget -= menus[layer][index][0] - menus[layer][chosen[layer]][0]
-            chosen[layer] = index
-        # Within what was granted, the cheapest option inside the tolerance.
-        for layer, front in enumerate(menus):
-            granted = front[chosen[layer]][1]
-            chosen[layer] = next(i for i, m in enumerate(front)
-                                 if m[1] <= granted * (1.0 + tolerance))
-    else:
-        for layer, front in enumerate(menus):
-            best_peak = front[-1][1]
-            chosen[layer] = next(i for i, m in enumerate(front)
-                                 if m[1] <= best_peak * (1.0 + tolerance))
-    picked = [front[chosen[layer]] for layer, front in enumerate(menus)]
-    kind = np.array([m[2] for m in picked], np.int64)
-    count = np.array([m[3] for m in picked], np.int64)
-    peak = np.array([m[1] for m in picked], np.float64)
-    return kind, count, peak
+            budget -= moves[best, upgrade[best]] - moves[best, chosen[best]]
+            chosen[best] = upgrade[best]
+            for layer in range(num_layers):
+                if layer == best or (upgrade[layer] >= 0 and moves[layer, upgrade[layer]]
+                                     - moves[layer, chosen[layer]] > budget):
+                    upgrade[layer], ratio[layer] = _best_upgrade(
+                        moves[layer], peak[layer], size[layer], chosen[layer], budget)
+    out_kind = np.empty(num_layers, np.int64)
+    out_count = np.empty(num_layers, np.int64)
+    out_peak = np.empty(num_layers)
+    for layer in range(num_layers):
+        # Within what was granted (all of the front without a total), the cheapest option
+        # inside the tolerance.
+        granted = peak[layer, chosen[layer] if total > 0 else size[layer] - 1]
+        i = 0
+        while peak[layer, i] > granted * (1.0 + tolerance):
+            i += 1
+        out_kind[layer], out_count[layer], out_peak[layer] = \
+            kind[layer, i], count[layer, i], peak[layer, i]
+    return out_kind, out_count, out_peak
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _front(layer, peak_cur, peak_new, new_moves, steps, peak_after, peak_paired, paired_moves,
+           per_layer, moves, peak, kind, count):
+    """One layer's options (moves, peak, kind as in _cheapest_within, repair steps) within the
+    per-layer budget, by moves then peak (stable), kept only where each lowers the peak: written
+    to moves, peak, kind, count [width]. -> the front's size"""
+    n = 0
+    for k in range(-1, steps[layer] + 2):  # current, repair prefixes, new plan, re-paired
+        if k == -1:
+            m, p, t, c = 0, peak_cur[layer], 0, 0
+        elif k < steps[layer]:
+            m, p, t, c = k + 1, peak_after[layer, k], 1, k + 1
+        elif k == steps[layer]:
+            m, p, t, c = new_moves[layer], peak_new[layer], 2, 0
+        else:
+            m, p, t, c = paired_moves[layer], peak_paired[layer], 3, 0
+        if (t == 1 or t == 3) and not np.isfinite(p):  # mid-swap, or no re-pairing
+            continue
+        if per_layer > 0 and m > per_layer:
+            continue
+        i = n  # insertion into the sorted options, after equal keys
+        while i > 0 and (moves[i - 1] > m or (moves[i - 1] == m and peak[i - 1] > p)):
+            moves[i], peak[i], kind[i], count[i] = moves[i - 1], peak[i - 1], kind[i - 1], \
+                count[i - 1]
+            i -= 1
+        moves[i], peak[i], kind[i], count[i] = m, p, t, c
+        n += 1
+    size = 0
+    for i in range(n):
+        if size == 0 or peak[i] < peak[size - 1]:
+            moves[size], peak[size], kind[size], count[size] = moves[i], peak[i], kind[i], count[i]
+            size += 1
+    return size
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _best_upgrade(moves, peak, size, at, budget):
+    """The front entry after `at` with the largest peak reduction per extra move that fits the
+    budget (the first among equals). -> (index or -1, ratio)"""
+    best, best_ratio = -1, 0.0
+    for index in range(at + 1, size):
+        extra = moves[index] - moves[at]
+        if extra > budget:
+            break
+        ratio = (peak[at] - peak[index]) / extra
+        if ratio > best_ratio:
+            best, best_ratio = index, ratio
+    return best, best_ratio
 
 
 def migration_summary(current_phy2log: np.ndarray, phy2log: np.ndarray, num_nodes: int,
