@@ -971,17 +971,19 @@ def current_node_of_group(current_phy2log: np.ndarray, num_groups: int, num_node
 @numba.njit(cache=True, nogil=True)
 def _node_of_group(current, num_groups, num_nodes, group_size):
     num_layers, num_slots = current.shape
+    per_node = num_slots // num_nodes
+    group_of = np.arange(num_groups * group_size) // group_size
     node_of = np.full((num_layers, num_groups), -1, np.int64)
     groups_on = np.zeros(num_nodes, np.int64)
     for layer in range(num_layers):
         valid = True
-        for slot in range(num_slots):
-            group = current[layer, slot] // group_size
-            node = slot // (num_slots // num_nodes)
-            if node_of[layer, group] < 0:
-                node_of[layer, group] = node
-            elif node_of[layer, group] != node:
-                valid = False
+        for node in range(num_nodes):
+            for slot in range(node * per_node, (node + 1) * per_node):
+                group = group_of[current[layer, slot]]
+                if node_of[layer, group] < 0:
+                    node_of[layer, group] = node
+                elif node_of[layer, group] != node:
+                    valid = False
         groups_on[:] = 0
         for group in range(num_groups):
             if node_of[layer, group] >= 0:
