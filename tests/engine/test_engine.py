@@ -137,12 +137,13 @@ def test_light_nodes_refined_less_leave_every_layer_peak_unchanged(problem):
     assert torch.equal(peaks(weight, with_floor, num_gpus), peaks(weight, without, num_gpus))
 
 
-def test_strided_and_integer_loads_plan_as_their_contiguous_float_copies():
+def test_strided_read_only_and_integer_loads_plan_as_their_contiguous_float_copies():
     weight = np.round(np.random.default_rng(1).lognormal(0, 1, (128, 6)) * 100)
     args = (160, 8, 4, 16)
     expected = plan(torch.tensor(np.ascontiguousarray(weight.T)), *args)
+    read_only = np.frombuffer(np.ascontiguousarray(weight.T).tobytes()).reshape(6, 128)
     for strided in (torch.tensor(weight).t(), weight.T, torch.tensor(weight, dtype=torch.int64).t(),
-                    np.repeat(weight.T, 2, axis=1)[:, ::2]):
+                    np.repeat(weight.T, 2, axis=1)[:, ::2], read_only):
         assert torch.equal(plan(strided, *args).phy2log, expected.phy2log)
     history = np.stack([weight, weight]).transpose(0, 2, 1)  # [T, L, E], strided
     assert torch.equal(plan(history, *args, objective="sum").phy2log,
