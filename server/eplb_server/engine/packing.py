@@ -797,14 +797,12 @@ def _packed(item_weight, item_expert, pack_items):
     loads [m])"""
     num_packs, cap = pack_items.shape
     pack_weight = np.empty((num_packs, cap))
-    pack_expert = np.empty((num_packs, cap), np.int64)
     loads = np.zeros(num_packs)
     for p in range(num_packs):
         for j in range(cap):
             pack_weight[p, j] = item_weight[pack_items[p, j]]
-            pack_expert[p, j] = item_expert[pack_items[p, j]]
             loads[p] += pack_weight[p, j]
-    return pack_weight, pack_expert, loads
+    return pack_weight, _experts_of(item_expert, pack_items), loads
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
