@@ -393,3 +393,63 @@ def test_slots_by_pack_sorts_each_pack_by_expert(packs, cap, num_experts, seed):
     pack_expert = np.random.default_rng(seed).integers(0, num_experts, (packs, cap))
     assert (packing._slots_by_pack(pack_expert, num_experts)
             == np.sort(pack_expert, axis=1).ravel()).all()
+
+
+def naive_distinct_lpt(item_weight, item_weight32, item_expert, num_packs):
+    """Each item to the lightest pack (float32 loads, lowest index) with room that holds none
+    of its expert -> (pack experts [m, c], float64 pack loads) or None where none is left."""
+    cap = item_weight.size // num_packs
+    loads32, loads = np.zeros(num_packs, np.float32), np.zeros(num_packs)
+    packs = [[] for _ in range(num_packs)]
+    for w, w32, e in zip(item_weight, item_weight32, item_expert):
+        open_packs = [p for p in range(num_packs) if len(packs[p]) < cap and e not in packs[p]]
+        if not open_packs:
+            return None
+        pack = min(open_packs, key=lambda p: (loads32[p], p))
+        packs[pack].append(e)
+        loads32[pack] = np.float32(loads32[pack] + w32)
+        loads[pack] += w
+    return np.array(packs).reshape(num_packs, cap), loads
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 8), st.integers(1, 6), st.integers(0, 2**31),
+       st.booleans())
+def test_distinct_lpt_is_lpt_keeping_each_experts_replicas_on_distinct_packs(num_experts, packs,
+                                                                            cap, seed, ties):
+    num_slots = packs * cap
+    assume(num_experts <= num_slots)
+    rng = np.random.default_rng(seed)
+    weight = random_loads(rng, num_experts, ties)
+    weight32 = weight.astype(np.float32)
+    counts = packing.adams_counts(weight32, num_slots)
+    items = packing._items_of(weight, weight32, counts, sorting.descending_order(weight32))
+    expected = naive_distinct_lpt(*items, packs)
+    got = packing.distinct_lpt(*items, packs, np.inf)
+    if expected is None:
+        assert got.size == 0
+        return
+    pack_expert, loads = expected
+    assert (got == pack_expert).all()
+    peak = loads.max()
+    assert (packing.distinct_lpt(*items, packs, peak) == pack_expert).all()  # at most enough
+    if peak > 0:
+        assert packing.distinct_lpt(*items, packs, np.nextafter(peak, 0.0)).size == 0
+    lpt_expert = items[2][packing.lpt(items[1], packs)]
+    if all(len(set(row)) == cap for row in lpt_expert.tolist()):  # LPT already kept them apart
+        assert (got == lpt_expert).all()
+
+
+def test_solve_one_plans_a_lighter_node_by_distinct_lpt_where_it_stays_under_enough():
+    weight = np.random.default_rng(4).lognormal(0, 1, 64)
+    weight[3] = 12.0  # a replicated expert, whose replicas LPT would stack late
+    weight32 = weight.astype(np.float32)
+    by_weight = sorting.descending_order(weight32)
+    counts = packing.adams_counts(weight32, 72)
+    items = packing._items_of(weight, weight32, counts, by_weight)
+    pack_expert = packing.distinct_lpt(*items, 8, np.inf)
+    peak = max(sum(weight[e] / counts[e] for e in row) for row in pack_expert)
+    slots = packing.solve_one(weight, 72, 8, 288, 64, peak)
+    assert (slots == packing._slots_by_pack(pack_expert, 64)).all()
+    assert held_over_limit(pack_expert, np.ones(64, np.int64)) == 0  # where LPT stacks one
+    assert held_over_limit(items[2][packing.lpt(items[1], 8)], np.ones(64, np.int64)) > 0

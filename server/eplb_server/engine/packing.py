@@ -132,6 +132,42 @@ def _items_of(weight, weight32, counts, by_weight):
     return item_weight, item_weight32, item_expert
 
 
+_FULL = np.uint64(0xFFFFFFFFFFFFFFFF)  # the key of a pack that takes no more items
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack_tree(num_packs):
+    """A tournament tree over num_packs empty packs for `lpt`: each node holds the least key
+    below it, a pack's key being (float32 load bits << 32 | pack), so the root names the
+    lightest pack, lowest index among equals (non-negative floats order as their bit
+    patterns). -> (tree [2 * leaves] uint64, leaves: the first leaf's index)"""
+    leaves = 1
+    while leaves < num_packs:
+        leaves *= 2
+    tree = np.full(2 * leaves, _FULL, np.uint64)
+    for pack in range(num_packs):
+        tree[leaves + pack] = pack
+    for i in range(leaves - 1, 0, -1):
+        tree[i] = min(tree[2 * i], tree[2 * i + 1])
+    return tree, leaves
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _pack_key(load_bits, pack):
+    return (np.uint64(load_bits[pack]) << np.uint64(32)) | np.uint64(pack)
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _set_key(tree, leaves, pack, key):
+    """Sets a pack's key and the minima above it, each from its sibling (not re-read)."""
+    i = leaves + pack
+    tree[i] = key
+    while i > 1:
+        key = min(key, tree[i ^ 1])
+        i >>= 1
+        tree[i] = key
+
+
 @numba.njit(cache=True, nogil=True)
 def lpt(item_weight32, num_packs):
     """Heaviest item to the lightest pack with room (float32 loads, lowest index among equals),
@@ -143,33 +179,65 @@ def lpt(item_weight32, num_packs):
     cap = n // num_packs
     pack_items = np.empty((num_packs, cap), np.int64)
     loads = np.zeros(num_packs, np.float32)
-    load_bits = loads.view(np.uint32)  # non-negative floats order as their bit patterns
+    load_bits = loads.view(np.uint32)
     filled = np.zeros(num_packs, np.int64)
-    # A tournament tree of (load bits << 32 | pack): one integer minimum per level orders by
-    # load, then index; full packs hold the largest key. Leaves at [leaves, 2 * leaves).
-    leaves = 1
-    while leaves < num_packs:
-        leaves *= 2
-    full = np.uint64(0xFFFFFFFFFFFFFFFF)
-    tree = np.full(2 * leaves, full, np.uint64)
-    for pack in range(num_packs):
-        tree[leaves + pack] = pack
-    for i in range(leaves - 1, 0, -1):
-        tree[i] = min(tree[2 * i], tree[2 * i + 1])
+    tree, leaves = _pack_tree(num_packs)
     for item in range(n):
         pack = np.int64(tree[1] & np.uint64(0xFFFFFFFF))
         pack_items[pack, filled[pack]] = item
         filled[pack] += 1
         loads[pack] += item_weight32[item]
+        # `_set_key`, written out: as calls, it and `_pack_key` cost lpt 8% (measured)
         i = leaves + pack
-        key = full if filled[pack] == cap \
+        key = _FULL if filled[pack] == cap \
             else (np.uint64(load_bits[pack]) << np.uint64(32)) | np.uint64(pack)
         tree[i] = key
-        while i > 1:  # the new minima up to the root, each from its sibling (not re-read)
+        while i > 1:
             key = min(key, tree[i ^ 1])
             i >>= 1
             tree[i] = key
     return pack_items
+
+
+@numba.njit(cache=True, nogil=True)
+def distinct_lpt(item_weight, item_weight32, item_expert, num_packs, enough):
+    """`lpt`, except that each replica of an expert goes to the lightest pack with room that
+    holds none of it yet. Where every pack ends at most `enough`, that is a lighter node's
+    plan: its hierarchical layer peaks on another node (see `solve_one`).
+
+    item_weight(32), item_expert: [n] as `_items_of` gives them (an expert's replicas
+    adjacent) -> pack_expert [m, n/m], or empty where a pack ends above `enough` or an
+    expert's replicas find too few packs.
+    """
+    n = item_weight.size
+    cap = n // num_packs
+    pack_expert = np.empty((num_packs, cap), np.int64)
+    loads = np.zeros(num_packs)
+    loads32 = np.zeros(num_packs, np.float32)
+    load_bits = loads32.view(np.uint32)
+    filled = np.zeros(num_packs, np.int64)
+    taken = np.empty(num_packs, np.int64)  # the packs given the current expert's replicas
+    num_taken = 0
+    tree, leaves = _pack_tree(num_packs)
+    for item in range(n):
+        if item > 0 and item_expert[item] != item_expert[item - 1]:  # reopen those packs
+            for t in range(num_taken):
+                if filled[taken[t]] < cap:
+                    _set_key(tree, leaves, taken[t], _pack_key(load_bits, taken[t]))
+            num_taken = 0
+        if tree[1] == _FULL:
+            return np.empty((0, cap), np.int64)
+        pack = np.int64(tree[1] & np.uint64(0xFFFFFFFF))
+        pack_expert[pack, filled[pack]] = item_expert[item]
+        filled[pack] += 1
+        loads[pack] += item_weight[item]
+        loads32[pack] += item_weight32[item]
+        taken[num_taken] = pack
+        num_taken += 1
+        _set_key(tree, leaves, pack, _FULL)
+    if loads.max() > enough:
+        return np.empty((0, cap), np.int64)
+    return pack_expert
 
 
 @numba.njit(cache=True, nogil=True)
@@ -589,15 +657,21 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps, enough=0.0):
 
     Slot s sits in pack s // (num_slots / num_packs); within a pack, slots go by expert id.
     `enough`: a peak that the whole plan exceeds anyway (a hierarchical layer's lighter nodes:
-    under its heaviest node's mean GPU load). Refinement stops there if that is above its own
-    target, and differencing is skipped when the reference's LPT start already peaks below it
-    (measured: 93% of a hierarchical EP32 layer's lighter nodes on the real snapshots).
+    under its heaviest node's mean GPU load). A problem whose mean is below it first tries
+    `distinct_lpt` (measured: final for 95-98% of a hierarchical EP32 layer's lighter nodes);
+    otherwise refinement stops there if that is above its own target, and differencing is
+    skipped when the reference's LPT start already peaks below it.
     Where the reference's counts give an expert more replicas than packs, `capped_counts` are
     packed too and the better plan kept.
     """
     weight32 = weight.astype(np.float32)
     by_weight = descending_order(weight32)
     counts = _replica_counts(weight, weight32, by_weight, num_slots, num_packs, count_steps)
+    if 0.0 < enough and weight.sum() <= enough * num_packs:
+        item_weight, item_weight32, item_expert = _items_of(weight, weight32, counts, by_weight)
+        pack_expert = distinct_lpt(item_weight, item_weight32, item_expert, num_packs, enough)
+        if pack_expert.size:
+            return _slots_by_pack(pack_expert, weight.size)
     best_expert, best_peak = _replicas_packed(weight, weight32, by_weight, counts, num_packs,
                                               max_moves, enough)
     if counts.max() > num_packs:
