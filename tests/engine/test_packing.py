@@ -365,28 +365,6 @@ def test_first_packings_keep_lpt_alone_when_it_peaks_under_enough(cap):
         assert len(starts) == 1 and (starts[0] == better).all()
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 8), st.integers(1, 6), st.integers(0, 2**31),
-       st.booleans())
-def test_limit_check_of_a_start_counts_every_replica_of_an_expert_in_a_pack(num_experts, packs,
-                                                                             cap, seed, ties):
-    num_slots = packs * cap
-    assume(num_experts <= num_slots)
-    rng = np.random.default_rng(seed)
-    weight = random_loads(rng, num_experts, ties)
-    weight32 = weight.astype(np.float32)
-    by_weight = sorting.descending_order(weight32)
-    counts = packing.adams_counts(weight32, num_slots)
-    item_weight, item_weight32, item_expert = packing._items_of(weight, weight32, counts,
-                                                                by_weight)
-    limit = np.maximum(1, (counts + packs - 1) // packs - int(rng.integers(0, 2)))
-    for pack_items in (packing.lpt(item_weight32, packs), packing.differencing(item_weight, packs)):
-        pack_expert = packing._experts_of(item_expert, pack_items)
-        assert (pack_expert == item_expert[pack_items]).all()
-        assert packing._within_limit(item_expert, pack_items, limit) \
-            == (held_over_limit(pack_expert, limit) == 0)
-
-
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 10), st.integers(1, 8), st.integers(1, 30), st.integers(0, 2**31))
 def test_slots_by_pack_sorts_each_pack_by_expert(packs, cap, num_experts, seed):
