@@ -420,7 +420,7 @@ def test_distinct_lpt_is_lpt_keeping_each_experts_replicas_on_distinct_packs(num
 
 def test_solve_one_plans_a_lighter_node_by_distinct_lpt_where_it_stays_under_enough():
     weight = np.random.default_rng(4).lognormal(0, 1, 64)
-    weight[3] = 12.0  # a replicated expert, whose replicas LPT would stack late
+    weight[3] = 12.0  # a hot expert: several replicas
     weight32 = weight.astype(np.float32)
     by_weight = sorting.descending_order(weight32)
     counts = packing.adams_counts(weight32, 72)

@@ -231,12 +231,12 @@ def distinct_lpt(item_weight, item_weight32, item_expert, num_packs, enough):
         pack_expert[pack, filled[pack]] = item_expert[item]
         filled[pack] += 1
         loads[pack] += item_weight[item]
+        if loads[pack] > enough:
+            return np.empty((0, cap), np.int64)
         loads32[pack] += item_weight32[item]
         taken[num_taken] = pack
         num_taken += 1
         _set_key(tree, leaves, pack, _FULL)
-    if loads.max() > enough:
-        return np.empty((0, cap), np.int64)
     return pack_expert
 
 
