@@ -137,10 +137,10 @@ _FULL = np.uint64(0xFFFFFFFFFFFFFFFF)  # the key of a pack that takes no more it
 
 @numba.njit(cache=True, nogil=True)
 def _pack_tree(num_packs):
-    """A tournament tree over num_packs empty packs for `lpt`: each node holds the least key
-    below it, a pack's key being (float32 load bits << 32 | pack), so the root names the
-    lightest pack, lowest index among equals (non-negative floats order as their bit
-    patterns). -> (tree [2 * leaves] uint64, leaves: the first leaf's index)"""
+    """A tournament tree over num_packs empty packs for `lpt` and `distinct_lpt`: each node
+    holds the least key below it, a pack's key being (float32 load bits << 32 | pack), so the
+    root names the lightest pack, lowest index among equals (non-negative floats order as
+    their bit patterns). -> (tree [2 * leaves] uint64, leaves: the first leaf's index)"""
     leaves = 1
     while leaves < num_packs:
         leaves *= 2
