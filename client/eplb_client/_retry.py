@@ -1,4 +1,5 @@
-"""Retry policy for both clients: UNAVAILABLE and CANCELLED, with backoff, within the deadline."""
+"""Retry policy for both clients: UNAVAILABLE, RESOURCE_EXHAUSTED and CANCELLED, with backoff
+and jitter, within the caller's deadline."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from dataclasses import dataclass
 import grpc
 
 # CANCELLED reaches a caller that did not cancel when a draining server drops a call it had
-# not started (gRPC's shutdown); Rebalance and Evaluate have no side effects, so it is retried.
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+# not started (gRPC's shutdown); RESOURCE_EXHAUSTED is a full admission queue (every rank of a
+# cluster asking at once). Rebalance and Evaluate have no side effects, so they are retried.
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                       grpc.StatusCode.RESOURCE_EXHAUSTED})
+ATTEMPT_HEADER = "x-eplb-attempt"  # the server counts retries by it (eplb_retried_requests_total)
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,10 @@ class Attempts:
         if self.deadline is None:
             return None
         return max(self.deadline - time.monotonic(), 0.001)
+
+    def metadata(self):
+        """Call metadata naming this try's number (1 for the first)."""
+        return ((ATTEMPT_HEADER, str(self.attempt)),)
 
     def backoff(self, code) -> float | None:
         """Seconds to wait before retrying after `code`, or None when the call must fail now."""

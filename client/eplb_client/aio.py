@@ -49,7 +49,8 @@ class AsyncEplbClient:
         while True:
             index = (start + attempts.attempt) % len(self._channels)
             try:
-                return await pick(index)(request, timeout=attempts.next_timeout())
+                return await pick(index)(request, timeout=attempts.next_timeout(),
+                                            metadata=attempts.metadata())
             except grpc.RpcError as err:
                 delay = attempts.backoff(err.code())
                 if delay is None:

@@ -57,7 +57,8 @@ class EplbClient:
         while True:
             index = (start + attempts.attempt) % len(self._channels)
             try:
-                return pick(index)(request, timeout=attempts.next_timeout())
+                return pick(index)(request, timeout=attempts.next_timeout(),
+                                            metadata=attempts.metadata())
             except grpc.RpcError as err:
                 delay = attempts.backoff(err.code())
                 if delay is None:

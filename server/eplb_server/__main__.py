@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 
+from .limits import Limits
 from .server import Config, resolve_device, serve
-from .validation import Limits
 from .warmup import Shape
 
 
@@ -72,6 +72,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--unix-socket-mode", type=_octal,
                    default=_env("UNIX_SOCKET_MODE", "600"),
                    help="octal file mode of Unix sockets (default 600)")
+    p.add_argument("--threads", type=int, default=_env("THREADS", "1"),
+                   help="most threads one plan uses; only large requests (layers x slots x "
+                   "windows >= 262144) use more than one (default 1: a sidecar shares its "
+                   "node's cores with the serving engine)")
+    p.add_argument("--isolation", choices=("process", "thread"),
+                   default=_env("ISOLATION", "process"),
+                   help="process (default): the engine runs in a supervised worker process that "
+                   "is restarted after a crash or a time-out; thread: in the server process")
+    p.add_argument("--plan-time-limit", type=float, default=_env("PLAN_TIME_LIMIT", "120"),
+                   help="seconds one engine job may run before its worker is restarted "
+                   "(default 120)")
+    p.add_argument("--coalesce-seconds", type=float, default=_env("COALESCE_SECONDS", "5"),
+                   help="identical requests share one computation while it runs and for this "
+                   "long after (default 5; 0 shares only computations in flight)")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return p
 
@@ -90,7 +104,9 @@ def config_from(args: argparse.Namespace) -> Config:
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         reflection=not args.no_reflection, grace_period=args.grace_period,
         warmup_shapes=[] if shapes == ["none"] else shapes,
-        unix_socket_mode=args.unix_socket_mode)
+        unix_socket_mode=args.unix_socket_mode, threads=args.threads,
+        isolation=args.isolation, plan_time_limit=args.plan_time_limit,
+        coalesce_seconds=args.coalesce_seconds)
 
 
 def main(argv=None) -> int:
@@ -103,16 +119,29 @@ def main(argv=None) -> int:
         p.error("--tls-client-ca needs --tls-cert and --tls-key")
     if args.max_concurrent < 1:
         p.error("--max-concurrent must be at least 1")
+    if args.threads < 1:
+        p.error("--threads must be at least 1")
+    if not args.plan_time_limit > 0:
+        p.error("--plan-time-limit must be positive")
+    if not args.coalesce_seconds >= 0:
+        p.error("--coalesce-seconds must be zero or positive")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from(args)
-        resolve_device(config.device)
+        if config.device == "cuda":  # fail fast; auto and cpu need no torch in this process
+            resolve_device(config.device)
         for spec in config.warmup_shapes:
             Shape.parse(spec)
     except ValueError as e:
         p.error(str(e))
-    return asyncio.run(serve(config))
+    code = asyncio.run(serve(config))
+    # Drained and stopped: leave at once instead of waiting seconds for gRPC's and the
+    # executors' threads to wind down (past a pod's grace period on a busy node).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -70,24 +70,50 @@ class Metrics:
                                       ("grpc_method",), buckets=_SIZE_BUCKETS, registry=r)
         self.pending = Gauge("eplb_engine_pending_requests",
                              "Engine jobs running or queued.", registry=r)
+        self.max_pending = Gauge("eplb_engine_max_pending",
+                                 "Admission bound: engine jobs running or queued at most.",
+                                 registry=r)
+        self.engine_up = Gauge("eplb_engine_up",
+                               "1 while the engine (its worker process) is ready for jobs.",
+                               registry=r)
+        self.engine_restarts = Counter("eplb_engine_restarts",
+                                       "Engine process restarts, by reason (crash, timeout).",
+                                       ("reason",), registry=r)
+        self.job_seconds = Gauge("eplb_engine_job_seconds",
+                                 "Seconds the engine job running now has run (0 when idle).",
+                                 registry=r)
+        self.serving = Gauge("eplb_serving", "1 while health reports SERVING.", registry=r)
+        self.computations = Counter("eplb_engine_computations",
+                                    "Engine jobs run (identical requests coalesced count once).",
+                                    ("grpc_method",), registry=r)
+        self.coalesced = Counter("eplb_coalesced_requests",
+                                 "Requests answered by another identical request's computation: "
+                                 "one in flight, or a recent answer.", ("source",), registry=r)
+        self.retried = Counter("eplb_retried_requests",
+                               "Requests that the client marked as a retry (x-eplb-attempt > 1).",
+                               ("grpc_method",), registry=r)
+        self.undecodable = Counter("eplb_undecodable_requests",
+                                   "Requests whose bytes are not the method's message.",
+                                   ("grpc_method",), registry=r)
         self.info = Info("eplb_server", "Server version, engine device and torch version.",
                          registry=r)
 
     def observe_request_size(self, method: str, size: int):
         self.request_size.labels(method).observe(size)
 
-    def observe_rebalance(self, response):
-        """Records a successful RebalanceResponse's compute time, quality and movement."""
-        policy = _POLICY_NAMES.get(response.policy, "unknown")
-        self.compute.labels(policy, response.device).observe(response.compute_seconds)
-        self.plan_balancedness.labels(policy).observe(response.plan.balancedness)
-        self.gap.labels(policy).observe(response.plan.mean_gap)
-        if response.HasField("current"):
-            self.current_balancedness.labels(policy).observe(response.current.balancedness)
-        if response.HasField("migration"):
-            self.slots_changed.observe(response.migration.slots_changed)
-            self.cross_node_copies.inc(response.migration.cross_node_copies)
-            self.layers_kept.inc(response.migration.layers_kept_for_lack_of_gain)
+    def observe_rebalance(self, summary: dict):
+        """Records a successful Rebalance's compute time, quality and movement (service.py's
+        rebalance_summary of the response)."""
+        policy = _POLICY_NAMES.get(summary["policy"], "unknown")
+        self.compute.labels(policy, summary["device"]).observe(summary["compute_seconds"])
+        self.plan_balancedness.labels(policy).observe(summary["balancedness"])
+        self.gap.labels(policy).observe(summary["mean_gap"])
+        if summary["current_balancedness"] is not None:
+            self.current_balancedness.labels(policy).observe(summary["current_balancedness"])
+        if summary["slots_changed"] is not None:
+            self.slots_changed.observe(summary["slots_changed"])
+            self.cross_node_copies.inc(summary["cross_node_copies"])
+            self.layers_kept.inc(summary["layers_kept"])
 
 
 def _rpc_type(handler) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -15,11 +16,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import __version__
+from .coalescing import Coalescer
+from .engine_process import EngineFailed, ProcessEngine, Stopped, default_settings
 from .metrics import Metrics, MetricsInterceptor
-from .service import SERVICE_NAME, PlacementServicer
-from .validation import Limits
-from .warmup import Shape, warm_up
-from .worker import EngineWorker
+from .transport import SERVICE_NAME, PlacementTransport
+from .limits import Limits
+from .warmup import Shape
+from .worker import ThreadEngine
 
 log = logging.getLogger("eplb_server")
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -43,6 +46,11 @@ class Config:
     grace_period: float = 10.0
     warmup_shapes: list = field(default_factory=lambda: ["2x16:32:8:2:4"])
     unix_socket_mode: int = 0o600
+    isolation: str = "process"  # "process": the engine in a supervised worker; "thread": here
+    engine_module: str = "eplb_server"  # what the worker process imports as its engine
+    threads: int = 1  # the most threads one plan uses (parallel only for large requests)
+    plan_time_limit: float = 120.0  # seconds; a worker still busy then is killed and restarted
+    coalesce_seconds: float = 5.0  # identical requests within this time share one answer
 
 
 def resolve_device(name: str):
@@ -73,7 +81,8 @@ def _unix_path(address: str) -> Optional[str]:
 
 
 class PlacementServer:
-    """The running service. `engine` defaults to the eplb_server engine (tests may pass another)."""
+    """The running service. `engine` (an object with plan and evaluate) runs in this process on
+    an engine thread; by default the eplb_server engine runs in a supervised worker process."""
 
     def __init__(self, config: Config, engine=None):
         self.config = config
@@ -86,26 +95,21 @@ class PlacementServer:
 
     async def start(self):
         """Binds every listener and starts serving; health stays NOT_SERVING until warm-up ends."""
-        import torch
-
         cfg = self.config
-        if self.engine is None:
-            import eplb_server as engine
-            self.engine = engine
-        device = resolve_device(cfg.device)
         shapes = [Shape.parse(spec) for spec in cfg.warmup_shapes]
         self.stop_requested = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         metrics = self.metrics = Metrics()
-        metrics.info.info({"version": __version__, "device": str(device),
-                           "torch_version": torch.__version__})
-        self._worker = EngineWorker(cfg.max_concurrent)
+        self._worker = self._engine_host(shapes)
         metrics.pending.set_function(lambda: self._worker.pending)
-        servicer = PlacementServicer(self.engine, self._worker, device, cfg.limits, metrics)
+        metrics.max_pending.set(cfg.max_concurrent)
+        metrics.job_seconds.set_function(lambda: self._worker.job_seconds())
+        transport = PlacementTransport(self._worker, metrics, Coalescer(cfg.coalesce_seconds))
 
         self._server = grpc.aio.server(
             interceptors=[MetricsInterceptor(metrics)],
             options=[("grpc.max_receive_message_length", cfg.limits.max_request_bytes)])
-        pb_grpc.add_PlacementServiceServicer_to_server(servicer, self._server)
+        self._server.add_generic_rpc_handlers((transport.handler(),))
         self._health = health.aio.HealthServicer()
         for service in ("", SERVICE_NAME):
             await self._health.set(service, NOT_SERVING)
@@ -125,10 +129,45 @@ class PlacementServer:
             self._http, _ = start_http_server(cfg.metrics_port, cfg.metrics_host,
                                               registry=metrics.registry)
             self.metrics_port = self._http.server_port
-        log.info("eplb-server %s on %s (device %s, metrics %s)", __version__,
-                 ", ".join(self.addresses), device,
+        log.info("eplb-server %s on %s (device %s, engine %s, metrics %s)", __version__,
+                 ", ".join(self.addresses), cfg.device,
+                 "in this process" if isinstance(self._worker, ThreadEngine) else "worker process",
                  f"{cfg.metrics_host}:{self.metrics_port}" if self._http else "off")
-        self._warmup = asyncio.create_task(self._warm_up(servicer, shapes))
+        self._warmup = asyncio.create_task(self._warm_up())
+
+    def _engine_host(self, shapes):
+        cfg = self.config
+        if self.engine is None and cfg.isolation == "process":
+            return ProcessEngine(default_settings(cfg), cfg.max_concurrent, cfg.plan_time_limit,
+                                 self.metrics, self._engine_state)
+        from . import warmup
+        from .engine.threads import set_max_threads
+        from .service import PlacementServicer
+
+        engine = self.engine
+        if engine is None:
+            import eplb_server as engine
+        servicer = PlacementServicer(engine, resolve_device(cfg.device), cfg.limits)
+        set_max_threads(cfg.threads)
+
+        def warm_up():
+            for step, total, what in warmup.warm_up(servicer, shapes):
+                log.info("warm-up %d/%d: %s", step, total, what)
+        self._engine_state(True)
+        return ThreadEngine(servicer, cfg.max_concurrent, warm_up)
+
+    def _engine_state(self, up: bool):
+        """From the engine thread: the worker became ready (up) or went away."""
+        self.metrics.engine_up.set(1 if up else 0)
+        if self._warmup is not None and self._warmup.done() and not self.stop_requested.is_set():
+            status = SERVING if up else NOT_SERVING
+            asyncio.run_coroutine_threadsafe(self._set_health(status), self._loop)
+            log.info("engine %s", "ready: serving" if up else "down: not serving until it restarts")
+
+    async def _set_health(self, status):
+        for service in ("", SERVICE_NAME):
+            await self._health.set(service, status)
+        self.metrics.serving.set(1 if status == SERVING else 0)
 
     def _bind(self):
         cfg = self.config
@@ -150,17 +189,29 @@ class PlacementServer:
             host = address.rsplit(":", 1)[0]
             self.addresses.append(f"{host}:{port}")
 
-    async def _warm_up(self, servicer, shapes):
+    async def _warm_up(self):
+        start = time.perf_counter()
         try:
-            await self._worker.run(warm_up, servicer, shapes, self.config.limits)
+            await self._worker.start()
+        except Stopped:
+            return
         except Exception as e:  # a server that cannot compute must not report SERVING
-            log.exception("warm-up failed")
+            if isinstance(e, EngineFailed):
+                log.error("%s", e)
+            else:
+                log.exception("warm-up failed")
             self.warmup_error = e
             self.stop_requested.set()
             return
-        for service in ("", SERVICE_NAME):
-            await self._health.set(service, SERVING)
-        log.info("serving")
+        if self.stop_requested.is_set():
+            return
+        ready = self._worker.ready_info
+        self.metrics.info.info({
+            "version": __version__, "device": ready["device"],
+            "torch_version": ready["torch_version"],
+            "isolation": "process" if isinstance(self._worker, ProcessEngine) else "thread"})
+        await self._set_health(SERVING)
+        log.info("serving (warm-up %.1f s)", time.perf_counter() - start)
 
     async def wait_until_warm(self):
         """Returns once warm-up has finished (or failed: see warmup_error)."""
@@ -170,7 +221,9 @@ class PlacementServer:
         """NOT_SERVING, refuse new RPCs, let in-flight ones finish within `grace` seconds."""
         grace = self.config.grace_period if grace is None else grace
         await self._health.enter_graceful_shutdown()
-        self._warmup.cancel()
+        self.metrics.serving.set(0)
+        if not self._warmup.done():
+            self._worker.shutdown()  # a worker still warming up has nothing to drain
         await self._server.stop(grace)
         self._worker.shutdown()
         if self._http is not None:
@@ -187,9 +240,10 @@ async def serve(config: Config, engine=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.stop_requested.set)
     await server.stop_requested.wait()
-    # Draining has begun: a repeated SIGTERM must not turn a clean exit into a kill.
-    loop.remove_signal_handler(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Draining has begun: a repeated signal must not turn a clean exit into a kill.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     log.info("shutting down (grace %.1f s)", config.grace_period)
     await server.stop()
     return 1 if server.warmup_error is not None else 0

@@ -1,26 +1,20 @@
-"""The PlacementService servicer: request -> validated arrays -> engine thread -> response."""
+"""Engine jobs: serialized request -> validated arrays -> engine -> serialized response."""
 
 from __future__ import annotations
 
-import logging
 import re
 import time
+from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 import torch
 from eplb_client.tensors import to_tensor
 from eplb_client.v1 import placement_pb2 as pb
-from eplb_client.v1 import placement_pb2_grpc as pb_grpc
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from . import validation, wire
 from .engine.api import resolve_policy
 from .validation import InvalidRequest
-from .worker import DeadlineExpired, Overloaded
 
-log = logging.getLogger("eplb_server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PlacementService"].full_name
 _POLICY_ENUM = {"hierarchical": pb.POLICY_HIERARCHICAL, "global": pb.POLICY_GLOBAL,
@@ -39,6 +33,33 @@ _ENGINE_FIELDS = {
 }
 
 
+@dataclass
+class Outcome:
+    """What a job returns across the process boundary: kind "ok" (data: the serialized
+    response; summary: what metrics record), "invalid" or "undecodable" (violations: (field,
+    description)), or "error" (an engine fault: violations holds (type, traceback))."""
+
+    kind: str
+    data: bytes = b""
+    violations: list = field(default_factory=list)
+    summary: dict | None = None
+
+
+def rebalance_summary(response: pb.RebalanceResponse) -> dict:
+    """The few numbers metrics record of a RebalanceResponse (not the whole message)."""
+    summary = dict(policy=int(response.policy), device=response.device,
+                   compute_seconds=response.compute_seconds,
+                   balancedness=response.plan.balancedness, mean_gap=response.plan.mean_gap,
+                   current_balancedness=None, slots_changed=None)
+    if response.HasField("current"):
+        summary["current_balancedness"] = response.current.balancedness
+    if response.HasField("migration"):
+        m = response.migration
+        summary.update(slots_changed=m.slots_changed, cross_node_copies=m.cross_node_copies,
+                       layers_kept=m.layers_kept_for_lack_of_gain)
+    return summary
+
+
 class EngineRejected(Exception):
     """The engine's ValueError (its contract for invalid input); the message names the argument."""
 
@@ -48,21 +69,6 @@ def _engine_call(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except ValueError as e:
         raise EngineRejected(str(e)) from e
-
-
-def bad_request_status(violations) -> grpc.Status:
-    """INVALID_ARGUMENT carrying a google.rpc.BadRequest with one FieldViolation per problem."""
-    detail = error_details_pb2.BadRequest(field_violations=[
-        error_details_pb2.BadRequest.FieldViolation(field=field, description=why)
-        for field, why in violations])
-    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT,
-                               message="; ".join(f"{f}: {why}" for f, why in violations))
-    status.details.add().Pack(detail)
-    return rpc_status.to_status(status)
-
-
-def _status(code: grpc.StatusCode, message: str) -> grpc.Status:
-    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message))
 
 
 def _engine_field(message: str, method: str) -> str:
@@ -113,47 +119,33 @@ def _numpy(tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
-class PlacementServicer(pb_grpc.PlacementServiceServicer):
-    """Thin servicer: validation and engine calls live elsewhere; this wires them to gRPC."""
+class PlacementServicer:
+    """Serves serialized requests with the engine; runs wherever the engine runs (transport.py
+    holds the gRPC side)."""
 
-    def __init__(self, engine, worker, device: torch.device, limits: validation.Limits, metrics):
+    def __init__(self, engine, device: torch.device, limits: validation.Limits):
         self.engine = engine
-        self.worker = worker
         self.device = device
         self.limits = limits
-        self.metrics = metrics
 
-    async def Rebalance(self, request, context):
-        response = await self._serve("Rebalance", request, context, validation.parse_rebalance,
-                                     self.rebalance)
-        self.metrics.observe_rebalance(response)
-        return response
-
-    async def Evaluate(self, request, context):
-        return await self._serve("Evaluate", request, context, validation.parse_evaluate,
-                                 self.evaluate)
-
-    async def _serve(self, method, request, context, parse, job):
-        self.metrics.observe_request_size(method, request.ByteSize())
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
+    def execute(self, method: str, data: bytes) -> Outcome:
+        """Decodes, validates and serves one serialized request; never raises for bad input."""
+        parse, job, message = self._methods[method]
         try:
-            args = parse(request, self.limits)
-            return await self.worker.run(job, args, deadline=deadline)
+            request = message.FromString(data)
+        except Exception:  # protobuf's DecodeError, or an unknown wire type
+            return Outcome("undecodable",
+                           violations=[("", f"the bytes are not a {message.__name__}")])
+        try:
+            response = job(self, parse(request, self.limits))
         except InvalidRequest as e:
-            status = bad_request_status(e.violations)
+            return Outcome("invalid", violations=e.violations)
         except EngineRejected as e:
-            status = bad_request_status([(_engine_field(str(e), method), str(e))])
-        except Overloaded as e:
-            status = _status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-        except DeadlineExpired as e:
-            status = _status(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
-        except Exception as e:  # an engine fault: answer INTERNAL and keep serving
-            log.exception("%s failed", method)
-            status = _status(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
-        await context.abort_with_status(status)
+            return Outcome("invalid", violations=[(_engine_field(str(e), method), str(e))])
+        summary = rebalance_summary(response) if method == "Rebalance" else None
+        return Outcome("ok", data=response.SerializeToString(), summary=summary)
 
-    # Engine jobs: run on the engine thread, return the response message.
+    # Engine jobs: run where the engine runs (its process or thread); return the response message.
 
     def rebalance(self, a: validation.RebalanceArgs) -> pb.RebalanceResponse:
         """Plans, scores the plan (and the current mapping) and builds the response."""
@@ -198,3 +190,9 @@ class PlacementServicer(pb_grpc.PlacementServiceServicer):
         score = _engine_call(self.engine.evaluate, weight, phy2log, a.num_groups, a.num_nodes,
                              a.num_gpus, policy=policy)
         return pb.EvaluateResponse(score=score_message(score), policy=_POLICY_ENUM[policy])
+
+
+PlacementServicer._methods = {
+    "Rebalance": (validation.parse_rebalance, PlacementServicer.rebalance, pb.RebalanceRequest),
+    "Evaluate": (validation.parse_evaluate, PlacementServicer.evaluate, pb.EvaluateRequest),
+}

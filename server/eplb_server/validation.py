@@ -11,6 +11,7 @@ from eplb_client.tensors import TensorError, from_tensor
 from eplb_client.v1 import placement_pb2 as pb
 
 from .engine.api import MAX_LAYER_LOAD
+from .limits import MAX_DIMENSION, MAX_REQUEST_BYTES, Limits  # noqa: F401 (re-exported)
 
 POLICIES = {
     pb.POLICY_UNSPECIFIED: "auto",
@@ -30,31 +31,6 @@ _INT_DTYPES = (pb.DTYPE_INT32, pb.DTYPE_INT64)
 _LOAD_DTYPES = (pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT64) + _INT_DTYPES
 MAPPING_DTYPES = {pb.DTYPE_UNSPECIFIED: "int64", pb.DTYPE_INT64: "int64", pb.DTYPE_INT32: "int32"}
 MAX_MODEL_NAME = 256
-MAX_DIMENSION = 1 << 20  # transfers are encoded with three-byte varints (see wire.py)
-MAX_REQUEST_BYTES = (1 << 31) - 1  # gRPC's message length is an int32
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Size limits, checked on the shapes before any request-sized allocation."""
-
-    # Defaults cover today's largest MoE shapes (Kimi K2: 60 x 384 -> 480; the issue's largest
-    # benchmark shape, 61 x 512 -> 640 on 320 GPUs) with room, and bound a plan's time to
-    # about a second.
-    max_layers: int = 256
-    max_experts: int = 1024
-    max_replicas: int = 2048
-    max_windows: int = 64
-    max_request_bytes: int = 64 << 20  # enforced by gRPC (RESOURCE_EXHAUSTED) before parsing
-
-    def __post_init__(self):
-        for name in ("max_layers", "max_experts", "max_replicas", "max_windows"):
-            if not 1 <= getattr(self, name) <= MAX_DIMENSION:
-                raise ValueError(f"{name} must lie in [1, {MAX_DIMENSION}]")
-        if not 1 <= self.max_request_bytes <= MAX_REQUEST_BYTES:
-            raise ValueError(f"max_request_bytes must lie in [1, {MAX_REQUEST_BYTES}]")
-
-
 class InvalidRequest(ValueError):
     """A request that cannot be served; `violations` is a list of (field path, description)."""
 

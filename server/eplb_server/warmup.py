@@ -1,20 +1,19 @@
-"""Start-up warm-up: synthetic requests of the configured shapes, once through the whole path."""
+"""Start-up warm-up: every kind of request an RPC can make, once through the whole path, so that
+no caller pays a kernel compile (numba compiles per function and argument types, on first use)."""
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 from dataclasses import dataclass
 
 import numpy as np
 from eplb_client.tensors import to_tensor
 from eplb_client.v1 import placement_pb2 as pb
 
-from . import validation
-
-log = logging.getLogger("eplb_server")
 _SPEC = re.compile(r"^(\d+)x(\d+):(\d+):(\d+):(\d+):(\d+)$")
+_POLICIES = (pb.POLICY_AUTO, pb.POLICY_GLOBAL, pb.POLICY_DEEPSEEK, pb.POLICY_HIERARCHICAL)
+_OBJECTIVES = (pb.OBJECTIVE_UNSPECIFIED, pb.OBJECTIVE_SUM, pb.OBJECTIVE_EXPECTED_PEAK,
+               pb.OBJECTIVE_RECENCY, pb.OBJECTIVE_ROBUST)
 
 
 @dataclass(frozen=True)
@@ -40,29 +39,106 @@ class Shape:
         return (f"{self.layers}x{self.experts}:{self.replicas}:{self.gpus}:{self.nodes}:"
                 f"{self.groups}")
 
+    def topology(self, replicas=None, gpus=None) -> pb.Topology:
+        return pb.Topology(num_replicas=replicas or self.replicas, num_groups=self.groups,
+                           num_nodes=self.nodes, num_gpus=gpus or self.gpus)
+
+    def few_slot_topologies(self):
+        """The same experts at 1 and 2 slots per GPU where the shape allows (other kernels run
+        there: count moves, pairing), as (replicas, gpus)."""
+        out = []
+        for per_gpu in (2, 1):
+            gpus = self.experts // per_gpu
+            if gpus % self.nodes == 0 and (gpus, per_gpu) != (self.gpus, self.replicas // self.gpus):
+                out.append((self.experts, gpus))
+        return out
+
+
+def _loads(shape: Shape, rng, windows=None) -> np.ndarray:
+    size = (shape.layers, shape.experts) if windows is None else (windows, shape.layers,
+                                                                  shape.experts)
+    return np.round(rng.lognormal(0.0, 1.0, size=size) * 1000)
+
+
+def _plans(shape: Shape, rng):
+    """(what, request, use the answer as the next request's current mapping) for one topology."""
+    weight = to_tensor(_loads(shape, rng))
+    history = to_tensor(_loads(shape, rng, windows=3))
+    for policy in _POLICIES:
+        yield (f"policy {pb.Policy.Name(policy)}", pb.RebalanceRequest(
+            model="warm-up", topology=shape.topology(), policy=policy, expert_loads=weight))
+    for objective in _OBJECTIVES:
+        yield (f"history {pb.Objective.Name(objective)}", pb.RebalanceRequest(
+            model="warm-up", topology=shape.topology(), expert_loads=history,
+            history=pb.HistoryOptions(objective=objective, half_life=2.0, robust_k=1.0)))
+
 
 def requests(shape: Shape, seed: int = 0):
-    """A from-scratch RebalanceRequest per policy, and the loads used (lognormal popularity)."""
+    """Yields (what, method, build): build(base_request, base_response) makes the request, where
+    base is the last from-scratch Rebalance (its plan serves as a current mapping)."""
     rng = np.random.default_rng(seed)
-    loads = rng.lognormal(0.0, 1.0, size=(shape.layers, shape.experts)) * 1000
-    topology = pb.Topology(num_replicas=shape.replicas, num_groups=shape.groups,
-                           num_nodes=shape.nodes, num_gpus=shape.gpus)
-    policies = [pb.POLICY_AUTO, pb.POLICY_GLOBAL, pb.POLICY_DEEPSEEK]
-    if shape.groups % shape.nodes == 0:
-        policies.append(pb.POLICY_HIERARCHICAL)
-    return [pb.RebalanceRequest(model="warm-up", topology=topology, policy=policy,
-                                expert_loads=to_tensor(loads)) for policy in policies]
+    topologies = [(shape.replicas, shape.gpus)] + shape.few_slot_topologies()
+    for replicas, gpus in topologies:
+        sub = Shape(shape.layers, shape.experts, replicas, gpus, shape.nodes, shape.groups)
+        for what, request in _plans(sub, rng):
+            if sub.groups % sub.nodes and request.policy == pb.POLICY_HIERARCHICAL:
+                continue
+            yield f"{sub} {what}", "Rebalance", lambda base, answer, r=request: r
+            for kind, options in _FOLLOW_UPS:
+                yield (f"{sub} {what}, {kind}", "Rebalance",
+                       lambda base, answer, o=options: _keeping(base, answer, **o))
+            yield f"{sub} {what}, evaluate", "Evaluate", _evaluate
+        yield f"{sub} scrambled mapping", "Rebalance", _scrambled(rng)
 
 
-def warm_up(servicer, shapes, limits: validation.Limits):
-    """Runs each shape's requests (from scratch, then from the plan just made) and an Evaluate."""
-    for shape in shapes:
-        start = time.perf_counter()
-        for request in requests(shape):
-            response = servicer.rebalance(validation.parse_rebalance(request, limits))
-            request.current_phy2log.CopyFrom(response.phy2log)
-            servicer.rebalance(validation.parse_rebalance(request, limits))
-        evaluate = pb.EvaluateRequest(topology=request.topology, expert_loads=request.expert_loads,
-                                      phy2log=response.phy2log)
-        servicer.evaluate(validation.parse_evaluate(evaluate, limits))
-        log.info("warmed up %s in %.2f s", shape, time.perf_counter() - start)
+_FOLLOW_UPS = (
+    ("keeping the mapping", {}),
+    ("movement budgets", dict(migration=pb.MigrationOptions(
+        max_moved_slots_per_layer=2, max_moved_slots_total=3, min_balancedness_gain=0.001))),
+    ("from scratch", dict(migration=pb.MigrationOptions(from_scratch=True))),
+)
+
+
+def _keeping(base, answer, migration=None):
+    """The base request with the answer's plan as its current mapping."""
+    follow = pb.RebalanceRequest()
+    follow.CopyFrom(base)
+    follow.current_phy2log.CopyFrom(answer.phy2log)
+    if migration is not None:
+        follow.migration.CopyFrom(migration)
+    return follow
+
+
+def _evaluate(base, answer):
+    return pb.EvaluateRequest(topology=base.topology, expert_loads=base.expert_loads,
+                              phy2log=answer.phy2log)
+
+
+def _scrambled(rng):
+    """A valid mapping unrelated to the loads: the repair kernels' worst case."""
+    def build(base, answer):
+        replicas = base.topology.num_replicas
+        layers, experts = base.expert_loads.shape[-2:]
+        rows = [np.concatenate([rng.permutation(experts),
+                                rng.integers(0, experts, replicas - experts)])
+                for _ in range(layers)]
+        return pb.RebalanceRequest(model="warm-up", topology=base.topology,
+                                   expert_loads=base.expert_loads,
+                                   current_phy2log=to_tensor(np.array(rows, dtype=np.int32)))
+    return build
+
+
+def warm_up(servicer, shapes):
+    """Serves every warm-up request of each shape; yields (step, total, what) as it goes.
+
+    Raises RuntimeError if a warm-up request is not answered with a plan."""
+    jobs = [job for shape in shapes for job in requests(shape)]
+    base = answer = None
+    for step, (what, method, build) in enumerate(jobs, 1):
+        request = build(base, answer)
+        outcome = servicer.execute(method, request.SerializeToString())
+        if outcome.kind != "ok":
+            raise RuntimeError(f"warm-up request {what!r} failed: {outcome.violations}")
+        if method == "Rebalance" and not request.HasField("current_phy2log"):
+            base, answer = request, pb.RebalanceResponse.FromString(outcome.data)
+        yield step, len(jobs), what

@@ -1,4 +1,5 @@
-"""One engine thread with bounded admission: the GPU (or CPU engine) serves one job at a time."""
+"""Bounded admission of engine jobs, and the in-process engine thread (tests, `--isolation
+thread`): the engine serves one job at a time."""
 
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ class DeadlineExpired(Exception):
     """A queued job whose caller's deadline passed before it could start."""
 
 
-class EngineWorker:
-    """Runs engine jobs on a single thread; at most `max_pending` jobs are running or queued."""
+class Admission:
+    """At most `max_pending` jobs running or queued on an executor."""
 
     def __init__(self, max_pending: int):
         self.max_pending = max_pending
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eplb-engine")
         self._pending = 0
         self._lock = threading.Lock()
 
@@ -34,30 +34,63 @@ class EngineWorker:
         with self._lock:
             self._pending -= 1
 
-    async def run(self, fn, *args, deadline: float | None = None):
-        """Runs fn(*args) on the engine thread; `deadline` is a time.monotonic() instant.
-
-        Raises Overloaded at once when the queue is full, DeadlineExpired when the deadline
-        passed while the job waited. Cancelling the caller drops a job that has not started.
-        """
+    async def run(self, executor, fn, *args):
+        """Runs fn(*args) on the executor; raises Overloaded at once when the queue is full.
+        Cancelling the caller drops a job that has not started."""
         with self._lock:
             if self._pending >= self.max_pending:
                 raise Overloaded(f"{self.max_pending} requests are already running or queued")
             self._pending += 1
         try:
-            future = self._executor.submit(_run_before, deadline, fn, *args)
+            future = executor.submit(fn, *args)
         except BaseException:
             self._release(None)
             raise
         future.add_done_callback(self._release)
         return await asyncio.wrap_future(future)
 
+
+class ThreadEngine:
+    """Runs servicer.execute on one thread of this process (no crash or hang containment)."""
+
+    def __init__(self, servicer, max_pending: int, warm_up=None):
+        import torch
+
+        self.servicer = servicer
+        self.ready_info = dict(device=str(servicer.device), torch_version=torch.__version__)
+        self.admission = Admission(max_pending)
+        self.warm_up = warm_up
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eplb-engine")
+        self._job_started = None
+
+    @property
+    def pending(self) -> int:
+        return self.admission.pending
+
+    def job_seconds(self) -> float:
+        started = self._job_started
+        return 0.0 if started is None else time.monotonic() - started
+
+    async def start(self):
+        if self.warm_up is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.warm_up)
+
+    async def run(self, method: str, data: bytes, deadline: float | None = None):
+        """-> service.Outcome (deadline as in ProcessEngine.run); raises Overloaded or
+        DeadlineExpired."""
+        return await self.admission.run(self._executor, self._job, method, data, deadline)
+
+    def _job(self, method, data, deadline):
+        if callable(deadline):
+            deadline = deadline()
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExpired("the deadline passed while the request was queued")
+        self._job_started = time.monotonic()
+        try:
+            return self.servicer.execute(method, data)
+        finally:
+            self._job_started = None
+
     def shutdown(self):
         """Drops queued jobs; a running job finishes in its thread."""
         self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _run_before(deadline, fn, *args):
-    if deadline is not None and time.monotonic() >= deadline:
-        raise DeadlineExpired("the deadline passed while the request was queued")
-    return fn(*args)

@@ -55,7 +55,7 @@ def test_client_gone_mid_call_and_the_server_keeps_serving(held, how):
     channel, client = stub(target)
     in_engine = client.Rebalance.future(rebalance_request(), timeout=60)
     assert engine.entered.wait(30)
-    queued = client.Rebalance.future(rebalance_request(), timeout=60)
+    queued = client.Rebalance.future(rebalance_request(loads(seed=1)), timeout=60)
     # The queued call is admitted (pending 2) before the client goes away.
     for _ in range(300):
         if running.server._worker.pending == 2:
@@ -109,10 +109,11 @@ def test_sigterm_under_load_drains_refuses_new_calls_and_exits_zero(tmp_path):
     server = start_subprocess(tmp_path, "--grace-period", "60", "--max-concurrent", "64",
                               "--warmup-shapes", "61x512:640:320:40:16")
     weight = np.round(np.random.default_rng(5).lognormal(0, 1.2, (61, 512)) * 1000)
-    request = rebalance_request(weight, **BIG)
-    request.policy = 3
+    requests = [rebalance_request(weight + i, **BIG) for i in range(12)]  # distinct: not coalesced
+    for request in requests:
+        request.policy = 3
     channel, client = big_stub(server.tcp)
-    in_flight = [client.Rebalance.future(request, timeout=120) for _ in range(12)]
+    in_flight = [client.Rebalance.future(request, timeout=120) for request in requests]
     # SIGTERM once the server holds several of them (queued or running on the engine thread).
     for _ in range(1000):
         pending = scrape(server.metrics_port)[("eplb_engine_pending_requests", ())]

@@ -1,5 +1,7 @@
 """Health, reflection, overload, deadlines, engine faults and draining, on in-process servers."""
 
+import re
+
 import grpc
 import pytest
 from eplb_client.v1 import placement_pb2 as pb
@@ -9,7 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from .servicekit import ControlledEngine, ServerThread, rebalance_request, stub, violations
+from .servicekit import (ControlledEngine, ServerThread, loads, rebalance_request, stub,
+                         violations)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -99,11 +102,15 @@ def fail_once(engine, placement, fault):
     return caught.value
 
 
-def test_engine_fault_is_internal_and_the_server_keeps_serving(controlled):
+def test_engine_fault_is_internal_and_the_server_keeps_serving(controlled, caplog):
     running, engine, placement = controlled()
-    error = fail_once(engine, placement, RuntimeError("injected fault"))
+    error = fail_once(engine, placement, RuntimeError("injected fault at 0x7f00deadbeef"))
     assert error.code() == grpc.StatusCode.INTERNAL
-    assert "injected fault" in error.details()
+    # The caller gets an id, not the fault's text; the log has both.
+    assert "injected" not in error.details() and "0x" not in error.details()
+    error_id = re.search(r"\(id ([0-9a-f]+)\)", error.details()).group(1)
+    assert any(error_id in r.getMessage() and "injected fault" in r.getMessage()
+               for r in caplog.records)
     assert handled(running, "Internal") == 1
     assert health_of(running.channel) == SERVING
 
@@ -120,8 +127,8 @@ def test_overload_is_resource_exhausted(controlled):
     engine.gate.clear()
     first = placement.Rebalance.future(rebalance_request(), timeout=60)
     assert engine.entered.wait(30)
-    with pytest.raises(grpc.RpcError) as caught:
-        placement.Rebalance(rebalance_request(), timeout=30)
+    with pytest.raises(grpc.RpcError) as caught:  # a different request: not coalesced
+        placement.Rebalance(rebalance_request(loads(seed=1)), timeout=30)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert health_of(running.channel) == SERVING  # health is answered while the engine is busy
     engine.gate.set()
@@ -135,7 +142,7 @@ def test_expired_requests_are_dropped_and_the_next_succeeds(controlled):
     engine.gate.clear()
     running_call = placement.Rebalance.future(rebalance_request(), timeout=1.0)
     assert engine.entered.wait(30)
-    queued_call = placement.Rebalance.future(rebalance_request(), timeout=1.0)
+    queued_call = placement.Rebalance.future(rebalance_request(loads(seed=1)), timeout=1.0)
     for call in (running_call, queued_call):
         with pytest.raises(grpc.RpcError) as caught:
             call.result()

@@ -64,13 +64,13 @@ def test_series_after_calls(server):
 
     info = [labels for (name, labels) in after if name == "eplb_server_info"]
     assert len(info) == 1
-    assert {k for k, _ in info[0]} == {"version", "device", "torch_version"}
+    assert {k for k, _ in info[0]} == {"version", "device", "torch_version", "isolation"}
     assert dict(info[0])["device"] == "cpu"
 
 
 def test_no_series_has_per_request_labels(server):
     allowed = {"grpc_type", "grpc_service", "grpc_method", "grpc_code", "policy", "device",
-               "le", "version", "torch_version"}
+               "le", "version", "torch_version", "isolation", "source", "reason"}
     used = {k for (_, labels) in scrape(server.server.metrics_port) for k, _ in labels}
     assert used <= allowed
 

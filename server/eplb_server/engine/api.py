@@ -16,13 +16,14 @@ from .reference import reference_plan
 from .migration import MigrationOptions, keep_current, migration_summary, plan_keeping_nodes
 from .refined import refined_plan
 from .scoring import Score, score
+from .threads import engine_threads
 
 NODE_TOLERANCE = 0.01  # issue 5: slack on the heaviest node for keeping the current assignment
 # A layer's total load (summed over windows too) must fit in float32, in which the reference
 # computes: beyond it pieces and sums overflow to inf and the kernels' invariants break.
 MAX_LAYER_LOAD = float(np.finfo(np.float32).max)
 POLICIES = ("auto", "hierarchical", "global", "deepseek")
-# Numba's default threading layer must not be entered from two threads at once.
+# Numba's threading layers must not be entered from two threads at once.
 _ENGINE_LOCK = threading.Lock()
 
 
@@ -139,6 +140,7 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     load = _loads(weight)
     num_layers, num_experts = load.shape[-2:]
     check_topology(num_experts, num_replicas, num_groups, num_nodes, num_gpus)
+    work = load.size // num_experts * num_replicas  # layer-slots, times windows
     resolved = resolve_policy(policy, num_groups, num_nodes, num_gpus)
     current = None if current_phy2log is None else _current_mapping(
         current_phy2log, num_layers, num_replicas, num_experts)
@@ -149,7 +151,7 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
         load, objective_used, planner = history_planner(load, objective, half_life, robust_k,
                                                         planner)
     migration = None
-    with _ENGINE_LOCK:
+    with _ENGINE_LOCK, engine_threads(work):
         phy2log, rank, logcnt = planner(load, num_replicas, num_groups, num_nodes,
                                 num_gpus, resolved)
         if keep:
@@ -199,5 +201,5 @@ def evaluate(weight, phy2log, num_groups: int, num_nodes: int, num_gpus: int, *,
     bound = None if lower_bound is None else np.asarray(lower_bound, dtype=np.float64)
     if bound is not None and bound.shape != (num_layers,):
         raise ValueError(f"lower_bound must be [{num_layers}], got shape {list(bound.shape)}")
-    with _ENGINE_LOCK:
+    with _ENGINE_LOCK, engine_threads(load.size // num_experts * mapping.shape[1]):
         return score(load, mapping, num_groups, num_nodes, num_gpus, hierarchical, bound)

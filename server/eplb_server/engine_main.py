@@ -1,0 +1,89 @@
+"""The engine worker process: warms up, then serves serialized jobs from its supervisor's socket.
+
+Started by engine_process.ProcessEngine as `python -m eplb_server.engine_main FD CONFIG_JSON`.
+Every message on the socket is a pickled tuple; see engine_process for the protocol.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """The kernel kills this process when its supervisor dies, even mid-compile."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the closed socket still ends the loop
+        pass
+
+
+def _limit_threads(threads: int):
+    """Before numba and torch load: OpenMP threads sleep instead of spinning when idle (a
+    spinning pool takes the cores of the serving engine beside us)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ["NUMBA_NUM_THREADS"] = str(max(1, threads))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def serve(conn: Connection, config: dict):
+    """Warm-up, then one job at a time until the socket closes."""
+    import torch
+
+    from . import warmup
+    from .engine.threads import set_max_threads
+    from .limits import Limits
+    from .server import resolve_device
+    from .service import Outcome, PlacementServicer
+
+    torch.set_num_threads(1)
+    set_max_threads(config["threads"])
+    engine = importlib.import_module(config["engine_module"])
+    servicer = PlacementServicer(engine, resolve_device(config["device"]), Limits(**config["limits"]))
+    shapes = [warmup.Shape.parse(spec) for spec in config["warmup_shapes"]]
+    start = time.perf_counter()
+    for step, total, what in warmup.warm_up(servicer, shapes):
+        conn.send(("progress", f"warm-up {step}/{total}: {what} "
+                               f"({time.perf_counter() - start:.1f} s)"))
+    conn.send(("ready", dict(seconds=time.perf_counter() - start, device=str(servicer.device),
+                             torch_version=torch.__version__)))
+    while True:
+        try:
+            method, data = conn.recv()
+        except EOFError:
+            return
+        try:
+            outcome = servicer.execute(method, data)
+        except Exception as e:  # an engine fault: the supervisor answers INTERNAL
+            outcome = Outcome("error", violations=[(type(e).__name__, traceback.format_exc())])
+        conn.send(outcome)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    fd, config = int(argv[0]), json.loads(argv[1])
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when this process ends
+    _limit_threads(config["threads"])
+    conn = Connection(fd)
+    try:
+        serve(conn, config)
+    except Exception:
+        try:
+            conn.send(("failed", traceback.format_exc()))
+        except OSError:
+            pass
+        raise
+
+
+if __name__ == "__main__":
+    main()

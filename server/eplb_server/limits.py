@@ -1,0 +1,29 @@
+"""Request size limits, checked on the shapes before any request-sized allocation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_DIMENSION = 1 << 20  # transfers are encoded with three-byte varints (see wire.py)
+MAX_REQUEST_BYTES = (1 << 31) - 1  # gRPC's message length is an int32
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits, checked on the shapes before any request-sized allocation."""
+
+    # Defaults cover today's largest MoE shapes (Kimi K2: 60 x 384 -> 480; the issue's largest
+    # benchmark shape, 61 x 512 -> 640 on 320 GPUs) with room, and bound a plan's time to
+    # about a second.
+    max_layers: int = 256
+    max_experts: int = 1024
+    max_replicas: int = 2048
+    max_windows: int = 64
+    max_request_bytes: int = 64 << 20  # enforced by gRPC (RESOURCE_EXHAUSTED) before parsing
+
+    def __post_init__(self):
+        for name in ("max_layers", "max_experts", "max_replicas", "max_windows"):
+            if not 1 <= getattr(self, name) <= MAX_DIMENSION:
+                raise ValueError(f"{name} must lie in [1, {MAX_DIMENSION}]")
+        if not 1 <= self.max_request_bytes <= MAX_REQUEST_BYTES:
+            raise ValueError(f"max_request_bytes must lie in [1, {MAX_REQUEST_BYTES}]")
