@@ -60,3 +60,27 @@ def sorted_pairing_peak(weight, counts):
     if items.size % 2:
         items = np.concatenate([[0.0], items])
     return (items + items[::-1]).max()
+
+
+def pytest_sessionstart(session):
+    """Compiles the engine's kernels once, before any test, and says so: every later test and
+    every engine worker process the service tests start loads them from numba's cache."""
+    import time
+
+    import torch
+    from eplb_server import warmup
+    from eplb_server.limits import Limits
+    from eplb_server.server import Config
+    from eplb_server.service import PlacementServicer
+
+    import eplb_server
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    say = reporter.write_line if reporter is not None else print
+    start = time.perf_counter()
+    servicer = PlacementServicer(eplb_server, torch.device("cpu"), Limits())
+    shapes = [warmup.Shape.parse(spec) for spec in Config().warmup_shapes]
+    for _ in warmup.warm_up(servicer, shapes):
+        pass
+    say(f"engine kernels ready in {time.perf_counter() - start:.1f} s (compiled on the first run "
+        "on this machine, loaded from numba's cache after)")

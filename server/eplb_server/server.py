@@ -91,6 +91,7 @@ class PlacementServer:
         self.metrics_port = None
         self.warmup_error = None
         self.stop_requested = None
+        self._stopping = False
         self._server = self._health = self._worker = self._http = self._warmup = None
 
     async def start(self):
@@ -159,9 +160,12 @@ class PlacementServer:
     def _engine_state(self, up: bool):
         """From the engine thread: the worker became ready (up) or went away."""
         self.metrics.engine_up.set(1 if up else 0)
-        if self._warmup is not None and self._warmup.done() and not self.stop_requested.is_set():
+        if self._warmup is not None and self._warmup.done() and not self._stopping:
             status = SERVING if up else NOT_SERVING
-            asyncio.run_coroutine_threadsafe(self._set_health(status), self._loop)
+            try:
+                asyncio.run_coroutine_threadsafe(self._set_health(status), self._loop)
+            except RuntimeError:  # the loop has closed
+                return
             log.info("engine %s", "ready: serving" if up else "down: not serving until it restarts")
 
     async def _set_health(self, status):
@@ -220,6 +224,7 @@ class PlacementServer:
     async def stop(self, grace: Optional[float] = None):
         """NOT_SERVING, refuse new RPCs, let in-flight ones finish within `grace` seconds."""
         grace = self.config.grace_period if grace is None else grace
+        self._stopping = True
         await self._health.enter_graceful_shutdown()
         self.metrics.serving.set(0)
         if not self._warmup.done():

@@ -67,6 +67,13 @@ def _plans(shape: Shape, rng):
     for policy in _POLICIES:
         yield (f"policy {pb.Policy.Name(policy)}", pb.RebalanceRequest(
             model="warm-up", topology=shape.topology(), policy=policy, expert_loads=weight))
+    for groups in (shape.nodes, 3 * shape.nodes, shape.experts):  # other node-assignment kernels
+        if groups != shape.groups and shape.experts % groups == 0 and groups % shape.nodes == 0:
+            topology = shape.topology()
+            topology.num_groups = groups
+            yield (f"{groups} groups", pb.RebalanceRequest(
+                model="warm-up", topology=topology, policy=pb.POLICY_HIERARCHICAL,
+                expert_loads=weight))
     for objective in _OBJECTIVES:
         yield (f"history {pb.Objective.Name(objective)}", pb.RebalanceRequest(
             model="warm-up", topology=shape.topology(), expert_loads=history,
@@ -89,6 +96,14 @@ def requests(shape: Shape, seed: int = 0):
                        lambda base, answer, o=options: _keeping(base, answer, **o))
             yield f"{sub} {what}, evaluate", "Evaluate", _evaluate
         yield f"{sub} scrambled mapping", "Rebalance", _scrambled(rng)
+
+
+def _packed_assignment(base, answer):
+    """Too many group-to-node assignments to enumerate: the packed assignment's kernel."""
+    many = Shape(1, 32, 32, 2, 2, 32)
+    return pb.RebalanceRequest(model="warm-up", topology=many.topology(),
+                               policy=pb.POLICY_HIERARCHICAL,
+                               expert_loads=to_tensor(_loads(many, np.random.default_rng(0))))
 
 
 _FOLLOW_UPS = (
@@ -133,6 +148,7 @@ def warm_up(servicer, shapes):
 
     Raises RuntimeError if a warm-up request is not answered with a plan."""
     jobs = [job for shape in shapes for job in requests(shape)]
+    jobs.append(("32 groups packed onto 2 nodes", "Rebalance", _packed_assignment))
     base = answer = None
     for step, (what, method, build) in enumerate(jobs, 1):
         request = build(base, answer)
