@@ -95,6 +95,10 @@ class Metrics:
         self.undecodable = Counter("eplb_undecodable_requests",
                                    "Requests whose bytes are not the method's message.",
                                    ("grpc_method",), registry=r)
+        self.stage = Histogram("eplb_stage_seconds",
+                               "Seconds of each stage of a computed request in the engine "
+                               "worker: decode, validate, compute (plan and scores), encode.",
+                               ("grpc_method", "stage"), buckets=_LATENCY_BUCKETS, registry=r)
         self.info = Info("eplb_server", "Server version, engine device and torch version.",
                          registry=r)
 

@@ -43,6 +43,7 @@ class Outcome:
     data: bytes = b""
     violations: list = field(default_factory=list)
     summary: dict | None = None
+    timings: dict = field(default_factory=dict)
 
 
 def rebalance_summary(response: pb.RebalanceResponse) -> dict:
@@ -129,21 +130,35 @@ class PlacementServicer:
         self.limits = limits
 
     def execute(self, method: str, data: bytes) -> Outcome:
-        """Decodes, validates and serves one serialized request; never raises for bad input."""
+        """Decodes, validates and serves one serialized request; never raises for bad input.
+        The outcome's timings hold each stage's seconds: decode, validate, compute (plan and
+        scores), encode."""
         parse, job, message = self._methods[method]
+        clock = [time.perf_counter()]
+
+        def lap():
+            clock.append(time.perf_counter())
+            return clock[-1] - clock[-2]
         try:
             request = message.FromString(data)
         except Exception:  # protobuf's DecodeError, or an unknown wire type
             return Outcome("undecodable",
                            violations=[("", f"the bytes are not a {message.__name__}")])
+        timings = dict(decode=lap())
         try:
-            response = job(self, parse(request, self.limits))
+            args = parse(request, self.limits)
+            timings["validate"] = lap()
+            response = job(self, args)
         except InvalidRequest as e:
             return Outcome("invalid", violations=e.violations)
         except EngineRejected as e:
             return Outcome("invalid", violations=[(_engine_field(str(e), method), str(e))])
+        encoded = response.SerializeToString()
+        total = lap()
+        compute = getattr(response, "compute_seconds", 0.0) if method == "Rebalance" else total
+        timings.update(compute=compute, encode=max(total - compute, 0.0))
         summary = rebalance_summary(response) if method == "Rebalance" else None
-        return Outcome("ok", data=response.SerializeToString(), summary=summary)
+        return Outcome("ok", data=encoded, summary=summary, timings=timings)
 
     # Engine jobs: run where the engine runs (its process or thread); return the response message.
 

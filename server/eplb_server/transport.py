@@ -86,6 +86,8 @@ class PlacementTransport:
         async def compute(latest_deadline):
             outcome = await self.engine.run(method, data, latest_deadline)
             self.metrics.computations.labels(method).inc()
+            for stage, seconds in outcome.timings.items():
+                self.metrics.stage.labels(method, stage).observe(seconds)
             return outcome
 
         try:

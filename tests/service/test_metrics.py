@@ -70,7 +70,7 @@ def test_series_after_calls(server):
 
 def test_no_series_has_per_request_labels(server):
     allowed = {"grpc_type", "grpc_service", "grpc_method", "grpc_code", "policy", "device",
-               "le", "version", "torch_version", "isolation", "source", "reason"}
+               "le", "version", "torch_version", "isolation", "source", "reason", "stage"}
     used = {k for (_, labels) in scrape(server.server.metrics_port) for k, _ in labels}
     assert used <= allowed
 

@@ -1,0 +1,303 @@
+"""Production fit, as tables: start-up, plan time beside busy neighbours, and rank storms.
+
+    python -m bench.production [--part start|busy|storm|all] [--repeats 30]
+
+start: process start to SERVING of `python -m eplb_server` with an empty numba cache, with the
+cache it left, with a portable cache (NUMBA_CPU_NAME=x86-64-v3, NUMBA_CPU_FEATURES empty: the
+cache any AVX2 host loads), and with a native cache read by a host that reports another CPU
+(NUMBA_CPU_NAME=haswell: what an image built on one CPU model did on another).
+busy: the EP32 plan (real snapshots, hierarchical and global) in this process, quiet and with a
+busy-loop process on every core, with the default thread choice (one thread at this size), and
+forced to 1 and 2 threads.
+storm: 32 and 64 callers at once against a default server, each on its own channel as EP ranks
+are: identical requests (one computation expected) and distinct ones (60 s deadline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+
+from .common import real_snapshots
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EP32 = dict(num_replicas=288, num_groups=8, num_nodes=4, num_gpus=32)
+PORTABLE = {"NUMBA_CPU_NAME": "x86-64-v3", "NUMBA_CPU_FEATURES": ""}
+
+
+def ep32_loads():
+    real = list(real_snapshots().values())
+    if real:
+        return real
+    rng = np.random.default_rng(0)
+    return [np.round(rng.lognormal(0, 1.2, (58, 256)) * 1000) for _ in range(6)]
+
+
+# ---------------------------------------------------------------------------------- start-up
+
+def time_to_serving(env: dict, timeout: float = 1200.0) -> tuple[float, str, int]:
+    """Seconds from process start to health SERVING, the metrics address, and the pid."""
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "eplb_server", "--listen", "127.0.0.1:0",
+                             "--metrics-port", "0"], stdout=log, stderr=subprocess.STDOUT,
+                            cwd=ROOT, env={**os.environ, **env})
+    try:
+        while time.monotonic() - start < timeout:
+            text = pathlib.Path(log.name).read_text()
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{text}")
+            if "serving (warm-up" in text:
+                return time.monotonic() - start, text, proc.pid
+            time.sleep(0.05)
+        raise RuntimeError("no SERVING within the timeout")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def start_rows():
+    rows = []
+    with tempfile.TemporaryDirectory() as native, tempfile.TemporaryDirectory() as portable:
+        cases = [
+            ("empty cache (first start on a host)", {"NUMBA_CACHE_DIR": native}),
+            ("cache left by that start", {"NUMBA_CACHE_DIR": native}),
+            ("native cache read as another CPU model (haswell)",
+             {"NUMBA_CACHE_DIR": native, "NUMBA_CPU_NAME": "haswell"}),
+            ("portable cache: empty (x86-64-v3)", {"NUMBA_CACHE_DIR": portable, **PORTABLE}),
+            ("portable cache: built (any x86-64-v3 host loads it)",
+             {"NUMBA_CACHE_DIR": portable, **PORTABLE}),
+        ]
+        for name, env in cases:
+            seconds, _, _ = time_to_serving(env)
+            rows.append((name, f"{seconds:.1f}"))
+            print(f"  {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------- busy neighbours
+
+def _spin():
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def busy_cores(count):
+    procs = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(count)]
+    for p in procs:
+        p.start()
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.join()
+
+
+def plan_times(policy, threads_mode, repeats):
+    import torch
+
+    import eplb_server
+    from eplb_server.engine import threads
+
+    loads = [torch.from_numpy(w) for w in ep32_loads()]
+    saved = threads._max_threads, threads.PARALLEL_MIN_WORK
+    if threads_mode == "default":
+        threads.set_max_threads(1)
+    else:
+        threads._max_threads, threads.PARALLEL_MIN_WORK = int(threads_mode), 0
+    try:
+        eplb_server.plan(loads[0], **EP32, policy=policy)
+        out = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            eplb_server.plan(loads[i % len(loads)], **EP32, policy=policy)
+            out.append(time.perf_counter() - start)
+        return out
+    finally:
+        threads._max_threads, threads.PARALLEL_MIN_WORK = saved
+
+
+def busy_rows(repeats):
+    rows = []
+    cores = os.cpu_count() or 1
+    for policy in ("hierarchical", "global"):
+        quiet = {mode: np.median(plan_times(policy, mode, repeats)) * 1e3
+                 for mode in ("default", "1", "2")}
+        with busy_cores(cores):
+            busy = {mode: np.median(plan_times(policy, mode, repeats)) * 1e3
+                    for mode in ("default", "1", "2")}
+        for mode in ("default", "1", "2"):
+            rows.append((policy, mode, f"{quiet[mode]:.2f}", f"{busy[mode]:.2f}",
+                         f"{busy[mode] / quiet['1']:.2f}"))
+    return rows
+
+
+# ------------------------------------------------------------------------------- rank storms
+
+async def _storm(target, requests, deadline):
+    barrier = asyncio.Event()
+
+    async def rank(request):
+        async with grpc.aio.insecure_channel(target) as channel:
+            await channel.channel_ready()
+            call = channel.unary_unary("/eplb.v1.PlacementService/Rebalance")
+            await barrier.wait()
+            start = time.perf_counter()
+            try:
+                await call(request, timeout=deadline)
+                return time.perf_counter() - start, "OK"
+            except grpc.RpcError as e:
+                return time.perf_counter() - start, e.code().name
+
+    tasks = [asyncio.ensure_future(rank(r)) for r in requests]
+    await asyncio.sleep(1.0)
+    barrier.set()
+    return await asyncio.gather(*tasks)
+
+
+def _retrying_storm(target, requests, deadline):
+    """The same storm through eplb_client's retries (RESOURCE_EXHAUSTED, UNAVAILABLE)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from eplb_client import EplbClient
+    from eplb_client.v1 import placement_pb2 as pb
+
+    clients = [EplbClient(target) for _ in requests]
+    start_at = time.monotonic() + 1.0
+
+    def rank(i):
+        request = pb.RebalanceRequest.FromString(requests[i])
+        time.sleep(max(0.0, start_at - time.monotonic()))
+        start = time.perf_counter()
+        try:
+            clients[i].rebalance_raw(request, timeout=deadline)
+            return time.perf_counter() - start, "OK"
+        except Exception as e:  # EplbError
+            return time.perf_counter() - start, str(getattr(e, "code", e))
+    with ThreadPoolExecutor(len(requests)) as pool:
+        results = list(pool.map(rank, range(len(requests))))
+    for c in clients:
+        c.close()
+    return results
+
+
+def _metric(address, name, **labels):
+    text = urllib.request.urlopen(f"http://{address}/metrics", timeout=10).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def storm_rows():
+    from eplb_client.tensors import to_tensor
+    from eplb_client.v1 import placement_pb2 as pb
+
+    loads = ep32_loads()
+    env = dict(os.environ)
+    log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "eplb_server", "--listen", "127.0.0.1:0",
+                             "--metrics-port", str(_free_port()),
+                             "--warmup-shapes", "58x256:288:32:4:8"],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 1200
+        while "serving (warm-up" not in pathlib.Path(log.name).read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(pathlib.Path(log.name).read_text())
+            time.sleep(0.1)
+        text = pathlib.Path(log.name).read_text()
+        target = re.search(r" on (127\.0\.0\.1:\d+)", text).group(1)
+        metrics = re.search(r"metrics (127\.0\.0\.1:\d+)", text).group(1)
+
+        def request(weight):
+            return pb.RebalanceRequest(model="storm", topology=pb.Topology(**EP32),
+                                       expert_loads=to_tensor(weight),
+                                       mapping_dtype=pb.DTYPE_INT32).SerializeToString()
+
+        single = []
+        for i in range(15):  # distinct, so nothing is reused
+            single += [t for t, _ in asyncio.run(_storm(target, [request(loads[0] + 1000 + i)],
+                                                        60))]
+        single_p50 = np.median(single)
+        rows = [("single call", 1, "", f"{single_p50 * 1e3:.1f}", "", "1", "")]
+        seed = 0
+        for callers in (32, 64):
+            for kind in ("identical", "distinct"):
+                seed += 1
+                before = _metric(metrics, "eplb_engine_computations_total")
+                if kind == "identical":
+                    batch = [request(loads[1] + seed)] * callers
+                else:
+                    batch = [request(loads[i % len(loads)] + seed * 100 + i)
+                             for i in range(callers)]
+                results = _retrying_storm(target, batch, 60)
+                times = [t for t, _ in results]
+                ok = sum(code == "OK" for _, code in results)
+                computed = _metric(metrics, "eplb_engine_computations_total") - before
+                p99 = np.percentile(times, 99)
+                rows.append((kind, callers, f"{ok}/{callers}", f"{np.median(times) * 1e3:.1f}",
+                             f"{p99 * 1e3:.1f}", f"{computed:.0f}",
+                             f"{p99 / single_p50:.2f}x" if kind == "identical" else
+                             f"max {max(times):.2f} s"))
+                time.sleep(6)  # past the recent-answer window
+        retried = _metric(metrics, "eplb_retried_requests_total")
+        rows.append(("retried attempts (all storms)", "", "", "", "", "", f"{retried:.0f}"))
+        return rows
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def table(header, rows):
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(str(x) for x in row) + " |")
+    print()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("start", "busy", "storm", "all"), default="all")
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}, python -m bench.production "
+          f"--part {args.part}\n")
+    if args.part in ("start", "all"):
+        table(("start", "seconds to SERVING"), start_rows())
+    if args.part in ("busy", "all"):
+        table(("EP32 policy", "threads", "quiet ms", f"{os.cpu_count()} busy cores ms",
+               "busy / quiet 1 thread"), busy_rows(args.repeats))
+    if args.part in ("storm", "all"):
+        table(("requests", "callers", "answered", "p50 ms", "p99 ms", "engine computations",
+               "p99 / single, or slowest"), storm_rows())
+
+
+if __name__ == "__main__":
+    main()
