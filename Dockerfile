@@ -25,24 +25,27 @@ RUN grep -v '^torch==' constraints.txt > /tmp/constraints.txt \
 FROM python:${PYTHON_VERSION}-slim
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/eplb eplb
 COPY --from=build /opt/venv /opt/venv
+# A portable kernel target: the cache compiled below serves any x86-64-v3 (AVX2) host, not only
+# the build machine's CPU model (a native cache recompiles for minutes on another model, past
+# any startup probe). For arm64 images build with --build-arg NUMBA_CPU_NAME=generic.
+ARG NUMBA_CPU_NAME=x86-64-v3
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     NUMBA_CACHE_DIR=/home/eplb/.cache/numba \
+    NUMBA_CPU_NAME=${NUMBA_CPU_NAME} \
+    NUMBA_CPU_FEATURES= \
     EPLB_LISTEN=0.0.0.0:50051 \
     EPLB_METRICS_HOST=0.0.0.0 \
     EPLB_METRICS_PORT=9090
 USER 10001:10001
 WORKDIR /home/eplb
-# Compile the numba kernels once at build time, so that start-up warm-up only loads them.
-RUN python -c "import torch, eplb_server; \
-w = torch.rand(2, 16) * 100; p = eplb_server.plan(w, 32, 4, 2, 8); \
-eplb_server.plan(w, 32, 4, 2, 8, current_phy2log=p.phy2log); \
-eplb_server.plan(w, 32, 4, 2, 8, policy='global'); eplb_server.plan(w, 32, 4, 2, 8, policy='deepseek'); \
-q = eplb_server.plan(w, 16, 4, 2, 8); eplb_server.plan(w, 16, 4, 2, 8, current_phy2log=q.phy2log); \
-eplb_server.evaluate(w, p.phy2log, 4, 2, 8)"
+# Compile every kernel an RPC can reach once at build time (the server's own warm-up), so that
+# start-up only loads them: seconds instead of minutes.
+RUN eplb-server --compile-only
 EXPOSE 50051 9090
 # Calls grpc.health.v1.Health/Check; NOT_SERVING (warm-up, draining) counts as unhealthy.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+# Start-up loads the image's kernel cache (seconds); the period leaves room for a slow node.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "eplb_server.healthcheck", "127.0.0.1:50051"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["eplb-server"]

@@ -86,6 +86,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--coalesce-seconds", type=float, default=_env("COALESCE_SECONDS", "5"),
                    help="identical requests share one computation while it runs and for this "
                    "long after (default 5; 0 shares only computations in flight)")
+    p.add_argument("--compile-only", action="store_true",
+                   help="compile (or load) every kernel the warm-up shapes reach into numba's "
+                   "cache, then exit: for image builds and init containers")
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return p
 
@@ -107,6 +110,24 @@ def config_from(args: argparse.Namespace) -> Config:
         unix_socket_mode=args.unix_socket_mode, threads=args.threads,
         isolation=args.isolation, plan_time_limit=args.plan_time_limit,
         coalesce_seconds=args.coalesce_seconds)
+
+
+def compile_only(config: Config) -> int:
+    """Runs the warm-up in this process (filling numba's cache); 0 when every request planned."""
+    import time
+
+    from . import warmup
+    from .service import PlacementServicer
+
+    import eplb_server
+
+    start = time.perf_counter()
+    servicer = PlacementServicer(eplb_server, resolve_device(config.device), config.limits)
+    shapes = [Shape.parse(spec) for spec in config.warmup_shapes]
+    for step, total, what in warmup.warm_up(servicer, shapes):
+        logging.getLogger("eplb_server").info("compile %d/%d: %s (%.1f s)", step, total, what,
+                                              time.perf_counter() - start)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -135,6 +156,8 @@ def main(argv=None) -> int:
             Shape.parse(spec)
     except ValueError as e:
         p.error(str(e))
+    if args.compile_only:
+        return compile_only(config)
     code = asyncio.run(serve(config))
     # Drained and stopped: leave at once instead of waiting seconds for gRPC's and the
     # executors' threads to wind down (past a pod's grace period on a busy node).

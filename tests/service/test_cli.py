@@ -89,3 +89,15 @@ def test_a_malformed_variable_is_a_usage_error(monkeypatch, capsys):
         main([])
     assert caught.value.code == 2
     assert "--metrics-port" in capsys.readouterr().err
+
+
+def test_compile_only_fills_the_cache_and_exits_zero(tmp_path):
+    """A real subprocess, as an image build runs it: warm-up in-process, no server."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "eplb_server", "--compile-only",
+                           "--warmup-shapes", "1x8:16:4:2:2"], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "compile 1/" in done.stderr and "scrambled mapping" in done.stderr
