@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -45,6 +46,15 @@ def _internal(detail: str) -> grpc.Status:
                    "not planned. The server keeps serving; report the id to its operator.")
 
 
+async def _digest(data: bytes) -> bytes:
+    """The coalescing key's hash; off the event loop for large requests (hashlib releases the
+    GIL there), so a 64 MiB history does not stall health checks."""
+    if len(data) < 1 << 20:
+        return hashlib.blake2b(data, digest_size=20).digest()
+    return await asyncio.get_running_loop().run_in_executor(
+        None, lambda: hashlib.blake2b(data, digest_size=20).digest())
+
+
 def _attempt(context) -> int:
     for key, value in context.invocation_metadata() or ():
         if key == ATTEMPT_HEADER:
@@ -81,7 +91,7 @@ class PlacementTransport:
             self.metrics.retried.labels(method).inc()
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        key = (method, hashlib.blake2b(data, digest_size=20).digest())
+        key = (method, await _digest(data))
 
         async def compute(latest_deadline):
             outcome = await self.engine.run(method, data, latest_deadline)

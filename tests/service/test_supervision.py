@@ -106,3 +106,18 @@ def test_a_running_job_reports_its_age(supervised):
     with pytest.raises(grpc.RpcError):
         call.result()
     assert running.server.metrics.registry.get_sample_value("eplb_engine_job_seconds") == 0
+
+
+def test_undecodable_bytes_are_invalid_argument_and_counted(supervised):
+    running, _, _ = supervised
+    channel = grpc.insecure_channel(running.addresses[0])
+    call = channel.unary_unary("/eplb.v1.PlacementService/Rebalance")
+    with pytest.raises(grpc.RpcError) as caught:
+        call(b"\xff\xff\xff\xff not a protobuf", timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a RebalanceRequest" in caught.value.details()
+    assert running.server.metrics.registry.get_sample_value(
+        "eplb_undecodable_requests_total", {"grpc_method": "Rebalance"}) == 1
+    # The worker is the same one: bad bytes never reach the engine.
+    assert restarts(running, "crash") == 0
+    channel.close()
