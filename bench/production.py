@@ -274,29 +274,42 @@ def storm_rows():
         proc.wait(30)
 
 
-def table(header, rows):
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(str(x) for x in row) + " |")
-    print()
+def table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("start", "busy", "storm", "all"), default="all")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--write", metavar="PATH",
+                        help="also write the tables, command, machine and date to this file")
     args = parser.parse_args()
-    print(f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d %H:%M')}, python -m bench.production "
-          f"--part {args.part}\n")
+    import platform
+
+    out = [f"`python -m bench.production --part {args.part} --repeats {args.repeats}` on "
+           f"{platform.machine()} with {os.cpu_count()} CPUs "
+           f"({platform.processor() or platform.platform()}), {time.strftime('%Y-%m-%d %H:%M')}.",
+           ""]
     if args.part in ("start", "all"):
-        table(("start", "seconds to SERVING"), start_rows())
+        out += ["Process start to health SERVING (default warm-up shape):", "",
+                table(("start", "seconds to SERVING"), start_rows())]
     if args.part in ("busy", "all"):
-        table(("EP32 policy", "threads", "quiet ms", f"{os.cpu_count()} busy cores ms",
-               "busy / quiet 1 thread"), busy_rows(args.repeats))
+        out += ["EP32 plan time in-process (median of real snapshots), quiet and beside a "
+                "busy-loop process on every core:", "",
+                table(("EP32 policy", "threads", "quiet ms", f"{os.cpu_count()} busy cores ms",
+                       "busy / quiet 1 thread"), busy_rows(args.repeats))]
     if args.part in ("storm", "all"):
-        table(("requests", "callers", "answered", "p50 ms", "p99 ms", "engine computations",
-               "p99 / single, or slowest"), storm_rows())
+        out += ["Every rank at once: callers on their own channels through eplb_client "
+                "(retries on), EP32 requests:", "",
+                table(("requests", "callers", "answered", "p50 ms", "p99 ms",
+                       "engine computations", "p99 / single, or slowest"), storm_rows())]
+    text = "\n".join(out)
+    print(text)
+    if args.write:
+        pathlib.Path(args.write).write_text("# Production fit: measured\n\n" + text)
 
 
 if __name__ == "__main__":
