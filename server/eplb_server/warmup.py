@@ -148,7 +148,8 @@ def warm_up(servicer, shapes):
 
     Raises RuntimeError if a warm-up request is not answered with a plan."""
     jobs = [job for shape in shapes for job in requests(shape)]
-    jobs.append(("32 groups packed onto 2 nodes", "Rebalance", _packed_assignment))
+    if jobs:
+        jobs.append(("32 groups packed onto 2 nodes", "Rebalance", _packed_assignment))
     base = answer = None
     for step, (what, method, build) in enumerate(jobs, 1):
         request = build(base, answer)

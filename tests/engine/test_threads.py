@@ -35,11 +35,12 @@ def test_an_in_process_plan_leaves_torch_threads_as_the_host_set_them(torch_thre
 
 
 def test_only_large_requests_use_more_than_one_thread(monkeypatch):
-    monkeypatch.setattr(threads, "_max_threads", 2)
+    most = numba.config.NUMBA_NUM_THREADS
+    monkeypatch.setattr(threads, "_max_threads", most)
     assert threads.threads_for(58 * 288) == 1
-    assert threads.threads_for(threads.PARALLEL_MIN_WORK) == 2
+    assert threads.threads_for(threads.PARALLEL_MIN_WORK) == most
     with threads.engine_threads(threads.PARALLEL_MIN_WORK):
-        assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
+        assert numba.get_num_threads() == most
     with threads.engine_threads(100):
         assert numba.get_num_threads() == 1
 
