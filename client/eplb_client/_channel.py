@@ -27,7 +27,9 @@ def split_targets(target) -> list[str]:
         raise ValueError("no target given")
     for t in out:
         if t.startswith(("http://", "https://")):
-            raise ValueError(f"target {t!r}: give host:port or unix:///path, not a URL")
+            host = t.split("://", 1)[1].rstrip("/")
+            raise ValueError(f"target {t!r} is a URL: give host:port (--target {host}) "
+                             "or unix:///path; TLS is --tls, not https://")
     return out
 
 
