@@ -70,7 +70,7 @@ def evaluate(args) -> int:
     loads = load_loads(args.loads, args.key)
     phy2log = load_mapping(args.phy2log, args.phy2log_key)
     saved = saved_policy(args.phy2log) if args.phy2log_key is None else None
-    policy = bound_policy(saved, args.policy)
+    policy = args.policy or bound_policy(saved, None)  # an explicit --policy wins
     if args.policy is not None:
         why = f"--policy {args.policy}"
     elif policy != "auto":

@@ -143,17 +143,18 @@ def explain(e, args) -> str:
     """One line for a failed call: the cause a user can act on first, gRPC's text after it."""
     text = " ".join(str(e).split())
     lower = text.lower()
+    detail = text if len(text) <= 240 else text[:237] + "..."
     if getattr(e, "code", None) is not None and e.code.name == "UNAVAILABLE":
         if _uses_tls(args) and ("handshake" in lower or "ssl" in lower or "tls" in lower):
             return ("TLS handshake failed: the server does not speak TLS, or its certificate "
                     "is not trusted (plaintext server: drop --tls/--tls-ca; own CA: --tls-ca "
-                    f"FILE) [{text[:200]}]")
+                    f"FILE) [{detail}]")
         if not _uses_tls(args) and ("socket closed" in lower or "http2" in lower):
             return (f"the server closed the connection: if it serves TLS, add --tls or --tls-ca "
-                    f"FILE [{text[:200]}]")
+                    f"FILE [{detail}]")
         if "failed to connect" in lower or "connection refused" in lower:
             return (f"no server at {args.target or os.environ.get('EPLB_TARGET') or 'localhost:50051'}"
-                    f" (is eplb-server running? check --target) [{text[:200]}]")
+                    f" (is eplb-server running? check --target) [{detail}]")
     return text
 
 
