@@ -81,5 +81,6 @@ class Tls:
         if not force and all(m is None for m in material):
             return None
         if (self.private_key is None) != (self.certificate_chain is None):
-            raise ValueError("private_key and certificate_chain go together (mutual TLS)")
+            raise ValueError("private_key and certificate_chain (CLI: --tls-key and --tls-cert) "
+                             "go together (mutual TLS)")
         return grpc.ssl_channel_credentials(*(self._pem(m) for m in material))

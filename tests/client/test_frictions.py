@@ -161,3 +161,10 @@ def test_evaluate_uses_the_saved_plans_bound(server, tmp_path, skewed):
 
 def topo_keys():
     return ("num_groups", "num_nodes", "num_gpus")
+
+
+def test_tls_files_half_a_pair_or_missing(tmp_path):
+    out = run_cli("health", "--tls-cert", tmp_path / "client.pem", "--target", "localhost:1")
+    assert out.returncode == 3 and "--tls-key and --tls-cert" in assert_one_line(out.stderr)
+    out = run_cli("health", "--tls-ca", tmp_path / "none.pem", "--target", "localhost:1")
+    assert out.returncode == 3 and "cannot read" in assert_one_line(out.stderr)
