@@ -204,14 +204,15 @@ def main(argv=None):
                              + f" | {mean['closed']:.2f} |")
         times = ", ".join(f"{o} {t / single:.2f}x" for o, t in per_objective.items())
         write_section("history", "Planning from a load history", DOC_TEXT.format(
-            policy=args.policy, T=args.history, points=args.points, default=DEFAULT_OBJECTIVE)
+            policy=args.policy, T=args.history, back=args.history - 1, points=args.points,
+            default=DEFAULT_OBJECTIVE)
             + "\n" + "\n".join(table) + f"\n\nTime of a T={args.history} plan against a "
             f"single-window plan ({single:.1f} ms, {series[name].shape[1]} layers): {times}.",
             argv=argv)
 
 
-DOC_TEXT = """Plan on windows i-{T}+1..i, score balancedness on window i+1 ({policy} policy, {points}
-steps per series, means over the series). Columns: `single` (plan on window i alone), the
+DOC_TEXT = """Plan on the last {T} windows i-{back}..i, score balancedness on window i+1 ({policy}
+policy, {points} steps per series, means over the series). Columns: `single` (plan on window i alone), the
 objectives on the T windows, and `oracle` (the next window's own bound). closed: the share of the
 distance from the summed-load plan (`sum`) to the oracle that the default objective
 (`{default}`) closes.

@@ -61,7 +61,8 @@ def _pick(mapping: dict, key: str | None, path, default_keys=()) -> tuple[str, o
             return k, mapping[k]
     if len(mapping) == 1:
         return next(iter(mapping.items()))
-    raise LoadError(f"{path}: several arrays ({', '.join(sorted(mapping))}); choose one with --key (key= in Python)")
+    raise LoadError(f"{path}: several arrays ({', '.join(sorted(mapping))}); choose one with "
+                    "--key (key= in Python)")
 
 
 def _ragged(data, where) -> str | None:
@@ -76,7 +77,7 @@ def _ragged(data, where) -> str | None:
                 at = "".join(f"[{k}]" for k in path)
                 what = lambda m: "a number" if m is None else f"{m} values"  # noqa: E731
                 return f"{where}: ragged: row {at}[{i}] has {what(n)}, row {at}[0] has " \
-                       f"{what(first)}; every layer needs one value per expert"
+                       f"{what(first)}; every layer needs the same number of values"
         for i, v in enumerate(x):
             found = walk(v, path + [i])
             if found:
@@ -90,7 +91,10 @@ def as_array(data, where="loads") -> np.ndarray:
     try:
         return np.asarray(data)
     except ValueError:
-        message = _ragged(data, where)
+        try:
+            message = _ragged(data, where)
+        except RecursionError:
+            message = None
         if message is None:
             raise
         raise LoadError(message) from None
