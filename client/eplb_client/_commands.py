@@ -74,7 +74,7 @@ def evaluate(args) -> int:
     if args.policy is not None:
         why = f"--policy {args.policy}"
     elif policy != "auto":
-        why = f"the saved plan's policy; --policy to change"
+        why = "the saved plan's policy; --policy to change"
     else:
         why = "--policy auto: hierarchical when groups divide over nodes"
     with _client(args) as c:

@@ -153,8 +153,8 @@ def explain(e, args) -> str:
             return (f"the server closed the connection: if it serves TLS, add --tls or --tls-ca "
                     f"FILE [{detail}]")
         if "failed to connect" in lower or "connection refused" in lower:
-            return (f"no server at {args.target or os.environ.get('EPLB_TARGET') or 'localhost:50051'}"
-                    f" (is eplb-server running? check --target) [{detail}]")
+            target = args.target or os.environ.get("EPLB_TARGET") or "localhost:50051"
+            return f"no server at {target} (is eplb-server running? check --target) [{detail}]"
     return text
 
 
