@@ -783,6 +783,45 @@ def _apply_repairs(phy2log, count, move_slot, move_expert):
 # --------------------------------------------------------------------------- the stage driver
 
 
+def _paired_option(weight, current, new, peak_new, tolerance, num_nodes, num_gpus, hierarchical):
+    """At two slots per GPU, the current pairs re-paired under the new plan's counts (within each
+    node for hierarchical plans): -> (paired [L, P], its peaks [L] (inf where none), its moves
+    [L] (P + 1 where none)). Elsewhere no layer has this option."""
+    num_layers, num_slots = current.shape
+    if num_slots != 2 * num_gpus:
+        return current, np.full(num_layers, np.inf), np.full(num_layers, num_slots + 1)
+    paired, found = repair_pairs(weight, current, new, peak_new * (1.0 + tolerance),
+                                 num_nodes if hierarchical else 1)
+    return (paired, np.where(found, _peaks(weight, paired, num_gpus), np.inf),
+            np.where(found, (paired != current).sum(1), num_slots + 1))
+
+
+def _repair_trajectories(weight, current, new_moves, paired_moves, peak_cur, peak_new,
+                         tolerance, per_layer, total, num_groups, num_nodes, num_gpus,
+                         hierarchical):
+    """Greedy repair of every layer: up to as many moves as the new plan (or the re-paired
+    mapping) needs, or the budget, stopping early at the tolerance when no budget needs sharing
+    out. -> repair()'s (steps, move_slot, move_expert, peak_after)."""
+    num_layers, num_slots = current.shape
+    num_experts = weight.shape[1]
+    budgeted = per_layer > 0 or total > 0
+    cap = np.maximum(np.minimum(new_moves, paired_moves) - 1, 0)
+    if per_layer > 0:
+        cap = np.minimum(cap, per_layer)
+    if total > 0:
+        cap = np.minimum(cap, total)
+    need = peak_cur > peak_new * (1.0 + tolerance)
+    cap = np.where(need | budgeted, cap, 0)
+    target = peak_new * (1.0 + tolerance) if total == 0 else np.zeros(num_layers)
+    group_size = num_experts // num_groups if hierarchical and num_nodes > 1 else num_experts
+    slot_node = slot_nodes(num_slots, num_nodes, num_gpus) if hierarchical and num_nodes > 1 \
+        else np.zeros(num_slots, np.int64)
+    allowed = _allowed(current, num_groups, num_nodes, num_experts, hierarchical)
+    gpu_node = np.arange(num_gpus, dtype=np.int64) * num_nodes // num_gpus
+    return repair(weight, current, num_gpus, slot_node, gpu_node, allowed, group_size,
+                  cap.astype(np.int64), target, CROSS_NODE_FACTOR)
+
+
 def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.ndarray,
                  num_nodes: int, num_gpus: int, options: MigrationOptions, *,
                  num_groups: int = 1, hierarchical: bool = False):
@@ -792,7 +831,7 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
     hierarchical: the plan keeps each group's replicas on one node (relabel whole node blocks,
     repair within a node's groups). -> (phy2log [L, P] to serve, Migration).
     """
-    num_layers, num_slots = new_phy2log.shape
+    num_slots = new_phy2log.shape[1]
     num_experts = load.shape[1]
     current = np.ascontiguousarray(current_phy2log, dtype=np.int64)
     weight = np.ascontiguousarray(load, dtype=np.float64)
@@ -814,35 +853,11 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
     mean = weight.sum(1) / num_gpus
     peak_cur = _peaks(weight, current, num_gpus)
     peak_new = _peaks(weight, new, num_gpus)
-
-    # At two slots per GPU, the current pairs re-paired under the new plan's counts (within
-    # each node for hierarchical plans): the fourth option, and a cap on the repair's moves.
-    paired_moves = np.full(num_layers, num_slots + 1)
-    paired, peak_paired = current, np.full(num_layers, np.inf)
-    if num_slots == 2 * num_gpus:
-        paired, found = repair_pairs(weight, current, new, peak_new * (1.0 + tolerance),
-                                     num_nodes if hierarchical else 1)
-        paired_moves = np.where(found, (paired != current).sum(1), num_slots + 1)
-        peak_paired = np.where(found, _peaks(weight, paired, num_gpus), np.inf)
-
-    # Repair: up to as many moves as the new plan needs (or the budget), stopping early at the
-    # tolerance when no budget needs sharing out.
-    cap = np.maximum(np.minimum(new_moves, paired_moves) - 1, 0)
-    if per_layer > 0:
-        cap = np.minimum(cap, per_layer)
-    if total > 0:
-        cap = np.minimum(cap, total)
-    need = peak_cur > peak_new * (1.0 + tolerance)
-    cap = np.where(need | budgeted, cap, 0)
-    target = peak_new * (1.0 + tolerance) if total == 0 else np.zeros(num_layers)
-    group_size = num_experts // num_groups if hierarchical and num_nodes > 1 else num_experts
-    slot_node = slot_nodes(num_slots, num_nodes, num_gpus) if hierarchical and num_nodes > 1 \
-        else np.zeros(num_slots, np.int64)
-    allowed = _allowed(current, num_groups, num_nodes, num_experts, hierarchical)
-    gpu_node = np.arange(num_gpus, dtype=np.int64) * num_nodes // num_gpus
-    steps, move_slot, move_expert, peak_after = repair(
-        weight, current, num_gpus, slot_node, gpu_node, allowed, group_size,
-        cap.astype(np.int64), target, CROSS_NODE_FACTOR)
+    paired, peak_paired, paired_moves = _paired_option(weight, current, new, peak_new, tolerance,
+                                                       num_nodes, num_gpus, hierarchical)
+    steps, move_slot, move_expert, peak_after = _repair_trajectories(
+        weight, current, new_moves, paired_moves, peak_cur, peak_new, tolerance, per_layer,
+        total, num_groups, num_nodes, num_gpus, hierarchical)
 
     if not budgeted:
         kind, count, peak = _cheapest_within(peak_cur, peak_new, new_moves, steps, peak_after,
