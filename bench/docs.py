@@ -20,7 +20,8 @@ compare: each benchmark compares its rows side by side within one run.
 
 
 def machine() -> str:
-    """CPU model, cores, OS, Python and thread settings of this run, in one line."""
+    """CPU model, cores, OS, Python, thread settings and load (other work on the machine slows
+    every timing) of this run, in one line."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -29,8 +30,9 @@ def machine() -> str:
     except OSError:
         pass
     threads = os.environ.get("NUMBA_NUM_THREADS", "default")
+    load = f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
     return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, NUMBA_NUM_THREADS={threads}")
+            f"Python {platform.python_version()}, NUMBA_NUM_THREADS={threads}{load}")
 
 
 def section(name: str, title: str, body: str, argv=None, key: str | None = None) -> str:
