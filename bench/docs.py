@@ -30,7 +30,8 @@ def machine() -> str:
     except OSError:
         pass
     threads = os.environ.get("NUMBA_NUM_THREADS", "default")
-    load = f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
+    load = (f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg")
+            else "")
     return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
             f"Python {platform.python_version()}, NUMBA_NUM_THREADS={threads}{load}")
 

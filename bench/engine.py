@@ -62,7 +62,8 @@ def main() -> None:
     torch.set_num_threads(1)
     shapes = SHAPES[:2] if args.quick else SHAPES
     real = [torch.from_numpy(w) for w in real_snapshots().values()]
-    lines = ["| workload | shape | policy | ms (median) | balancedness | mean gap % | worst gap % |",
+    lines = ["| workload | shape | policy | ms (median) | balancedness | mean gap % "
+             "| worst gap % |",
              "|---|---|---|---|---|---|---|"]
     print("\n".join(lines))
     for shape in shapes:

@@ -212,10 +212,10 @@ def main(argv=None):
 
 
 DOC_TEXT = """Plan on the last {T} windows i-{back}..i, score balancedness on window i+1 ({policy}
-policy, {points} steps per series, means over the series). Columns: `single` (plan on window i alone), the
-objectives on the T windows, and `oracle` (the next window's own bound). closed: the share of the
-distance from the summed-load plan (`sum`) to the oracle that the default objective
-(`{default}`) closes.
+policy, {points} steps per series, means over the series). Columns: `single` (plan on window i
+alone), the objectives on the T windows, and `oracle` (the next window's own bound). closed: the
+share of the distance from the summed-load plan (`sum`) to the oracle that the default
+objective (`{default}`) closes.
 """
 
 

@@ -30,8 +30,8 @@ def test_sdist_wheel_and_clean_install(tmp_path, fake):
     source, dist = tmp_path / "src", tmp_path / "dist"
     shutil.copytree(REPO, source, ignore=SKIP)  # never writes build files into the checkout
     dist.mkdir()
-    sh(sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(dist)!r})",
-       cwd=source)
+    sh(sys.executable, "-c",
+       f"from setuptools import build_meta; build_meta.build_sdist({str(dist)!r})", cwd=source)
     (sdist,) = dist.glob("eplb_service-*.tar.gz")
     with tarfile.open(sdist) as t:
         t.extractall(tmp_path / "unpacked", filter="data")
