@@ -187,7 +187,7 @@ def load_mapping(path, key: str | None = None) -> np.ndarray:
     if a.dtype == object or a.dtype.kind not in "biuf" or a.ndim != 2:
         raise LoadError(f"{path}: a mapping must be an integer [layers, slots] array")
     if a.dtype.kind == "f":
-        if not np.all(a == np.round(a)):
+        if not (np.all(np.isfinite(a)) and np.all(a == np.round(a))):
             raise LoadError(f"{path}: a mapping must hold whole numbers")
     return a.astype(np.int64)
 
