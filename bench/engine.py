@@ -1,6 +1,6 @@
 """Engine benchmark: time, balancedness and gap of the deepseek and refined policies, side by side.
 
-    python -m bench.engine [--repeats 5] [--quick]
+    python -m bench.engine [--repeats 5] [--quick] [--write-docs]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from eplb_server import evaluate, plan
 
 from .common import call_times, real_snapshots
+from .docs import write_section
 # (name, layers, experts, replicas, groups, nodes, gpus, policy)
 SHAPES = [
     ("58x256->288 K8 N4 G32 hier", 58, 256, 288, 8, 4, 32, "hierarchical"),
@@ -55,12 +56,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="first two shapes only")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="also write the table into docs/benchmarks.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
     shapes = SHAPES[:2] if args.quick else SHAPES
     real = [torch.from_numpy(w) for w in real_snapshots().values()]
-    print("| workload | shape | policy | ms (median) | balancedness | mean gap % | worst gap % |")
-    print("|---|---|---|---|---|---|---|")
+    lines = ["| workload | shape | policy | ms (median) | balancedness | mean gap % "
+             "| worst gap % |",
+             "|---|---|---|---|---|---|---|"]
+    print("\n".join(lines))
     for shape in shapes:
         name, layers, experts = shape[0], shape[1], shape[2]
         workloads = [("synthetic", [synthetic(layers, experts, s) for s in range(3)])]
@@ -69,8 +74,20 @@ def main() -> None:
         for label, weights in workloads:
             for policy in ("deepseek", shape[7]):
                 ms, bal, gap, worst = measure(weights, shape, policy, args.repeats)
-                print(f"| {label} | {name} | {policy} | {ms:.2f} | {bal:.4f} | {gap:.3f} | "
-                      f"{worst:.3f} |", flush=True)
+                lines.append(f"| {label} | {name} | {policy} | {ms:.2f} | {bal:.4f} | {gap:.3f} | "
+                             f"{worst:.3f} |")
+                print(lines[-1], flush=True)
+    if args.write_docs:
+        write_section("engine", "Engine: time and quality against the reference", DOC_TEXT + "\n"
+                      + "\n".join(lines))
+
+
+DOC_TEXT = """Real rows: the DeepSeek-V3 snapshots of `../shared/data` (absent: synthetic only);
+synthetic: three lognormal workloads with a hot group. ms: median time of one `plan()` call
+over all layers. Gap = peak GPU load / lower bound - 1: global rows against max(W / G, R*),
+hierarchical rows against LB_hier (see [engine.md](engine.md)). Global rows compare with the
+reference's global policy (one node, one group); `deepseek` is the reference's exact output.
+"""
 
 
 if __name__ == "__main__":

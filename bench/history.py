@@ -26,6 +26,7 @@ from eplb_server.engine.history import DEFAULT_OBJECTIVE, OBJECTIVES
 from eplb_server.engine.scoring import gpu_loads, lower_bound
 
 from .common import SNAPSHOTS, call_times, real_snapshots
+from .docs import write_section
 
 NUM_EXPERTS, NUM_GROUPS = 256, 8
 
@@ -137,6 +138,8 @@ def main(argv=None):
     parser.add_argument("--replicas", type=int, default=288)
     parser.add_argument("--gpus", type=int, default=32)
     parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--write-docs", action="store_true",
+                        help="also write the summary into docs/benchmarks.md")
     args = parser.parse_args(argv)
     topo = (args.replicas, NUM_GROUPS, args.nodes, args.gpus)
     windows = args.history + args.points + 1
@@ -188,6 +191,32 @@ def main(argv=None):
     print(f"time per plan ({series[name].shape[1]} layers): single window {single:.1f} ms; T="
           f"{args.history}: " + ", ".join(f"{o} {t:.1f} ms ({t / single:.2f}x)"
                                           for o, t in per_objective.items()))
+    if args.write_docs:
+        groups = (("generated", [n for n in results if not n.startswith("real")]),
+                  ("real snapshot mixtures", [n for n in results if n.startswith("real")]))
+        table = ["| series | count | " + " | ".join(COLUMNS) + " | closed |",
+                 "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+        for label, names in groups:
+            if names:
+                mean = {c: np.mean([results[n][c] for n in names]) for c in COLUMNS + ("closed",)}
+                table.append(f"| {label} | {len(names)} | "
+                             + " | ".join(f"{mean[c]:.4f}" for c in COLUMNS)
+                             + f" | {mean['closed']:.2f} |")
+        times = ", ".join(f"{o} {t / single:.2f}x" for o, t in per_objective.items())
+        write_section("history", "Planning from a load history", DOC_TEXT.format(
+            policy=args.policy, T=args.history, back=args.history - 1, points=args.points,
+            default=DEFAULT_OBJECTIVE)
+            + "\n" + "\n".join(table) + f"\n\nTime of a T={args.history} plan against a "
+            f"single-window plan ({single:.1f} ms, {series[name].shape[1]} layers): {times}.",
+            argv=argv)
+
+
+DOC_TEXT = """Plan on the last {T} windows i-{back}..i, score balancedness on window i+1 ({policy}
+policy, {points} steps per series, means over the series). Columns: `single` (plan on window i
+alone), the objectives on the T windows, and `oracle` (the next window's own bound). closed: the
+share of the distance from the summed-load plan (`sum`) to the oracle that the default
+objective (`{default}`) closes.
+"""
 
 
 if __name__ == "__main__":

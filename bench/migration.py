@@ -1,6 +1,6 @@
 """Migration-aware re-planning vs from-scratch planning on drifting workloads (issue 5).
 
-    python -m bench.migration [--steps 6] [--drift 0.15] [--repeat 3] [--gpus 32]
+    python -m bench.migration [--steps 6] [--drift 0.15] [--repeat 3] [--gpus 32] [--write-docs]
 
 Per step: slots moved and cross-node copies, balancedness on the window planned for and on the
 next one, planning time, for a chain that re-plans from scratch and one that passes its current
@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from eplb_server.engine.api import evaluate, plan
+
+from .docs import write_section
 
 SHAPE = dict(num_replicas=288, num_groups=8, num_nodes=4, num_gpus=32)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepseek-v3"
@@ -100,6 +102,8 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--gpus", type=int, default=SHAPE["num_gpus"],
                         help="a multiple of 4 dividing 288 (e.g. 144: 2 slots per GPU)")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="also write the summary into docs/benchmarks.md")
     args = parser.parse_args(argv)
     shape = dict(SHAPE, num_gpus=args.gpus)
     plan(torch.tensor(drifting(1, 0.1)[0]), **shape)  # compile
@@ -131,6 +135,24 @@ def main(argv=None):
     print("\nsummary: workload policy | moved mig/scratch | balancedness mig vs scratch | time x")
     for name, policy, ratio, dbal, slow in summary:
         print(f"  {name:>10} {policy:>12} | {ratio:7.1%} | {100 * dbal:+.2f}% | {slow:.2f}x")
+    if args.write_docs:
+        table = ["| workload | policy | slots moved vs from scratch | balancedness vs from scratch "
+                 "| planning time vs from scratch |", "|---|---|---|---|---|"]
+        table += [f"| {name} | {policy} | {ratio:.1%} | {100 * dbal:+.2f}% | {slow:.2f}x |"
+                  for name, policy, ratio, dbal, slow in summary]
+        write_section("migration",
+                      f"Migration: re-planning from the current mapping, {args.gpus} GPUs",
+                      DOC_TEXT.format(steps=args.steps, drift=args.drift, gpus=args.gpus,
+                                      repeat=args.repeat) + "\n" + "\n".join(table),
+                      argv=argv, key=f"migration-g{args.gpus}")
+
+
+DOC_TEXT = """58x256 -> 288 slots on {gpus} GPUs in 4 nodes (K = 8). Each chain plans window i
+once from scratch and once from the plan it made for window i - 1 (`current_phy2log`), over
+{steps} steps: a generated workload whose log-popularity drifts (step {drift}) and consecutive
+pairs of the real snapshots. Sums over the steps; the two plans are timed alternately (best of
+{repeat} each), so the machine's drift falls on both.
+"""
 
 
 if __name__ == "__main__":

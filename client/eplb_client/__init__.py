@@ -13,6 +13,9 @@ _EXPORTS = {
     "Score": "results",
     "Migration": "results",
     "rebalance_experts": "dropin",
+    "load_loads": "loaders",
+    "load_mapping": "loaders",
+    "LoadError": "loaders",
 }
 __all__ = sorted(_EXPORTS)
 

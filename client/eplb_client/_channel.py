@@ -27,7 +27,9 @@ def split_targets(target) -> list[str]:
         raise ValueError("no target given")
     for t in out:
         if t.startswith(("http://", "https://")):
-            raise ValueError(f"target {t!r}: give host:port or unix:///path, not a URL")
+            host = t.split("://", 1)[1].rstrip("/")
+            raise ValueError(f"target {t!r} is a URL: give host:port (--target {host}) "
+                             "or unix:///path; TLS is --tls, not https://")
     return out
 
 
@@ -79,5 +81,6 @@ class Tls:
         if not force and all(m is None for m in material):
             return None
         if (self.private_key is None) != (self.certificate_chain is None):
-            raise ValueError("private_key and certificate_chain go together (mutual TLS)")
+            raise ValueError("private_key and certificate_chain (CLI: --tls-key and --tls-cert) "
+                             "go together (mutual TLS)")
         return grpc.ssl_channel_credentials(*(self._pem(m) for m in material))

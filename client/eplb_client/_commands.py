@@ -7,13 +7,20 @@ import sys
 
 from . import cli
 from .client import EplbClient
-from .loaders import LoadError, load_loads, load_mapping
+from ._request import bound_policy
+from .errors import EplbError
+from .loaders import LoadError, load_loads, load_mapping, saved_policy
 
 
 def _client(args) -> EplbClient:
-    return EplbClient(args.target, timeout=args.timeout, root_certificates=args.tls_ca,
-                      private_key=args.tls_key, certificate_chain=args.tls_cert,
-                      tls=args.tls, tls_server_name=args.tls_server_name)
+    try:
+        return EplbClient(args.target, timeout=args.timeout, root_certificates=args.tls_ca,
+                          private_key=args.tls_key, certificate_chain=args.tls_cert,
+                          tls=args.tls, tls_server_name=args.tls_server_name)
+    except OSError as e:  # an unreadable --tls-* file
+        raise EplbError(None, f"cannot read {e.filename}: {e.strerror}") from None
+    except ValueError as e:  # a URL as --target, half a client certificate pair
+        raise EplbError(None, str(e)) from None
 
 
 def _topology(args) -> dict:
@@ -62,11 +69,19 @@ def rebalance(args) -> int:
 def evaluate(args) -> int:
     loads = load_loads(args.loads, args.key)
     phy2log = load_mapping(args.phy2log, args.phy2log_key)
+    saved = saved_policy(args.phy2log) if args.phy2log_key is None else None
+    policy = args.policy or bound_policy(saved, None)  # an explicit --policy wins
+    if args.policy is not None:
+        why = f"--policy {args.policy}"
+    elif policy != "auto":
+        why = "the saved plan's policy; --policy to change"
+    else:
+        why = "--policy auto: hierarchical when groups divide over nodes"
     with _client(args) as c:
         r = c.evaluate(loads, phy2log, num_groups=args.num_groups, num_nodes=args.num_nodes,
-                       num_gpus=args.num_gpus, policy=args.policy)
+                       num_gpus=args.num_gpus, policy=policy)
     print(f"balancedness {r.score.balancedness:.4f}, gap mean {r.score.mean_gap:.2%} max "
-          f"{r.score.max_gap:.2%} ({r.policy} bound)", file=sys.stderr)
+          f"{r.score.max_gap:.2%} against the {r.policy} bound ({why})", file=sys.stderr)
     cli.dump_json(r.to_dict(), args.out)
     return cli.EXIT_OK
 

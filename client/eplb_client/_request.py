@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import grpc
 
 from .errors import EplbError, FieldViolation
+from .loaders import as_array, load_loads
 from .names import objective_value, policy_value
 from .tensors import TensorError, as_numpy, to_tensor
 from .v1 import placement_pb2 as pb
@@ -28,10 +31,24 @@ def _int(name: str, value) -> int:
     return out
 
 
+def _array(name: str, value):
+    """A numpy array from an array-like, a file path or a parsed SGLang dump (dict)."""
+    if isinstance(value, (str, os.PathLike, dict)):
+        if name not in ("expert_loads", "slot_loads"):
+            raise TensorError(f"got a {type(value).__name__}; pass an array (read a saved "
+                              "mapping with eplb_client.load_mapping(path))")
+        return load_loads(value)
+    a = as_numpy(value) if not isinstance(value, list) else as_array(value, name)
+    if a.dtype.kind not in "biuf":
+        raise TensorError(f"got an array of {a.dtype}, not numbers; pass a numeric array, or a "
+                          "file path or SGLang dump (dict), which eplb_client.load_loads reads")
+    return a
+
+
 def _tensor(name: str, value, *, integer: bool = False) -> pb.Tensor:
     """integer: whole numbers, sent as int32 when they fit (half the bytes of int64)."""
     try:
-        a = as_numpy(value)
+        a = _array(name, value)
         if integer and a.dtype.kind == "f":
             if a.size and not (a == a.round()).all():
                 raise TensorError("must hold whole numbers")
@@ -40,7 +57,7 @@ def _tensor(name: str, value, *, integer: bool = False) -> pb.Tensor:
                 and -2**31 <= a.min() and a.max() < 2**31:
             a = a.astype("int32")
         return to_tensor(a)
-    except (TensorError, ValueError, TypeError) as e:
+    except (TensorError, ValueError, TypeError) as e:  # LoadError included
         raise invalid(name, str(e)) from None
 
 
@@ -81,9 +98,27 @@ def rebalance_request(loads, *, num_replicas, num_groups, num_nodes, num_gpus, p
     )
     field = "slot_loads" if slot_loads else "expert_loads"
     getattr(req, field).CopyFrom(_tensor(field, loads))
+    if req.history.objective == pb.OBJECTIVE_ROBUST and len(getattr(req, field).shape) != 3:
+        raise invalid("history.objective", "robust needs a history of loads [T, L, E] (several "
+                      "windows); with one window [L, E] use the default objective")
     if current_phy2log is not None:
         req.current_phy2log.CopyFrom(_tensor("current_phy2log", current_phy2log, integer=True))
     return req
+
+
+def bound_policy(plan_policy: str | None, policy: str | None) -> str:
+    """The policy whose bound an evaluation reports: `policy` unless it is None or "auto",
+    then that of the plan being scored (a deepseek plan: "auto")."""
+    if policy not in (None, "auto") or plan_policy in (None, "deepseek"):
+        return policy or "auto"
+    return plan_policy
+
+
+def plan_mapping(phy2log, policy):
+    """(mapping, bound policy) for evaluate: a RebalanceResult gives its phy2log and policy."""
+    if hasattr(phy2log, "phy2log") and hasattr(phy2log, "policy"):
+        return phy2log.phy2log, bound_policy(phy2log.policy, policy)
+    return phy2log, policy
 
 
 def evaluate_request(loads, phy2log, *, num_groups, num_nodes, num_gpus,

@@ -81,6 +81,7 @@ class AsyncEplbClient:
     async def evaluate(self, loads, phy2log, *, num_groups, num_nodes, num_gpus, policy="auto",
                        timeout=None) -> EvaluateResult:
         """As EplbClient.evaluate."""
+        phy2log, policy = _request.plan_mapping(phy2log, policy)
         req = _request.evaluate_request(loads, phy2log, num_groups=num_groups,
                                         num_nodes=num_nodes, num_gpus=num_gpus, policy=policy)
         return EvaluateResult.from_proto(

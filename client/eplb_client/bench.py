@@ -17,17 +17,22 @@ def synthetic_loads(layers: int, experts: int, seed: int = 0) -> np.ndarray:
 
 
 class Progress:
-    """A one-line progress bar on a stream (stderr), redrawn at most 20 times a second."""
+    """A one-line progress bar on a terminal (stderr), redrawn at most 20 times a second; on a
+    stream that is not a terminal (a log file, a pipe) it draws nothing."""
 
     def __init__(self, total: int, stream=None, width: int = 30, label: str = ""):
         self.total, self.width, self.label = max(total, 1), width, label
         self.stream = stream if stream is not None else sys.stderr
         self.done, self._last = 0, 0.0
         self._lock = threading.Lock()
+        isatty = getattr(self.stream, "isatty", None)
+        self.enabled = bool(isatty and isatty())
 
     def update(self, n: int = 1) -> None:
         with self._lock:
             self.done += n
+            if not self.enabled:
+                return
             now = time.monotonic()
             if self.done >= self.total or now - self._last >= 0.05:
                 self._last = now
@@ -37,6 +42,8 @@ class Progress:
                 self.stream.flush()
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self.stream.write("\n")
         self.stream.flush()
 

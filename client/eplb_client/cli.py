@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_STATUS, EXIT_NOT_SERVING = 0, 1, 2, 3, 4
@@ -33,7 +34,7 @@ def _connection(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-server-name", help="expected server name in its certificate")
 
 
-def _topology(p, *, replicas=True, defaults=None) -> None:
+def _topology(p, *, replicas=True, defaults=None, policy_help=None) -> None:
     d = defaults or {}
     g = p.add_argument_group("topology")
     if replicas:
@@ -45,8 +46,10 @@ def _topology(p, *, replicas=True, defaults=None) -> None:
                    help="nodes (N)")
     g.add_argument("--num-gpus", type=int, required="G" not in d, default=d.get("G"),
                    help="GPUs (G)")
-    g.add_argument("--policy", default="auto",
-                   choices=["auto", "hierarchical", "global", "deepseek"])
+    g.add_argument("--policy", default=None if policy_help else "auto",
+                   choices=["auto", "hierarchical", "global", "deepseek"],
+                   help=policy_help or "auto (default): hierarchical when groups divide over "
+                                       "nodes, else global")
 
 
 def _loads(p, *, optional=False) -> None:
@@ -101,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     _loads(p)
     p.add_argument("--phy2log", required=True, help="the mapping [L, P] to score (or a saved plan)")
     p.add_argument("--phy2log-key", help="array name inside the --phy2log file")
-    _topology(p, replicas=False)
+    _topology(p, replicas=False, policy_help="whose lower bound to report (default: the policy "
+              "of the saved plan given to --phy2log, else auto)")
     p.add_argument("--out", help="write the JSON here instead of stdout")
 
     p = command("report", "Draw a PNG: GPU load heatmaps before/after, per-layer balancedness.")
@@ -131,8 +135,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _uses_tls(args) -> bool:
+    return bool(args.tls or args.tls_ca or args.tls_cert or args.tls_key)
+
+
+def explain(e, args) -> str:
+    """One line for a failed call: the cause a user can act on first, gRPC's text after it."""
+    text = " ".join(str(e).split())
+    lower = text.lower()
+    detail = text if len(text) <= 240 else text[:237] + "..."
+    if getattr(e, "code", None) is not None and e.code.name == "UNAVAILABLE":
+        if _uses_tls(args) and ("handshake" in lower or "ssl" in lower or "tls" in lower):
+            return ("TLS handshake failed: the server does not speak TLS, or its certificate "
+                    "is not trusted (plaintext server: drop --tls/--tls-ca; own CA: --tls-ca "
+                    f"FILE) [{detail}]")
+        if not _uses_tls(args) and ("socket closed" in lower or "http2" in lower):
+            return (f"the server closed the connection: if it serves TLS, add --tls or --tls-ca "
+                    f"FILE [{detail}]")
+        if "failed to connect" in lower or "connection refused" in lower:
+            target = args.target or os.environ.get("EPLB_TARGET") or "localhost:50051"
+            return f"no server at {target} (is eplb-server running? check --target) [{detail}]"
+    return text
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    # gRPC core logs every failed TLS handshake to stderr; the error below says it once.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     from . import _commands
     from .errors import EplbError
     from .loaders import LoadError
@@ -141,9 +170,9 @@ def main(argv=None) -> int:
         return getattr(_commands, args.command)(args)
     except (EplbError, LoadError) as e:
         if args.command == "health" and isinstance(e, EplbError):
-            print(f"health: {e}", file=sys.stderr)
+            print(f"health: {explain(e, args)}", file=sys.stderr)
             return EXIT_NO_STATUS
-        print(f"eplb-client {args.command}: {e}", file=sys.stderr)
+        print(f"eplb-client {args.command}: {explain(e, args)}", file=sys.stderr)
         return EXIT_FAIL
     except BrokenPipeError:
         return EXIT_FAIL

@@ -91,7 +91,9 @@ class EplbClient:
     def evaluate(self, loads, phy2log, *, num_groups, num_nodes, num_gpus, policy="auto",
                  timeout=None) -> EvaluateResult:
         """Scores mapping `phy2log` [L, P] against `loads` [L, E] (or [T, L, E]) without planning;
-        `policy` picks the lower bound reported. Raises EplbError."""
+        `policy` picks the lower bound reported. `phy2log` may be a RebalanceResult: then "auto"
+        takes the bound of the policy it was planned with. Raises EplbError."""
+        phy2log, policy = _request.plan_mapping(phy2log, policy)
         req = _request.evaluate_request(loads, phy2log, num_groups=num_groups,
                                         num_nodes=num_nodes, num_gpus=num_gpus, policy=policy)
         return EvaluateResult.from_proto(

@@ -1,4 +1,7 @@
-"""Reads load matrices and mappings from .json, .npy, .npz and .safetensors files."""
+"""Reads load matrices and mappings from files (.json, .npy, .npz, .safetensors) and SGLang dumps.
+
+Public API (also exported by `eplb_client`): `load_loads`, `load_mapping`, `LoadError`.
+"""
 
 from __future__ import annotations
 
@@ -58,7 +61,43 @@ def _pick(mapping: dict, key: str | None, path, default_keys=()) -> tuple[str, o
             return k, mapping[k]
     if len(mapping) == 1:
         return next(iter(mapping.items()))
-    raise LoadError(f"{path}: several arrays ({', '.join(sorted(mapping))}); choose one with --key")
+    raise LoadError(f"{path}: several arrays ({', '.join(sorted(mapping))}); choose one with "
+                    "--key (key= in Python)")
+
+
+def _ragged(data, where) -> str | None:
+    """Where nested lists stop being rectangular: 'row 3 has 255 values, row 0 has 256'."""
+    def walk(x, path):
+        if not isinstance(x, (list, tuple)) or not x:
+            return None
+        lengths = [len(v) if isinstance(v, (list, tuple)) else None for v in x]
+        first = lengths[0]
+        for i, n in enumerate(lengths):
+            if n != first:
+                at = "".join(f"[{k}]" for k in path)
+                what = lambda m: "a number" if m is None else f"{m} values"  # noqa: E731
+                return f"{where}: ragged: row {at}[{i}] has {what(n)}, row {at}[0] has " \
+                       f"{what(first)}; every layer needs the same number of values"
+        for i, v in enumerate(x):
+            found = walk(v, path + [i])
+            if found:
+                return found
+        return None
+    return walk(data, [])
+
+
+def as_array(data, where="loads") -> np.ndarray:
+    """np.asarray with a readable LoadError for ragged nested lists."""
+    try:
+        return np.asarray(data)
+    except ValueError:
+        try:
+            message = _ragged(data, where)
+        except RecursionError:
+            message = None
+        if message is None:
+            raise
+        raise LoadError(message) from None
 
 
 def drop_zero_layers(a: np.ndarray) -> np.ndarray:
@@ -80,8 +119,8 @@ def read_array(path, key: str | None = None, default_keys=()) -> tuple[np.ndarra
                 data = json.load(f)
             if isinstance(data, dict):
                 k, v = _pick(data, key, path, default_keys)
-                return np.asarray(v), k
-            return np.asarray(data), None
+                return as_array(v, path), k
+            return as_array(data, path), None
         if ext == ".npy":
             _checked_npy(path)
             return np.load(path, allow_pickle=False), None
@@ -115,10 +154,22 @@ def read_array(path, key: str | None = None, default_keys=()) -> tuple[np.ndarra
                     "use .json, .npy, .npz or .safetensors")
 
 
-def load_loads(path, key: str | None = None) -> np.ndarray:
-    """Expert loads [L, E] or a history [T, L, E]. The SGLang form {"logical_count": [[...]]}
-    has its all-zero (dense) layers dropped."""
-    a, k = read_array(path, key, default_keys=(LOGICAL_COUNT,))
+def load_loads(source, key: str | None = None) -> np.ndarray:
+    """Expert loads [L, E] or a history [T, L, E] from a file path, or from an already parsed
+    SGLang dump (a dict such as `json.load` gives).
+
+    Files: .json (a plain array, or an object: SGLang's {"logical_count": [[...]], ...} is
+    found by itself, other keys need `key`), .npy, .npz and .safetensors (`key` picks one of
+    several arrays). In the SGLang form, all-zero (dense) layers are dropped, so DeepSeek-V3's 61
+    rows become its 58 MoE layers. Raises LoadError (a ValueError) naming what is wrong.
+    """
+    if isinstance(source, dict):
+        path = "loads"
+        k, v = _pick(source, key, path, (LOGICAL_COUNT,))
+        a = as_array(v, f"loads[{k!r}]")
+    else:
+        path = source
+        a, k = read_array(source, key, default_keys=(LOGICAL_COUNT,))
     if a.dtype == object or a.dtype.kind not in "biuf":
         raise LoadError(f"{path}: loads must be a numeric array, not {a.dtype}")
     if a.ndim not in (2, 3):
@@ -130,11 +181,25 @@ def load_loads(path, key: str | None = None) -> np.ndarray:
 
 
 def load_mapping(path, key: str | None = None) -> np.ndarray:
-    """A phy2log mapping [L, P]: a bare array, or the "phy2log" of a saved plan."""
+    """A phy2log mapping [L, P] (int64) from a file: a bare array, or the "phy2log" of a plan that
+    `eplb-client rebalance` saved. Raises LoadError."""
     a, _ = read_array(path, key, default_keys=("phy2log",))
     if a.dtype == object or a.dtype.kind not in "biuf" or a.ndim != 2:
         raise LoadError(f"{path}: a mapping must be an integer [layers, slots] array")
     if a.dtype.kind == "f":
-        if not np.all(a == np.round(a)):
+        if not (np.all(np.isfinite(a)) and np.all(a == np.round(a))):
             raise LoadError(f"{path}: a mapping must hold whole numbers")
     return a.astype(np.int64)
+
+
+def saved_policy(path) -> str | None:
+    """The "policy" a plan saved by `eplb-client rebalance` was made with; None for other files."""
+    if os.path.splitext(os.fspath(path))[1].lower() != ".json":
+        return None
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return None
+    policy = data.get("policy") if isinstance(data, dict) else None
+    return policy if isinstance(policy, str) else None

@@ -254,6 +254,9 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
         shape = _loads_shape(request.expert_loads, "expert_loads", limits, "experts",
                              limits.max_experts)
     layers = shape[-2]
+    if request.history.objective == pb.OBJECTIVE_ROBUST and len(shape) != 3:
+        _fail("history.objective", f"robust needs a history of loads [T, L, E]; {which} has "
+              f"shape {list(shape)} (one window): use the default objective")
 
     phy2log = None
     if request.HasField("current_phy2log"):

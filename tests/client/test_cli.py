@@ -101,7 +101,7 @@ def test_usage_error_exits_2():
     assert run_cli("rebalance", "x.json").returncode == 2
 
 
-def test_bench_prints_percentiles_and_progress(server):
+def test_bench_prints_percentiles(server):
     out = run_cli("bench", "--requests", "12", "--warmup", "1", "--layers", "4", "--experts", "16",
                   "--num-replicas", "32", "--num-groups", "4", "--num-nodes", "2", "--num-gpus",
                   "8", "--concurrency", "2", "--target", server[0])
@@ -110,7 +110,8 @@ def test_bench_prints_percentiles_and_progress(server):
     assert stats["requests"] == 12 and stats["shape"] == [4, 16]
     lat = stats["latency_ms"]
     assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
-    assert "[##############################] 12/12" in out.stderr and "p99" in out.stderr
+    # stderr is a pipe here: no progress bar (test_frictions draws one on a terminal)
+    assert "\r" not in out.stderr and "p99" in out.stderr
 
 
 def test_report_png_size(server, loads_file, tmp_path):

@@ -114,8 +114,9 @@ def test_ragged_loads_are_rejected_client_side(fake):
 def test_request_carries_every_option(fake):
     target, servicer = fake
     current = np.zeros((2, 16), dtype=np.int32)
+    history = np.stack([LOADS, LOADS + 1]).astype(np.float32)  # robust needs [T, L, E]
     with EplbClient(target) as c:
-        c.rebalance(LOADS.astype(np.float32), **TOPO, policy="hierarchical",
+        c.rebalance(history, **TOPO, policy="hierarchical",
                     current_phy2log=current, max_moved_slots_per_layer=3,
                     max_moved_slots_total=7, min_balancedness_gain=0.01, from_scratch=True,
                     objective="robust", robust_k=1.5, half_life=2.0, model="m")
@@ -127,7 +128,7 @@ def test_request_carries_every_option(fake):
     assert req.migration.min_balancedness_gain == pytest.approx(0.01)
     assert req.history.objective == pb.OBJECTIVE_ROBUST and req.history.robust_k == 1.5
     assert req.expert_loads.dtype == pb.DTYPE_FLOAT32
-    np.testing.assert_array_equal(from_tensor(req.expert_loads), LOADS.astype(np.float32))
+    np.testing.assert_array_equal(from_tensor(req.expert_loads), history)
     np.testing.assert_array_equal(from_tensor(req.current_phy2log), current)
     assert req.mapping_dtype == pb.DTYPE_INT32
 

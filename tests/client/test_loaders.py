@@ -109,3 +109,10 @@ def test_real_snapshot(path):
     assert w.any(axis=1).all() and (w >= 0).all()
     raw = np.asarray(json.loads(path.read_text())["logical_count"])
     np.testing.assert_array_equal(w, raw[3:])
+
+
+def test_mapping_with_infinity_is_a_load_error(tmp_path):
+    p = tmp_path / "m.npy"
+    np.save(p, np.array([[0.0, 1.0, np.inf]]))
+    with pytest.raises(LoadError, match="whole numbers"):
+        load_mapping(p)

@@ -97,3 +97,23 @@ def test_mutual_tls(pki):
 def test_half_a_client_certificate_is_refused():
     with pytest.raises(ValueError, match="go together"):
         EplbClient("127.0.0.1:1", root_certificates=b"x", private_key=b"k")
+
+
+def test_cli_plaintext_against_tls_is_one_line(pki, tmp_path):
+    from .conftest import run_cli
+
+    server, target = _start(pki, require_client_cert=False)
+    try:
+        out = run_cli("health", "--target", target, "--timeout", "5")
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert out.returncode == 3 and len(lines) == 1, out.stderr
+        assert "add --tls" in lines[0]
+        ca, loads = tmp_path / "ca.pem", tmp_path / "loads.json"
+        ca.write_bytes(pki["ca"])
+        loads.write_text("[[1, 2, 3, 4, 5, 6, 7, 8]]")
+        out = run_cli("rebalance", loads, "--num-replicas", "8", "--num-groups", "1",
+                      "--num-nodes", "1", "--num-gpus", "2", "--target", target, "--tls-ca", ca,
+                      "--tls-server-name", "localhost", "--quiet", "--timeout", "5")
+        assert out.returncode == 0, out.stderr  # with TLS asked for, the same server answers
+    finally:
+        server.stop(None)

@@ -74,6 +74,8 @@ REBALANCE_CASES = {
                               "migration.min_balancedness_gain"),
     "negative half-life": (lambda r: setattr(r.history, "half_life", -2.0), "history.half_life"),
     "unknown objective": (lambda r: setattr(r.history, "objective", 42), "history.objective"),
+    "robust objective with one window": (
+        lambda r: setattr(r.history, "objective", pb.OBJECTIVE_ROBUST), "history.objective"),
     "float mapping dtype": (lambda r: setattr(r, "mapping_dtype", pb.DTYPE_FLOAT32),
                             "mapping_dtype"),
     "unknown mapping dtype": (lambda r: setattr(r, "mapping_dtype", 17), "mapping_dtype"),

@@ -342,6 +342,223 @@ def _sort_slots(slots, slot_share, cur, share, first):
 
 
 @numba.njit(cache=True, nogil=True)
+def _repair_state(row, num_gpus, gpu_node, expert_group, num_experts):
+    """A layer's mapping as the repair tracks it: (cur [P] a copy of row, counts [E] replicas per
+    expert, node_has [N, E] replicas per node, slot_group [P] group of each slot's expert)."""
+    num_slots = row.size
+    per_gpu = num_slots // num_gpus
+    cur = row.copy()
+    counts = np.zeros(num_experts, np.int64)
+    node_has = np.zeros((gpu_node.max() + 1, num_experts), np.int64)
+    slot_group = np.empty(num_slots, np.int64)
+    for g in range(num_gpus):
+        for p in range(g * per_gpu, (g + 1) * per_gpu):
+            counts[cur[p]] += 1
+            node_has[gpu_node[g], cur[p]] += 1
+            slot_group[p] = expert_group[cur[p]]
+    return cur, counts, node_has, slot_group
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _nodes_taking_hot(hot_fits, allowed, slot_group, hot, per_gpu):
+    """hot_fits [N]: may node n take one of the hot GPU's experts (hierarchical: usually only
+    its own node)?"""
+    for n in range(allowed.shape[0]):
+        hot_fits[n] = False
+        for a in range(hot * per_gpu, (hot + 1) * per_gpu):
+            hot_fits[n] = hot_fits[n] or allowed[n, slot_group[a]]
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _best_swap(cur, share, load, order, peak, hot, per_gpu, gpu_node, slot_node, allowed,
+               slot_group, node_has, hot_fits, by_slot_share, sorted_share, slots_sorted,
+               cross_factor):
+    """The best swap of slot a on the hot GPU with slot b elsewhere (two changes), scored by
+    peak reduction per slot changed: -> (score, a, b), score 0.0 when none helps.
+
+    Before the cross-node discount, the gain is unimodal in b's share (best at `ideal`): b's
+    slots are scanned outwards from there while they could still beat the best."""
+    num_gpus = load.size
+    hot_node = gpu_node[hot]
+    best_score = 0.0
+    best_a = -1
+    best_b = -1
+    for r in range(num_gpus - 1):
+        h = order[r]
+        # A swap with h gains at most a quarter of peak - load[h]; one that gains at least
+        # half of that is good enough (measured: the same moves, less scanning).
+        if peak - load[h] <= 8.0 * best_score:
+            break
+        h_allowed = slot_node[h * per_gpu]
+        if not hot_fits[h_allowed]:
+            continue
+        if not slots_sorted[h]:
+            _sort_slots(by_slot_share[h], sorted_share[h], cur, share, h * per_gpu)
+            slots_sorted[h] = True
+        h_node = gpu_node[h]
+        h_slots = by_slot_share[h]
+        h_shares = sorted_share[h]
+        first = 0  # first of h's slots with share <= ideal: ideal falls with share_x
+        for i in range(per_gpu):  # the hot GPU's slots, heaviest first
+            share_x = sorted_share[hot, i]
+            if share_x <= 2.0 * best_score:
+                break
+            a = by_slot_share[hot, i]
+            if not allowed[h_allowed, slot_group[a]]:
+                continue
+            x = cur[a]
+            ideal = share_x - 0.5 * (peak - load[h])
+            while first < per_gpu and h_shares[first] > ideal:
+                first += 1
+            for side in range(2):
+                c = first - 1 if side == 0 else first
+                while 0 <= c < per_gpu:
+                    b = h_slots[c]
+                    share_z = h_shares[c]
+                    c += -1 if side == 0 else 1
+                    new_peak = max(peak - share_x + share_z, load[h] + share_x - share_z)
+                    gain = (peak - new_peak) / 2.0
+                    if gain <= best_score:
+                        break
+                    z = cur[b]
+                    if z == x or not allowed[slot_node[a], slot_group[b]]:
+                        continue
+                    if h_node != hot_node and (node_has[hot_node, z] == 0
+                                               or node_has[h_node, x] == 0):
+                        gain *= cross_factor
+                    if gain > best_score:
+                        best_score, best_a, best_b = gain, a, b
+    return best_score, best_a, best_b
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _best_replacement(weight, cur, counts, share, next_share, by_share, load, head, nxt, peak,
+                      hot, per_gpu, hot_node, slot_node, allowed, expert_group, node_has,
+                      delta, touched, touched_list, cross_factor, best_score, best_a, best_b):
+    """Improves on (best_score, best_a, best_b) with a slot a on the hot GPU taking expert y
+    instead of x (one change; y by ascending share after the move). -> (score, a, y)"""
+    for a in range(hot * per_gpu, (hot + 1) * per_gpu):
+        x = cur[a]
+        if counts[x] < 2:
+            continue
+        share_x = share[x]
+        # x's other replicas all get heavier whatever y is: the gain is at most peak - that.
+        x_bound = _others_bound(weight, counts, load, head, nxt, per_gpu, x, hot)
+        for i in range(weight.size):
+            if x_bound >= peak - best_score:
+                break
+            y = by_share[i]
+            if peak - share_x + next_share[y] >= peak - best_score:
+                break
+            if y == x or not allowed[slot_node[a], expert_group[y]]:
+                continue
+            gain = peak - _touched_peak(weight, cur, counts, load, head, nxt, per_gpu, a, y,
+                                        delta, touched, touched_list)
+            if node_has[hot_node, y] == 0:
+                gain *= cross_factor
+            if gain > best_score:
+                best_score, best_a, best_b = gain, a, y
+    return best_score, best_a, best_b
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _best_new_replica(weight, cur, counts, share, next_share, load, order, head, nxt, peak,
+                      max_share, hot, per_gpu, gpu_node, slot_node, allowed, expert_group,
+                      node_has, delta, touched, touched_list, cross_factor, best_score, best_a,
+                      best_b):
+    """Improves on (best_score, best_a, best_b) with a slot a on one of the lightest GPUs taking
+    a replica of an expert y on the hot GPU (one change). -> (score, a, y)"""
+    num_gpus = load.size
+    for j in range(per_gpu):
+        y = cur[hot * per_gpu + j]
+        dup = False
+        for i in range(j):
+            if cur[hot * per_gpu + i] == y:
+                dup = True
+        if dup:
+            continue
+        new_share_y = next_share[y]
+        on_hot = 0
+        for i in range(per_gpu):
+            if cur[hot * per_gpu + i] == y:
+                on_hot += 1
+        # The hot GPU ends at least this heavy whichever slot takes y.
+        hot_after = peak - on_hot * (share[y] - new_share_y)
+        for r in range(min(num_gpus - 1, _LIGHT_GPUS)):
+            g = order[r]
+            if hot_after >= peak - best_score or \
+                    load[g] + new_share_y - max_share >= peak - best_score:
+                break
+            factor = 1.0 if node_has[gpu_node[g], y] > 0 else cross_factor
+            for a in range(g * per_gpu, (g + 1) * per_gpu):
+                x = cur[a]
+                if x == y or counts[x] < 2 or not allowed[slot_node[a], expert_group[y]]:
+                    continue
+                if load[g] - share[x] + new_share_y >= peak - best_score \
+                        or hot_after >= peak - best_score:
+                    continue
+                gain = peak - _touched_peak(weight, cur, counts, load, head, nxt, per_gpu,
+                                            a, y, delta, touched, touched_list)
+                gain *= factor
+                if gain > best_score:
+                    best_score, best_a, best_b = gain, a, y
+    return best_score, best_a, best_b
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _largest_shared(share, counts):
+    """The largest share among experts with at least two replicas (0.0 if none)."""
+    max_share = 0.0
+    for e in range(share.size):
+        if counts[e] >= 2:
+            max_share = max(max_share, share[e])
+    return max_share
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _apply_replacement(weight, cur, counts, share, next_share, by_share, slot_group, node_has,
+                       expert_group, gpu_node, per_gpu, a, y):
+    """Slot a takes expert y instead of its own: counts, shares and their order follow."""
+    x = cur[a]
+    cur[a] = y
+    slot_group[a] = expert_group[y]
+    counts[x] -= 1
+    counts[y] += 1
+    node = gpu_node[a // per_gpu]
+    node_has[node, x] -= 1
+    node_has[node, y] += 1
+    share[x] = weight[x] / counts[x]
+    share[y] = weight[y] / counts[y]
+    next_share[x] = weight[x] / (counts[x] + 1)
+    next_share[y] = weight[y] / (counts[y] + 1)
+    resort(by_share, next_share, x)
+    resort(by_share, next_share, y)
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _apply_swap(cur, share, load, order, slot_group, node_has, gpu_node, per_gpu, hot, a, b,
+                slots_sorted):
+    """Slots a (on the hot GPU) and b exchange experts. Counts are unchanged: two GPUs' loads
+    move, and are re-sorted into the order."""
+    x = cur[a]
+    z = cur[b]
+    cur[a] = z
+    cur[b] = x
+    slot_group[a], slot_group[b] = slot_group[b], slot_group[a]
+    hot_node = gpu_node[hot]
+    node_has[hot_node, x] -= 1
+    node_has[hot_node, z] += 1
+    node_has[gpu_node[b // per_gpu], z] -= 1
+    node_has[gpu_node[b // per_gpu], x] += 1
+    h = b // per_gpu
+    load[hot] += share[z] - share[x]
+    load[h] += share[x] - share[z]
+    resort(order, load, hot)
+    resort(order, load, h)
+    slots_sorted[hot] = slots_sorted[h] = False
+
+
+@numba.njit(cache=True, nogil=True)
 def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, expert_group, max_steps,
                   target, cross_factor, move_slot, move_expert, peak_after):
     """Greedy repair of one layer's mapping, recording each slot change.
@@ -358,32 +575,22 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, expert_gr
     cannot beat the best so far. Stops at the step budget, when no move helps, or once the peak
     is <= target. Returns the number of changes.
     """
-    num_slots = row.size
     num_experts = weight.size
-    num_nodes = gpu_node.max() + 1
-    per_gpu = num_slots // num_gpus
-    cur = row.copy()
-    counts = np.zeros(num_experts, np.int64)
-    node_has = np.zeros((num_nodes, num_experts), np.int64)
-    slot_group = np.empty(num_slots, np.int64)  # [P], kept up to date
-    for g in range(num_gpus):
-        for p in range(g * per_gpu, (g + 1) * per_gpu):
-            counts[cur[p]] += 1
-            node_has[gpu_node[g], cur[p]] += 1
-            slot_group[p] = expert_group[cur[p]]
+    per_gpu = row.size // num_gpus
+    cur, counts, node_has, slot_group = _repair_state(row, num_gpus, gpu_node, expert_group,
+                                                      num_experts)
     load = np.empty(num_gpus)
     delta = np.zeros(num_gpus)
     touched = np.zeros(num_gpus, np.bool_)
     touched_list = np.empty(num_gpus, np.int64)
     head = np.full(num_experts, -1, np.int64)
-    nxt = np.full(num_slots, -1, np.int64)
+    nxt = np.full(row.size, -1, np.int64)
     share = weight / counts  # [E], kept up to date
     by_share = np.empty(0, np.int64)  # sorted when first needed: most layers only swap
     next_share = np.empty(0)  # [E] with by_share: each expert's share with one more replica
     steps = 0
     _gpu_sums(load, cur, share)
-    num_allowed_nodes = allowed.shape[0]
-    hot_fits = np.zeros(num_allowed_nodes, np.bool_)
+    hot_fits = np.zeros(allowed.shape[0], np.bool_)
     stale = True  # counts changed: rebuild the GPU order, re-sort slots when visited
     order = np.empty(num_gpus, np.int64)
     by_slot_share = np.empty((num_gpus, per_gpu), np.int64)  # each GPU's slots, heaviest first
@@ -401,151 +608,35 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, expert_gr
         if not slots_sorted[hot]:
             _sort_slots(by_slot_share[hot], sorted_share[hot], cur, share, hot * per_gpu)
             slots_sorted[hot] = True
-        hot_node = gpu_node[hot]
-        best_score = 0.0  # peak reduction per slot changed, cross-node moves discounted
-        best_kind = -1
-        best_a = -1
-        best_b = -1
-        # Which nodes may take one of the hot GPU's experts (hierarchical: usually its own only).
-        for n in range(num_allowed_nodes):
-            hot_fits[n] = False
-            for a in range(hot * per_gpu, (hot + 1) * per_gpu):
-                hot_fits[n] = hot_fits[n] or allowed[n, slot_group[a]]
-        # 3. Swap: slot a on the hot GPU and slot b elsewhere exchange experts (two changes).
-        # Before the cross-node discount, the gain is unimodal in b's share (best at `ideal`):
-        # b's slots are scanned outwards from there while they could still beat the best.
-        for r in range(num_gpus - 1):
-            h = order[r]
-            # A swap with h gains at most a quarter of peak - load[h]; one that gains at least
-            # half of that is good enough (measured: the same moves, less scanning).
-            if peak - load[h] <= 8.0 * best_score:
-                break
-            h_allowed = slot_node[h * per_gpu]
-            if not hot_fits[h_allowed]:
-                continue
-            if not slots_sorted[h]:
-                _sort_slots(by_slot_share[h], sorted_share[h], cur, share, h * per_gpu)
-                slots_sorted[h] = True
-            h_node = gpu_node[h]
-            h_slots = by_slot_share[h]
-            h_shares = sorted_share[h]
-            first = 0  # first of h's slots with share <= ideal: ideal falls with share_x
-            for i in range(per_gpu):  # the hot GPU's slots, heaviest first
-                share_x = sorted_share[hot, i]
-                if share_x <= 2.0 * best_score:
-                    break
-                a = by_slot_share[hot, i]
-                if not allowed[h_allowed, slot_group[a]]:
-                    continue
-                x = cur[a]
-                ideal = share_x - 0.5 * (peak - load[h])
-                while first < per_gpu and h_shares[first] > ideal:
-                    first += 1
-                for side in range(2):
-                    c = first - 1 if side == 0 else first
-                    while 0 <= c < per_gpu:
-                        b = h_slots[c]
-                        share_z = h_shares[c]
-                        c += -1 if side == 0 else 1
-                        new_peak = max(peak - share_x + share_z, load[h] + share_x - share_z)
-                        gain = (peak - new_peak) / 2.0
-                        if gain <= best_score:
-                            break
-                        z = cur[b]
-                        if z == x or not allowed[slot_node[a], slot_group[b]]:
-                            continue
-                        if h_node != hot_node and (node_has[hot_node, z] == 0
-                                                   or node_has[h_node, x] == 0):
-                            gain *= cross_factor
-                        if gain > best_score:
-                            best_score, best_kind, best_a, best_b = gain, 1, a, b
+        _nodes_taking_hot(hot_fits, allowed, slot_group, hot, per_gpu)
+        best_score, best_a, best_b = _best_swap(
+            cur, share, load, order, peak, hot, per_gpu, gpu_node, slot_node, allowed,
+            slot_group, node_has, hot_fits, by_slot_share, sorted_share, slots_sorted,
+            cross_factor)
+        swap = best_a >= 0
         # Moves that change replica counts are scanned only when no swap helps (they cost
         # far more to scan and are rarely the best).
-        if best_kind < 0:
+        if not swap:
             if by_share.size == 0:
                 next_share = weight / (counts + 1)
                 by_share = np.argsort(next_share)
             _slot_lists(cur, head, nxt)
-            max_share = 0.0
-            for e in range(num_experts):
-                if counts[e] >= 2:
-                    max_share = max(max_share, share[e])
-            # 1. A slot on the hot GPU takes expert y instead of x (y by ascending new share).
-            for a in range(hot * per_gpu, (hot + 1) * per_gpu):
-                x = cur[a]
-                if counts[x] < 2:
-                    continue
-                share_x = share[x]
-                # x's other replicas all get heavier whatever y is: the gain is at most peak - that.
-                x_bound = _others_bound(weight, counts, load, head, nxt, per_gpu, x, hot)
-                for i in range(num_experts):
-                    if x_bound >= peak - best_score:
-                        break
-                    y = by_share[i]
-                    if peak - share_x + next_share[y] >= peak - best_score:
-                        break
-                    if y == x or not allowed[slot_node[a], expert_group[y]]:
-                        continue
-                    gain = peak - _touched_peak(weight, cur, counts, load, head, nxt, per_gpu, a, y,
-                                                delta, touched, touched_list)
-                    if node_has[hot_node, y] == 0:
-                        gain *= cross_factor
-                    if gain > best_score:
-                        best_score, best_kind, best_a, best_b = gain, 0, a, y
-            # 2. A slot on one of the lightest GPUs takes a replica of expert y on the hot GPU.
-            for j in range(per_gpu):
-                y = cur[hot * per_gpu + j]
-                dup = False
-                for i in range(j):
-                    if cur[hot * per_gpu + i] == y:
-                        dup = True
-                if dup:
-                    continue
-                new_share_y = next_share[y]
-                on_hot = 0
-                for i in range(per_gpu):
-                    if cur[hot * per_gpu + i] == y:
-                        on_hot += 1
-                # The hot GPU ends at least this heavy whichever slot takes y.
-                hot_after = peak - on_hot * (share[y] - new_share_y)
-                for r in range(min(num_gpus - 1, _LIGHT_GPUS)):
-                    g = order[r]
-                    if hot_after >= peak - best_score or \
-                            load[g] + new_share_y - max_share >= peak - best_score:
-                        break
-                    factor = 1.0 if node_has[gpu_node[g], y] > 0 else cross_factor
-                    for a in range(g * per_gpu, (g + 1) * per_gpu):
-                        x = cur[a]
-                        if x == y or counts[x] < 2 or not allowed[slot_node[a], expert_group[y]]:
-                            continue
-                        if load[g] - share[x] + new_share_y >= peak - best_score \
-                                or hot_after >= peak - best_score:
-                            continue
-                        gain = peak - _touched_peak(weight, cur, counts, load, head, nxt, per_gpu,
-                                                    a, y, delta, touched, touched_list)
-                        gain *= factor
-                        if gain > best_score:
-                            best_score, best_kind, best_a, best_b = gain, 0, a, y
-        if best_kind < 0 or best_score <= peak * 1e-12:
+            best_score, best_a, best_b = _best_replacement(
+                weight, cur, counts, share, next_share, by_share, load, head, nxt, peak, hot,
+                per_gpu, gpu_node[hot], slot_node, allowed, expert_group, node_has, delta,
+                touched, touched_list, cross_factor, best_score, best_a, best_b)
+            best_score, best_a, best_b = _best_new_replica(
+                weight, cur, counts, share, next_share, load, order, head, nxt, peak,
+                _largest_shared(share, counts), hot, per_gpu, gpu_node, slot_node, allowed,
+                expert_group, node_has, delta, touched, touched_list, cross_factor,
+                best_score, best_a, best_b)
+        if best_a < 0 or best_score <= peak * 1e-12:
             break
-        if best_kind == 0:
-            x = cur[best_a]
-            y = best_b
-            cur[best_a] = y
-            slot_group[best_a] = expert_group[y]
-            counts[x] -= 1
-            counts[y] += 1
-            node = gpu_node[best_a // per_gpu]
-            node_has[node, x] -= 1
-            node_has[node, y] += 1
-            share[x] = weight[x] / counts[x]
-            share[y] = weight[y] / counts[y]
-            next_share[x] = weight[x] / (counts[x] + 1)
-            next_share[y] = weight[y] / (counts[y] + 1)
-            resort(by_share, next_share, x)
-            resort(by_share, next_share, y)
+        if not swap:
+            _apply_replacement(weight, cur, counts, share, next_share, by_share, slot_group,
+                               node_has, expert_group, gpu_node, per_gpu, best_a, best_b)
             move_slot[steps] = best_a
-            move_expert[steps] = y
+            move_expert[steps] = best_b
             steps += 1
             stale = True
             _gpu_sums(load, cur, share)
@@ -553,28 +644,14 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, expert_gr
         else:
             if steps + 2 > max_steps:
                 break
-            x = cur[best_a]
-            z = cur[best_b]
-            cur[best_a] = z
-            cur[best_b] = x
-            slot_group[best_a], slot_group[best_b] = slot_group[best_b], slot_group[best_a]
-            node_has[hot_node, x] -= 1
-            node_has[hot_node, z] += 1
-            node_has[gpu_node[best_b // per_gpu], z] -= 1
-            node_has[gpu_node[best_b // per_gpu], x] += 1
             move_slot[steps] = best_a
-            move_expert[steps] = z
+            move_expert[steps] = cur[best_b]
             peak_after[steps] = _NO_PEAK
             move_slot[steps + 1] = best_b
-            move_expert[steps + 1] = x
+            move_expert[steps + 1] = cur[best_a]
             steps += 2
-            # Counts are unchanged: two GPUs' loads move, re-sort them into the order.
-            h = best_b // per_gpu
-            load[hot] += share[z] - share[x]
-            load[h] += share[x] - share[z]
-            resort(order, load, hot)
-            resort(order, load, h)
-            slots_sorted[hot] = slots_sorted[h] = False
+            _apply_swap(cur, share, load, order, slot_group, node_has, gpu_node, per_gpu, hot,
+                        best_a, best_b, slots_sorted)
             peak_after[steps - 1] = load[order[num_gpus - 1]]
     return steps
 
@@ -706,6 +783,45 @@ def _apply_repairs(phy2log, count, move_slot, move_expert):
 # --------------------------------------------------------------------------- the stage driver
 
 
+def _paired_option(weight, current, new, peak_new, tolerance, num_nodes, num_gpus, hierarchical):
+    """At two slots per GPU, the current pairs re-paired under the new plan's counts (within each
+    node for hierarchical plans): -> (paired [L, P], its peaks [L] (inf where none), its moves
+    [L] (P + 1 where none)). Elsewhere no layer has this option."""
+    num_layers, num_slots = current.shape
+    if num_slots != 2 * num_gpus:
+        return current, np.full(num_layers, np.inf), np.full(num_layers, num_slots + 1)
+    paired, found = repair_pairs(weight, current, new, peak_new * (1.0 + tolerance),
+                                 num_nodes if hierarchical else 1)
+    return (paired, np.where(found, _peaks(weight, paired, num_gpus), np.inf),
+            np.where(found, (paired != current).sum(1), num_slots + 1))
+
+
+def _repair_trajectories(weight, current, new_moves, paired_moves, peak_cur, peak_new,
+                         tolerance, per_layer, total, num_groups, num_nodes, num_gpus,
+                         hierarchical):
+    """Greedy repair of every layer: up to as many moves as the new plan (or the re-paired
+    mapping) needs, or the budget, stopping early at the tolerance when no budget needs sharing
+    out. -> repair()'s (steps, move_slot, move_expert, peak_after)."""
+    num_layers, num_slots = current.shape
+    num_experts = weight.shape[1]
+    budgeted = per_layer > 0 or total > 0
+    cap = np.maximum(np.minimum(new_moves, paired_moves) - 1, 0)
+    if per_layer > 0:
+        cap = np.minimum(cap, per_layer)
+    if total > 0:
+        cap = np.minimum(cap, total)
+    need = peak_cur > peak_new * (1.0 + tolerance)
+    cap = np.where(need | budgeted, cap, 0)
+    target = peak_new * (1.0 + tolerance) if total == 0 else np.zeros(num_layers)
+    group_size = num_experts // num_groups if hierarchical and num_nodes > 1 else num_experts
+    slot_node = slot_nodes(num_slots, num_nodes, num_gpus) if hierarchical and num_nodes > 1 \
+        else np.zeros(num_slots, np.int64)
+    allowed = _allowed(current, num_groups, num_nodes, num_experts, hierarchical)
+    gpu_node = np.arange(num_gpus, dtype=np.int64) * num_nodes // num_gpus
+    return repair(weight, current, num_gpus, slot_node, gpu_node, allowed, group_size,
+                  cap.astype(np.int64), target, CROSS_NODE_FACTOR)
+
+
 def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.ndarray,
                  num_nodes: int, num_gpus: int, options: MigrationOptions, *,
                  num_groups: int = 1, hierarchical: bool = False):
@@ -715,7 +831,7 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
     hierarchical: the plan keeps each group's replicas on one node (relabel whole node blocks,
     repair within a node's groups). -> (phy2log [L, P] to serve, Migration).
     """
-    num_layers, num_slots = new_phy2log.shape
+    num_slots = new_phy2log.shape[1]
     num_experts = load.shape[1]
     current = np.ascontiguousarray(current_phy2log, dtype=np.int64)
     weight = np.ascontiguousarray(load, dtype=np.float64)
@@ -737,35 +853,11 @@ def keep_current(new_phy2log: np.ndarray, current_phy2log: np.ndarray, load: np.
     mean = weight.sum(1) / num_gpus
     peak_cur = _peaks(weight, current, num_gpus)
     peak_new = _peaks(weight, new, num_gpus)
-
-    # At two slots per GPU, the current pairs re-paired under the new plan's counts (within
-    # each node for hierarchical plans): the fourth option, and a cap on the repair's moves.
-    paired_moves = np.full(num_layers, num_slots + 1)
-    paired, peak_paired = current, np.full(num_layers, np.inf)
-    if num_slots == 2 * num_gpus:
-        paired, found = repair_pairs(weight, current, new, peak_new * (1.0 + tolerance),
-                                     num_nodes if hierarchical else 1)
-        paired_moves = np.where(found, (paired != current).sum(1), num_slots + 1)
-        peak_paired = np.where(found, _peaks(weight, paired, num_gpus), np.inf)
-
-    # Repair: up to as many moves as the new plan needs (or the budget), stopping early at the
-    # tolerance when no budget needs sharing out.
-    cap = np.maximum(np.minimum(new_moves, paired_moves) - 1, 0)
-    if per_layer > 0:
-        cap = np.minimum(cap, per_layer)
-    if total > 0:
-        cap = np.minimum(cap, total)
-    need = peak_cur > peak_new * (1.0 + tolerance)
-    cap = np.where(need | budgeted, cap, 0)
-    target = peak_new * (1.0 + tolerance) if total == 0 else np.zeros(num_layers)
-    group_size = num_experts // num_groups if hierarchical and num_nodes > 1 else num_experts
-    slot_node = slot_nodes(num_slots, num_nodes, num_gpus) if hierarchical and num_nodes > 1 \
-        else np.zeros(num_slots, np.int64)
-    allowed = _allowed(current, num_groups, num_nodes, num_experts, hierarchical)
-    gpu_node = np.arange(num_gpus, dtype=np.int64) * num_nodes // num_gpus
-    steps, move_slot, move_expert, peak_after = repair(
-        weight, current, num_gpus, slot_node, gpu_node, allowed, group_size,
-        cap.astype(np.int64), target, CROSS_NODE_FACTOR)
+    paired, peak_paired, paired_moves = _paired_option(weight, current, new, peak_new, tolerance,
+                                                       num_nodes, num_gpus, hierarchical)
+    steps, move_slot, move_expert, peak_after = _repair_trajectories(
+        weight, current, new_moves, paired_moves, peak_cur, peak_new, tolerance, per_layer,
+        total, num_groups, num_nodes, num_gpus, hierarchical)
 
     if not budgeted:
         kind, count, peak = _cheapest_within(peak_cur, peak_new, new_moves, steps, peak_after,
