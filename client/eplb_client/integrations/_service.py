@@ -157,7 +157,9 @@ def reason_of(error: BaseException) -> str:
 
 class ServiceCaller:
     """One client per process (engines fork workers: it is created on first use, after the
-    fork), calls with the deadline and a single retry, and checks the answer's shape."""
+    fork), calls within the deadline, and checks the answer's shape. With several targets an
+    UNAVAILABLE one is retried once on the next; with one, the first failure falls back (a retry
+    after backoff would only add its 25-50 ms to every fallback)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -171,8 +173,9 @@ class ServiceCaller:
 
         with self._lock:
             if self._client is None or self._pid != os.getpid():
+                several = "," in self.settings.target
                 self._client = EplbClient(self.settings.target, timeout=self.settings.deadline,
-                                          retry=RetryPolicy(max_attempts=2))
+                                          retry=RetryPolicy(max_attempts=2 if several else 1))
                 self._pid = os.getpid()
             return self._client
 
