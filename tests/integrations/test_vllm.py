@@ -265,3 +265,36 @@ def test_prometheus_counter_follows_the_counts(closed_port, fallbacks):
         "eplb_client_fallbacks_total", {"engine": "vllm", "reason": "unavailable"})
     assert after == before + 1
     assert _service.FALLBACKS is not fallbacks  # the test's record is a fresh one
+
+
+def test_a_full_server_queue_is_waited_for_not_fallen_back_from(fallbacks):
+    """Every EP rank asks at once: a rank that fell back on RESOURCE_EXHAUSTED while the others
+    got the service's plan would disagree with them, so the adapter retries until the deadline."""
+    import threading
+
+    from eplb_server.server import Config
+
+    from ..service.servicekit import ControlledEngine, ServerThread, rebalance_request, stub
+
+    engine = ControlledEngine()
+    running = ServerThread(Config(listen=["127.0.0.1:0"], metrics_port=None, max_concurrent=1,
+                                  warmup_shapes=[]), engine)
+    try:
+        engine.gate.clear()
+        channel, placement = stub(running.addresses[0])
+        holder = threading.Thread(target=lambda: placement.Rebalance(rebalance_request(),
+                                                                     timeout=60))
+        holder.start()  # occupies the only admission slot until the gate opens
+        assert engine.entered.wait(30)
+        threading.Timer(0.3, engine.gate.set).start()
+        service = vllm.make_policy(PhyToLogPolicy, Settings(target=running.addresses[0],
+                                                            deadline=10))
+        weight = torch.from_numpy(np.random.default_rng(7).lognormal(size=(4, 16)) * 100)
+        calls = PhyToLogPolicy.calls
+        check_plan(service.rebalance_experts(weight, 32, 4, 2, 8), weight, 32, False)
+        assert PhyToLogPolicy.calls == calls and fallbacks.total() == 0
+        holder.join(30)
+        channel.close()
+    finally:
+        engine.gate.set()
+        running.close()

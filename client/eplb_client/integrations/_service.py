@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 import time
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ log = logging.getLogger("eplb_client.integrations")
 POLICIES = ("auto", "hierarchical", "global", "deepseek")
 OBJECTIVES = ("sum", "expected_peak", "recency", "robust")
 DEFAULT_DEADLINE = 5.0  # seconds; a rebalance runs every few minutes, a plan takes milliseconds
-REASONS = ("unavailable", "deadline", "error")
+REASONS = ("unavailable", "deadline", "overloaded", "error")
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def _short(error: BaseException) -> str:
 
 
 def reason_of(error: BaseException) -> str:
-    """'unavailable', 'deadline' or 'error' for an exception from the service call."""
+    """'unavailable', 'deadline', 'overloaded' or 'error' for an exception from the call."""
     import grpc
 
     code = getattr(error, "code", None)
@@ -152,6 +153,8 @@ def reason_of(error: BaseException) -> str:
         return "deadline"
     if code == grpc.StatusCode.UNAVAILABLE:
         return "unavailable"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "overloaded"
     return "error"
 
 
@@ -181,11 +184,32 @@ class ServiceCaller:
 
     def rebalance(self, loads: np.ndarray, *, num_replicas, num_groups, num_nodes, num_gpus,
                   policy, current=None, objective=None):
-        """The service's RebalanceResult; raises on any failure, including a malformed answer."""
-        result = self.client().rebalance(
-            loads, num_replicas=num_replicas, num_groups=num_groups, num_nodes=num_nodes,
-            num_gpus=num_gpus, policy=policy, current_phy2log=current, objective=objective,
-            model="eplb-client integration", timeout=self.settings.deadline)
+        """The service's RebalanceResult; raises on any failure, including a malformed answer.
+
+        RESOURCE_EXHAUSTED (every EP rank asks at once and the server's queue is full) is retried
+        with jittered backoff until the deadline: a rank that fell back while the others got the
+        service's plan would disagree with them about the placement."""
+        import grpc
+
+        from ..errors import EplbError
+
+        end = time.monotonic() + self.settings.deadline
+        pause = 0.01
+        while True:
+            try:
+                result = self.client().rebalance(
+                    loads, num_replicas=num_replicas, num_groups=num_groups,
+                    num_nodes=num_nodes, num_gpus=num_gpus, policy=policy,
+                    current_phy2log=current, objective=objective,
+                    model="eplb-client integration", timeout=max(end - time.monotonic(), 0.001))
+                break
+            except EplbError as e:
+                wait = random.uniform(pause / 2, pause)
+                if e.code != grpc.StatusCode.RESOURCE_EXHAUSTED or \
+                        time.monotonic() + wait >= end:
+                    raise
+                time.sleep(wait)
+                pause = min(pause * 2, 0.2)
         layers, experts = loads.shape[-2:]
         if result.phy2log.shape != (layers, num_replicas) or \
                 result.logcnt.shape != (layers, experts):
