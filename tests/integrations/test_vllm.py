@@ -228,6 +228,14 @@ def test_register_replaces_vllms_policies(monkeypatch, target):
                                                       deadline=7.5)
 
 
+def test_bad_settings_leave_vllm_alone(monkeypatch, caplog):
+    monkeypatch.setenv("EPLB_DEADLINE", "soon")
+    monkeypatch.setitem(sys.modules, "vllm", None)  # an import would fail: register must not
+    with caplog.at_level(logging.ERROR):
+        vllm.register()  # vLLM runs plugins unguarded: raising would stop it starting
+    assert "EPLB_DEADLINE" in caplog.text
+
+
 def test_disable_leaves_vllm_alone(monkeypatch):
     monkeypatch.setenv("EPLB_DISABLE", "1")
     monkeypatch.setitem(sys.modules, "vllm", None)  # an import would fail: register must not

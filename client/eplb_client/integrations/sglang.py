@@ -126,7 +126,11 @@ def install(module, settings: Settings | None = None, placement=current_placemen
 
 def register() -> None:
     """SGLang's general-plugin entry point (group `sglang.srt.plugins`), run in every process."""
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as e:  # a plugin must not stop the engine: it keeps its own algorithm
+        log.error("EPLB service adapter not installed: %s", e)
+        return
     if settings.disabled:
         log.info("EPLB_DISABLE is set: SGLang keeps its own EPLB algorithm")
         return

@@ -100,7 +100,11 @@ def install(policies: dict, settings: Settings | None = None) -> list[str]:
 
 def register() -> None:
     """vLLM's general-plugin entry point: runs in every vLLM process before the model loads."""
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as e:  # a plugin must not stop the engine: it keeps its own algorithm
+        log.error("EPLB service adapter not installed: %s", e)
+        return
     if settings.disabled:
         log.info("EPLB_DISABLE is set: vLLM keeps its own EPLB policies")
         return
