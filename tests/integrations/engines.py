@@ -4,8 +4,8 @@ GPU stack: only those files are extracted and imported under bare parent package
 Set EPLB_ENGINE_WHEELS to a directory holding the wheels, fetched without dependencies:
     pip download --no-deps sglang==0.5.23 -d /tmp/engine-wheels
     pip download --no-deps vllm==0.34.0 -d /tmp/engine-wheels
-    pip download --no-deps vllm==0.13.0 -d /tmp/engine-wheels
-Tests that need a wheel skip when it is absent.
+    pip download --no-deps vllm==0.13.0 -d /tmp/engine-wheels   # 0.18.0, 0.23.0 too
+Tests that need a wheel skip when it is absent; each vLLM wheel found runs them once.
 """
 
 from __future__ import annotations
