@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..tensors import as_numpy as to_numpy  # noqa: F401 - torch tensors without importing torch
+
 log = logging.getLogger("eplb_client.integrations")
 
 POLICIES = ("auto", "hierarchical", "global", "deepseek")
@@ -100,8 +102,8 @@ class Fallbacks:
         with self._lock:
             started = self._failing.pop(engine, None)
         if started is not None:
-            log.warning("EPLB service answers again; %s plans through it after %.1f s of "
-                        "fallbacks", engine, time.monotonic() - started)
+            log.info("EPLB service answers again; %s plans through it after %.1f s of "
+                     "fallbacks", engine, time.monotonic() - started)
 
     def counts(self) -> dict[tuple[str, str], int]:
         """{(engine, reason): fallbacks} in this process; reason is one of REASONS."""
@@ -119,21 +121,27 @@ class Fallbacks:
 
 
 _PROMETHEUS = []  # [Counter] once made, [None] where prometheus_client is absent
+_PROMETHEUS_LOCK = threading.Lock()
 
 
 def _prometheus_counter():
     """eplb_client_fallbacks_total in prometheus_client's default registry, made on first use;
     None without prometheus_client (engine environments may lack it)."""
-    if not _PROMETHEUS:
-        try:
-            from prometheus_client import Counter
-
-            _PROMETHEUS.append(Counter(
-                "eplb_client_fallbacks", "Rebalances an engine adapter planned with the "
-                "engine's own algorithm because the EPLB service failed", ["engine", "reason"]))
-        except Exception:  # noqa: BLE001 - absent, or the name is taken in this registry
-            _PROMETHEUS.append(None)
+    with _PROMETHEUS_LOCK:
+        if not _PROMETHEUS:
+            _PROMETHEUS.append(_make_counter())
     return _PROMETHEUS[0]
+
+
+def _make_counter():
+    try:
+        from prometheus_client import Counter
+
+        return Counter("eplb_client_fallbacks", "Rebalances an engine adapter planned with the "
+                       "engine's own algorithm because the EPLB service failed",
+                       ["engine", "reason"])
+    except Exception:  # noqa: BLE001 - absent, or the name is taken in this registry
+        return None
 
 
 FALLBACKS = Fallbacks()
@@ -222,16 +230,6 @@ class ServiceCaller:
             if self._client is not None:
                 self._client.close()
             self._client = None
-
-
-def to_numpy(x) -> np.ndarray:
-    """A torch tensor (any device) or array-like as a numpy array, without importing torch."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu()
-        if str(x.dtype) in ("torch.float16", "torch.bfloat16"):
-            x = x.double()
-        return x.numpy()
-    return np.asarray(x)
 
 
 def to_torch_int64(a: np.ndarray):
