@@ -8,7 +8,9 @@ vLLM: the policy's rebalance_experts on a real window [58, 256] with the current
 SGLang: rebalance_experts on 4 real windows [4, 61, 256] (dense layers included) with the current
 map read from its metadata. With --wheels (or $EPLB_ENGINE_WHEELS) holding the vLLM / SGLang
 wheels, the engines' own algorithms run beside the adapters and serve as their fallbacks.
-"Down" rows call an adapter whose target is a closed port; their fallback returns at once, so the
+Every timed call sends loads of its own (a server may share answers among identical requests);
+the 32 ranks send one request, as the ranks of a cluster do. "Down" rows call an adapter whose
+target is a closed port; their fallback returns at once, so the
 time is what detecting the failure costs: a fresh client (first call) and a reused one.
 """
 
@@ -48,6 +50,21 @@ def closed_port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+class Fresh:
+    """Loads that differ on every call (one count in layer 0 grows by one), so that a server
+    that shares answers among identical requests plans each call anew."""
+
+    def __init__(self, loads):
+        self.loads = loads
+        self.calls = 0
+
+    def __call__(self):
+        self.calls += 1
+        out = self.loads.clone()
+        out[..., 0, 0] += self.calls
+        return out
 
 
 def timed(fn, repeats):
@@ -151,15 +168,16 @@ def run(args, snaps, target):
     policy = vllm.make_policy(fallback, settings)
     current = policy.rebalance_experts(previous, *EP32, None)
     current = current[0] if isinstance(current, tuple) else current
+    fresh = Fresh(window)
     rows.append((f"vLLM adapter ({'DefaultEplbPolicy ' + vllm_version if own_policy else 'stand-in'})",
-                 timed(lambda: policy.rebalance_experts(window, *EP32, current), args.repeats)))
+                 timed(lambda: policy.rebalance_experts(fresh(), *EP32, current), args.repeats)))
     if own_policy is not None:
         rows.append((f"  vLLM {vllm_version} DefaultEplbPolicy itself",
                      timed(lambda: own_policy.rebalance_experts(window, *EP32, current),
                            args.repeats)))
     with EplbClient(target) as c:
         rows.append(("  EplbClient.rebalance, the same request", timed(
-            lambda: c.rebalance(window.numpy(), num_replicas=288, num_groups=8, num_nodes=4,
+            lambda: c.rebalance(fresh().numpy(), num_replicas=288, num_groups=8, num_nodes=4,
                                 num_gpus=32, current_phy2log=current.numpy()), args.repeats)))
 
     history = torch.from_numpy(np.stack(snaps[:4]))
@@ -170,13 +188,14 @@ def run(args, snaps, target):
     algorithm = (algorithms.EplbAlgorithm.deepseek_hierarchical if algorithms is not None
                  else types.SimpleNamespace(name="deepseek_hierarchical"))
     sglang_args = (history, 288, 9, 8, 4, algorithm)
+    fresh_history = Fresh(history)
     rows.append((f"SGLang adapter (4 windows x 61 layers{', ' + sglang_version if algorithms else ''})",
-                 timed(lambda: around(own, *sglang_args), args.repeats)))
+                 timed(lambda: around(own, fresh_history(), *sglang_args[1:]), args.repeats)))
     if algorithms is not None:
         rows.append((f"  SGLang {sglang_version} deepseek_hierarchical itself",
                      timed(lambda: own(*sglang_args), args.repeats)))
 
-    ranks = all_ranks_at_once(fallback, settings, window, current, 32)
+    ranks = all_ranks_at_once(fallback, settings, fresh(), current, 32)
 
     down = closed_port()
     down_settings = Settings(target=down, deadline=5)
