@@ -195,3 +195,15 @@ def test_falls_back_when_the_deadline_passes(target, engine, fallbacks):
 def test_falls_back_on_an_error_status(target, engine, fallbacks):
     engine.fail = RuntimeError("engine fault")
     fall_back(Settings(target=target, deadline=30), fallbacks, "error")
+
+
+def test_engine_tensors_on_the_device_are_taken(device, target, fallbacks):
+    """SGLang moves the window history to its device before calling (init_by_eplb); the plan
+    comes back on the CPU, where SGLang's caller moves it itself."""
+    around = sglang.make_around(Settings(target=target, deadline=30),
+                                placement=lambda layers: None)
+    loads = torch.from_numpy(np.random.default_rng(8).lognormal(size=(3, 4, 16)) * 100)
+    result = around(own_algorithm, loads.to(device), 32, 4, 4, 2,
+                    Algorithm("deepseek_hierarchical"))
+    check_plan(result, 4, 16, 32)
+    assert fallbacks.total() == 0
