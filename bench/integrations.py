@@ -169,7 +169,8 @@ def run(args, snaps, target):
     current = policy.rebalance_experts(previous, *EP32, None)
     current = current[0] if isinstance(current, tuple) else current
     fresh = Fresh(window)
-    rows.append((f"vLLM adapter ({'DefaultEplbPolicy ' + vllm_version if own_policy else 'stand-in'})",
+    vllm_name = f"DefaultEplbPolicy {vllm_version}" if own_policy else "stand-in"
+    rows.append((f"vLLM adapter ({vllm_name})",
                  timed(lambda: policy.rebalance_experts(fresh(), *EP32, current), args.repeats)))
     if own_policy is not None:
         rows.append((f"  vLLM {vllm_version} DefaultEplbPolicy itself",
@@ -189,7 +190,8 @@ def run(args, snaps, target):
                  else types.SimpleNamespace(name="deepseek_hierarchical"))
     sglang_args = (history, 288, 9, 8, 4, algorithm)
     fresh_history = Fresh(history)
-    rows.append((f"SGLang adapter (4 windows x 61 layers{', ' + sglang_version if algorithms else ''})",
+    sglang_name = f", {sglang_version}" if algorithms else ""
+    rows.append((f"SGLang adapter (4 windows x 61 layers{sglang_name})",
                  timed(lambda: around(own, fresh_history(), *sglang_args[1:]), args.repeats)))
     if algorithms is not None:
         rows.append((f"  SGLang {sglang_version} deepseek_hierarchical itself",
