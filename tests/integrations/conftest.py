@@ -63,10 +63,10 @@ def vllm_policy(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sglang_modules(tmp_path_factory):
-    """SGLang's real eplb_algorithms and hook_registry modules (the newest wheel found)."""
+    """SGLang's real eplb_algorithms module and plugin loader (the newest wheel found)."""
     found = engines.wheels("sglang")
     if not found:
         pytest.skip("no SGLang wheel in $EPLB_ENGINE_WHEELS")
-    algorithms, hooks = engines.load_sglang(found[-1], tmp_path_factory.mktemp("sglang"))
-    yield engines.version_of(found[-1]), algorithms, hooks
+    algorithms, plugins = engines.load_sglang(found[-1], tmp_path_factory.mktemp("sglang"))
+    yield engines.version_of(found[-1]), algorithms, plugins
     engines.unload("sglang")

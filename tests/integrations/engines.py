@@ -19,7 +19,8 @@ import types
 import zipfile
 
 VLLM_POLICY = "vllm/distributed/eplb/policy/"
-SGLANG_FILES = ("sglang/srt/eplb/eplb_algorithms/", "sglang/srt/plugins/hook_registry.py")
+SGLANG_FILES = ("sglang/srt/eplb/eplb_algorithms/", "sglang/srt/plugins/",
+                "sglang/srt/environ.py")
 
 
 def wheels(name: str) -> list[pathlib.Path]:
@@ -61,17 +62,20 @@ def load_vllm_policy(wheel: pathlib.Path, out: pathlib.Path):
     return abstract.AbstractEplbPolicy, default.DefaultEplbPolicy
 
 
-SGLANG_PACKAGES = ("sglang", "sglang.srt", "sglang.srt.eplb", "sglang.srt.plugins")
+SGLANG_PACKAGES = ("sglang", "sglang.srt", "sglang.srt.eplb")
 
 
 def load_sglang(wheel: pathlib.Path, out: pathlib.Path):
-    """SGLang's eplb_algorithms and plugins.hook_registry modules from the wheel's own files."""
+    """SGLang's eplb_algorithms module and its plugin loader (sglang.srt.plugins, whose
+    load_plugins runs the entry points of the `sglang.srt.plugins` group and applies their
+    hooks) from the wheel's own files; both import nothing beyond torch and the standard
+    library."""
     root = extract(wheel, SGLANG_FILES, out)
     for name in SGLANG_PACKAGES:
         bare_package(name, root.joinpath(*name.split(".")))
     algorithms = importlib.import_module("sglang.srt.eplb.eplb_algorithms")
-    hooks = importlib.import_module("sglang.srt.plugins.hook_registry")
-    return algorithms, hooks
+    plugins = importlib.import_module("sglang.srt.plugins")
+    return algorithms, plugins
 
 
 def unload(prefix: str) -> None:

@@ -1,5 +1,5 @@
-"""The SGLang adapter against SGLang's own eplb_algorithms and plugin hook registry (from the
-wheel in $EPLB_ENGINE_WHEELS), called as SGLang 0.5.23's `ExpertLocationMetadata.init_by_eplb`
+"""The SGLang adapter against SGLang's own eplb_algorithms and plugin loader (from the wheel in
+$EPLB_ENGINE_WHEELS), called as SGLang 0.5.23's `ExpertLocationMetadata.init_by_eplb`
 calls it: keyword arguments, tokens_per_expert [X, L, E] over all 61 layers (dense ones zero),
 num_groups None for models without groups, (phy2log, log2phy, logcnt) back."""
 
@@ -83,15 +83,18 @@ def metadata(monkeypatch):
 
 def test_real_module_plans_through_the_service(sglang_modules, target, snapshots, metadata,
                                                fallbacks, monkeypatch):
-    version, algorithms, hooks = sglang_modules
+    version, algorithms, plugins = sglang_modules
     own = algorithms.rebalance_experts
     monkeypatch.setenv("EPLB_TARGET", target)
     monkeypatch.setenv("EPLB_DEADLINE", "30")
-    (plugin,) = [e for e in entry_points(group="sglang.srt.plugins") if e.name == "eplb_service"]
-    hooks.HookRegistry.reset()
+    monkeypatch.setenv("SGLANG_PLUGINS", "eplb_service")  # other installed plugins stay out
+    assert [e.name for e in entry_points(group=plugins.GENERAL_PLUGINS_GROUP)
+            if e.name == "eplb_service"] == ["eplb_service"]
+    registry = plugins.HookRegistry
+    registry.reset()
+    monkeypatch.setattr(plugins, "_plugins_loaded", False)
     try:
-        plugin.load()()  # what sglang.srt.plugins.load_plugins does in every process
-        hooks.HookRegistry.apply_hooks()
+        plugins.load_plugins()  # what every SGLang process runs at start-up
         assert algorithms.rebalance_experts is not own
         windows = history(snapshots)
         algorithm = algorithms.compute_algorithm(raw_algorithm="auto", num_groups=8,
@@ -102,7 +105,7 @@ def test_real_module_plans_through_the_service(sglang_modules, target, snapshots
                                             algorithm=algorithm)
     finally:
         algorithms.rebalance_experts = own
-        hooks.HookRegistry.reset()
+        registry.reset()
     check_plan(ours, 61, 256, 288)
     assert fallbacks.total() == 0
     with EplbClient(target) as c:  # the same request by hand: history and current map
