@@ -62,6 +62,12 @@ def load_vllm_policy(wheel: pathlib.Path, out: pathlib.Path):
     return abstract.AbstractEplbPolicy, default.DefaultEplbPolicy
 
 
+def extract_vllm_plugin_loader(wheel: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    """vLLM's plugin loader (vllm/plugins/__init__.py and the vllm/envs.py it reads, both
+    standard library only) from the wheel; returns the directory to serve as package `vllm`."""
+    return extract(wheel, ["vllm/plugins/__init__.py", "vllm/envs.py"], out) / "vllm"
+
+
 SGLANG_PACKAGES = ("sglang", "sglang.srt", "sglang.srt.eplb")
 
 

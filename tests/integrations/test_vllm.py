@@ -146,6 +146,48 @@ def test_real_policy_plans_through_the_service(vllm_policy, target, snapshots, f
         assert moved < moved_by_vllm
 
 
+def test_vllms_own_plugin_loader_installs_the_policy(vllm_policy, target, monkeypatch,
+                                                     tmp_path, fallbacks):
+    """vLLM's load_general_plugins (run by every vLLM process) finds the entry point and the
+    policy registry then holds the service policy; the registry module stands in for
+    vllm.distributed.eplb.policy, whose __init__ builds EPLB_POLICIES from the policy classes."""
+    import importlib
+
+    from . import engines
+
+    version, _, default = vllm_policy
+    (wheel,) = [w for w in engines.wheels("vllm") if engines.version_of(w) == version]
+    root = engines.extract_vllm_plugin_loader(wheel, tmp_path)
+    package = types.ModuleType("vllm")
+    package.__path__ = [str(root)]
+    registry = types.ModuleType("vllm.distributed.eplb.policy")
+    registry.EPLB_POLICIES = {"default": default}
+    for name, module in (("vllm", package), ("vllm.distributed", types.ModuleType("d")),
+                         ("vllm.distributed.eplb", types.ModuleType("e")),
+                         (registry.__name__, registry)):
+        monkeypatch.setitem(sys.modules, name, module)
+    for name in ("vllm.plugins", "vllm.envs"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setenv("VLLM_PLUGINS", "eplb_service")
+    monkeypatch.setenv("EPLB_TARGET", target)
+    monkeypatch.setenv("EPLB_DEADLINE", "30")
+    try:
+        importlib.import_module("vllm.plugins").load_general_plugins()
+    finally:
+        for name in ("vllm.plugins", "vllm.envs"):
+            sys.modules.pop(name, None)
+    policy = registry.EPLB_POLICIES["default"]
+    assert policy.eplb_service_fallback is default
+    weight = moe_loads_random()
+    result = policy.rebalance_experts(weight, 32, 4, 2, 8)
+    check_plan(result, weight, 32, vllm.returns_tuple(default))
+    assert fallbacks.total() == 0
+
+
+def moe_loads_random():
+    return torch.from_numpy(np.random.default_rng(9).lognormal(size=(4, 16)) * 100)
+
+
 @pytest.mark.parametrize("policy", [PhyToLogPolicy, TuplePolicy])
 def test_stand_in_policy_keeps_its_interface(policy, target, fallbacks):
     weight = torch.from_numpy(np.random.default_rng(1).lognormal(size=(4, 16)) * 100)
