@@ -58,11 +58,24 @@ def _summary(r) -> str:
 def rebalance(args) -> int:
     loads = load_loads(args.loads, args.key)
     options = _planning(args)
+    dense = None
+    if args.format == "sglang" or options["current_phy2log"] is not None:
+        from .integrations.files import dense_layers, moe_rows
+
+        # A --current written by --format sglang has rows for the dense layers too.
+        dense = dense_layers(args.loads, args.key, loads.shape[-2], args.dense_layers)
+        if options["current_phy2log"] is not None:
+            options["current_phy2log"] = moe_rows(options["current_phy2log"], dense)
     with _client(args) as c:
         r = c.rebalance(loads, **_topology(args), **options)
     if not args.quiet:
         print(_summary(r), file=sys.stderr)
-    cli.dump_json(r.to_dict(), args.out)
+    if args.format == "sglang":
+        from .integrations.files import sglang_expert_location
+
+        cli.dump_json(sglang_expert_location(r.phy2log, dense, loads.shape[-1]), args.out)
+    else:
+        cli.dump_json(r.to_dict(), args.out)
     return cli.EXIT_OK
 
 

@@ -69,7 +69,8 @@ def _choice(name, fn, value):
 
 
 def topology(num_replicas, num_groups, num_nodes, num_gpus, num_logical_experts=0) -> pb.Topology:
-    values = dict(num_replicas=num_replicas, num_groups=num_groups, num_nodes=num_nodes,
+    # num_groups None (SGLang, models without groups) goes as 0, which the server reads as 1.
+    values = dict(num_replicas=num_replicas, num_groups=num_groups or 0, num_nodes=num_nodes,
                   num_gpus=num_gpus, num_logical_experts=num_logical_experts or 0)
     return pb.Topology(**{k: _int(f"topology.{k}", v) for k, v in values.items()})
 

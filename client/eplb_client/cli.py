@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     _planning(p)
     p.add_argument("--out", help="write the JSON here instead of stdout")
     p.add_argument("--quiet", action="store_true", help="no summary on stderr")
+    p.add_argument("--format", choices=["json", "sglang"], default="json",
+                   help="json: the whole result; sglang: {\"physical_to_logical_map\": ...} "
+                        "with a row per model layer, dense layers included, for SGLang's "
+                        "--init-expert-location (vLLM reads no placement file: see "
+                        "docs/integrations.md)")
+    p.add_argument("--dense-layers", default=None,
+                   help="with --format sglang: comma-separated model layers without experts "
+                        "(default: the all-zero layers of an SGLang logical_count file)")
 
     p = command("evaluate", "Score a mapping against loads; JSON to stdout (or --out).")
     _loads(p)

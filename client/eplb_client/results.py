@@ -24,6 +24,15 @@ def _mapping(t) -> np.ndarray:
     return a
 
 
+def _current_mapping_name(value: int) -> str:
+    """pb.CURRENT_MAPPING_USED -> "used"; unspecified (or unknown to this client) -> ""."""
+    try:
+        name = pb.CurrentMapping.Name(value)
+    except ValueError:
+        return ""
+    return "" if value == pb.CURRENT_MAPPING_UNSPECIFIED else name[len("CURRENT_MAPPING_"):].lower()
+
+
 def _plain(value):
     """Converts arrays and nested results to JSON-ready Python values."""
     if isinstance(value, np.ndarray):
@@ -129,6 +138,10 @@ class RebalanceResult(_AsDict):
     migration: Migration | None
     compute_seconds: float
     device: str
+    # What the server made of current_phy2log: "" (none given), "used", "empty_slots_filled"
+    # or "ignored" (another slot count: planned from scratch); and how many -1 slots it had.
+    current_mapping: str = ""
+    current_empty_slots: int = 0
 
     @classmethod
     def from_proto(cls, r: pb.RebalanceResponse) -> "RebalanceResult":
@@ -143,6 +156,8 @@ class RebalanceResult(_AsDict):
             migration=Migration.from_proto(r.migration) if r.HasField("migration") else None,
             compute_seconds=r.compute_seconds,
             device=r.device,
+            current_mapping=_current_mapping_name(r.current_mapping),
+            current_empty_slots=r.current_empty_slots,
         )
 
 

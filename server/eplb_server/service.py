@@ -190,7 +190,8 @@ class PlacementServicer:
             phy2log=encode(phy2log), log2phy=encode(log2phy), logcnt=encode(logcnt),
             policy=_POLICY_ENUM[plan.policy], plan=score_message(plan_score),
             objective=_OBJECTIVE_ENUM[plan.objective], compute_seconds=seconds,
-            device=str(self.device))
+            device=str(self.device), current_mapping=a.current_mapping,
+            current_empty_slots=a.current_empty_slots)
         if current_score is not None:
             response.current.CopyFrom(score_message(current_score))
         if plan.migration is not None:

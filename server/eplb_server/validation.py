@@ -30,6 +30,7 @@ OBJECTIVES = {
 _INT_DTYPES = (pb.DTYPE_INT32, pb.DTYPE_INT64)
 _LOAD_DTYPES = (pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT64) + _INT_DTYPES
 MAPPING_DTYPES = {pb.DTYPE_UNSPECIFIED: "int64", pb.DTYPE_INT64: "int64", pb.DTYPE_INT32: "int32"}
+EMPTY_SLOT = -1  # vLLM's and SGLang's mark for a slot that holds no expert
 MAX_MODEL_NAME = 256
 class InvalidRequest(ValueError):
     """A request that cannot be served; `violations` is a list of (field path, description)."""
@@ -59,6 +60,8 @@ class RebalanceArgs:
     robust_k: float
     packed: bool = False  # the loads came as float_values/int_values: answer in int_values too
     mapping_dtype: str = "int64"  # of the response's phy2log, log2phy and logcnt
+    current_mapping: int = pb.CURRENT_MAPPING_UNSPECIFIED  # what became of current_phy2log
+    current_empty_slots: int = 0  # its -1 entries
 
 
 @dataclass(frozen=True)
@@ -176,13 +179,16 @@ def _mapping_shape(tensor, field, layers, limits):
     return shape[1]
 
 
-def _check_mapping(phy2log, num_experts, field):
-    """Every entry names an expert in [0, E) and every expert keeps at least one slot per layer."""
-    outside = (phy2log < 0) | (phy2log >= num_experts)
+def _check_mapping(phy2log, num_experts, field, empty_ok=False):
+    """Every entry names an expert in [0, E) (or is -1 where empty_ok) and every expert keeps at
+    least one slot per layer (checked only without empty slots)."""
+    outside = ((phy2log < 0) & ~(empty_ok & (phy2log == EMPTY_SLOT))) | (phy2log >= num_experts)
     if outside.any():
         layer, slot = np.unravel_index(int(np.argmax(outside)), phy2log.shape)
         _fail(field, f"entry {int(phy2log[layer, slot])} at [{layer}, {slot}] is outside "
               f"[0, {num_experts})")
+    if empty_ok and (phy2log == EMPTY_SLOT).any():
+        return
     layers = phy2log.shape[0]
     flat = (phy2log + np.arange(layers)[:, None] * num_experts).ravel()
     counts = np.bincount(flat, minlength=layers * num_experts).reshape(layers, num_experts)
@@ -190,6 +196,29 @@ def _check_mapping(phy2log, num_experts, field):
     if missing.any():
         layer, expert = np.unravel_index(int(np.argmax(missing)), missing.shape)
         _fail(field, f"layer {layer} leaves expert {expert} without a slot")
+
+
+def _fill_empty_slots(phy2log, loads):
+    """phy2log [L, P] with -1 entries, loads [[T,] L, E] -> [L, P] with every -1 filled: first by
+    the experts the layer lacks, then by the heaviest experts in turn; None where a layer lacks
+    more experts than it has empty slots."""
+    weight = loads.sum(axis=0) if loads.ndim == 3 else loads
+    layers, num_experts = weight.shape
+    out = phy2log.copy()
+    for layer in range(layers):
+        row = out[layer]
+        empty = np.flatnonzero(row == EMPTY_SLOT)
+        if not empty.size:
+            continue
+        held = np.zeros(num_experts, dtype=bool)
+        held[row[row != EMPTY_SLOT]] = True
+        missing = np.flatnonzero(~held)
+        if missing.size > empty.size:
+            return None
+        heaviest = np.argsort(-weight[layer], kind="stable")
+        rest = empty.size - missing.size
+        row[empty] = np.concatenate([missing, heaviest[np.arange(rest) % num_experts]])
+    return out
 
 
 def _slot_to_expert_loads(slot_loads, phy2log, num_experts):
@@ -227,7 +256,9 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
     """Validates a RebalanceRequest; raises InvalidRequest naming the offending fields."""
     topo = request.topology
     violations = []
-    _positive(topo, ("num_replicas", "num_groups", "num_nodes", "num_gpus"), violations)
+    _positive(topo, ("num_replicas", "num_nodes", "num_gpus"), violations)
+    if topo.num_groups < 0:
+        violations.append(("topology.num_groups", "must be non-negative (0: no groups, as 1)"))
     if topo.num_logical_experts < 0:
         violations.append(("topology.num_logical_experts", "must be non-negative"))
     if topo.num_replicas > limits.max_replicas:
@@ -258,12 +289,16 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
         _fail("history.objective", f"robust needs a history of loads [T, L, E]; {which} has "
               f"shape {list(shape)} (one window): use the default objective")
 
-    phy2log = None
+    phy2log, current_mapping = None, pb.CURRENT_MAPPING_UNSPECIFIED
     if request.HasField("current_phy2log"):
         slots = _mapping_shape(request.current_phy2log, "current_phy2log", layers, limits)
-        if slots != p:
+        if slots != p and which == "slot_loads":
             _fail("current_phy2log.shape", f"{slots} slots, num_replicas is {p}")
-        phy2log = _decode(request.current_phy2log, "current_phy2log").astype(np.int64)
+        if slots == p:  # another slot count (elastic EP): plan from scratch
+            phy2log = _decode(request.current_phy2log, "current_phy2log").astype(np.int64)
+            current_mapping = pb.CURRENT_MAPPING_USED
+        else:
+            current_mapping = pb.CURRENT_MAPPING_IGNORED
 
     if which == "slot_loads":
         e = topo.num_logical_experts or int(phy2log.max()) + 1
@@ -275,32 +310,44 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
         if topo.num_logical_experts not in (0, e):
             _fail("topology.num_logical_experts",
                   f"{topo.num_logical_experts} disagrees with expert_loads ({e} experts)")
-    _check_divisions(p, topo.num_groups, topo.num_nodes, topo.num_gpus, e, policy, violations)
+    k, n = topo.num_groups or 1, topo.num_nodes
+    if e % k and n > 0 and (policy == "global" or (policy in ("auto", "deepseek") and k % n)):
+        k = 1  # a global plan ignores groups; the reference does not check them there
+    _check_divisions(p, k, n, topo.num_gpus, e, policy, violations)
     _raise_any(violations)
 
     loads = _decode(getattr(request, which), which)
     _check_loads(loads, which)
+    empty_slots = 0
     if phy2log is not None:
-        _check_mapping(phy2log, e, "current_phy2log")
+        _check_mapping(phy2log, e, "current_phy2log", empty_ok=which == "expert_loads")
+        empty_slots = int((phy2log == EMPTY_SLOT).sum())
+        if empty_slots:
+            phy2log = _fill_empty_slots(phy2log, loads)
+            current_mapping = (pb.CURRENT_MAPPING_IGNORED if phy2log is None
+                               else pb.CURRENT_MAPPING_EMPTY_SLOTS_FILLED)
     if which == "slot_loads":
         loads = _slot_to_expert_loads(loads, phy2log, e)
 
     m, h = request.migration, request.history
     return RebalanceArgs(
-        weight=loads, num_replicas=p, num_groups=topo.num_groups, num_nodes=topo.num_nodes,
+        weight=loads, num_replicas=p, num_groups=k, num_nodes=topo.num_nodes,
         num_gpus=topo.num_gpus, policy=policy, current_phy2log=phy2log,
         from_scratch=m.from_scratch, max_moved_slots_per_layer=m.max_moved_slots_per_layer,
         max_moved_slots_total=m.max_moved_slots_total,
         min_balancedness_gain=m.min_balancedness_gain, objective=OBJECTIVES[h.objective],
         half_life=h.half_life, robust_k=h.robust_k, packed=not getattr(request, which).data,
-        mapping_dtype=mapping_dtype)
+        mapping_dtype=mapping_dtype, current_mapping=current_mapping,
+        current_empty_slots=empty_slots)
 
 
 def parse_evaluate(request: pb.EvaluateRequest, limits: Limits) -> EvaluateArgs:
     """Validates an EvaluateRequest; raises InvalidRequest naming the offending fields."""
     topo = request.topology
     violations = []
-    _positive(topo, ("num_groups", "num_nodes", "num_gpus"), violations)
+    _positive(topo, ("num_nodes", "num_gpus"), violations)
+    if topo.num_groups < 0:
+        violations.append(("topology.num_groups", "must be non-negative (0: no groups, as 1)"))
     _raise_any(violations)
     policy = _policy(request.policy)
     if not request.HasField("expert_loads"):
@@ -316,12 +363,13 @@ def parse_evaluate(request: pb.EvaluateRequest, limits: Limits) -> EvaluateArgs:
     if topo.num_logical_experts not in (0, e):
         _fail("topology.num_logical_experts",
               f"{topo.num_logical_experts} disagrees with expert_loads ({e} experts)")
-    _check_divisions(p, topo.num_groups, topo.num_nodes, topo.num_gpus, e, policy, violations)
+    _check_divisions(p, topo.num_groups or 1, topo.num_nodes, topo.num_gpus, e, policy,
+                     violations)
     _raise_any(violations)
 
     loads = _decode(request.expert_loads, "expert_loads")
     _check_loads(loads, "expert_loads")
     phy2log = _decode(request.phy2log, "phy2log").astype(np.int64)
     _check_mapping(phy2log, e, "phy2log")
-    return EvaluateArgs(weight=loads, phy2log=phy2log, num_groups=topo.num_groups,
+    return EvaluateArgs(weight=loads, phy2log=phy2log, num_groups=topo.num_groups or 1,
                         num_nodes=topo.num_nodes, num_gpus=topo.num_gpus, policy=policy)

@@ -113,7 +113,8 @@ def non_finite_negative_or_huge_load(draw):
 def mapping_out_of_range(draw):
     request = valid_request()
     index = (draw(st.integers(0, 3)), draw(st.integers(0, 31)))
-    out_of_range = draw(st.one_of(st.integers(-(1 << 63), -1), st.integers(16, (1 << 63) - 1)))
+    # -1 is an empty slot (accepted); every other negative entry is out of range.
+    out_of_range = draw(st.one_of(st.integers(-(1 << 63), -2), st.integers(16, (1 << 63) - 1)))
     request.current_phy2log.CopyFrom(to_tensor(poke(MAPPING, index, out_of_range)))
     return request
 
@@ -155,9 +156,14 @@ def bad_topology(draw):
     topology = dict(SMALL, **{name: value})
     p, k, n, g = (topology[x] for x in ("num_replicas", "num_groups", "num_nodes", "num_gpus"))
     # Keep only topologies that break a rule (positive values dividing as they must are valid).
-    valid = min(p, k, n, g) > 0 and p % g == 0 and g % n == 0 and 16 % k == 0 and p == 32
+    # num_groups 0 means 1; groups that do not divide the experts are ignored on the global
+    # path (auto with groups not over nodes).
+    groups_ok = k >= 0 and (16 % (k or 1) == 0 or (n > 0 and (k or 1) % n != 0))
+    # A mapping of another slot count is ignored (elastic EP), so any P from E to the limit
+    # is valid.
+    valid = min(p, n, g) > 0 and groups_ok and p % g == 0 and g % n == 0 and 16 <= p <= 1024
     if valid:
-        value = -value
+        value = -value or -1
     setattr(request.topology, name, value)
     return request
 

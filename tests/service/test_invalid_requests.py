@@ -49,7 +49,10 @@ REBALANCE_CASES = {
     "no topology": (lambda r: r.ClearField("topology"), "topology.num_replicas"),
     "gpus do not divide slots": (topology(num_gpus=6), "topology.num_gpus"),
     "nodes do not divide gpus": (topology(num_nodes=3), "topology.num_nodes"),
-    "groups do not divide experts": (topology(num_groups=3), "topology.num_groups"),
+    # 6 groups over 2 nodes: hierarchical, where groups must divide the 16 experts (a global
+    # plan ignores groups that do not, as the reference does: see tests/integrations).
+    "groups do not divide experts": (topology(num_groups=6), "topology.num_groups"),
+    "negative groups": (topology(num_groups=-4), "topology.num_groups"),
     "fewer slots than experts": (without_mapping(topology(num_replicas=8)),
                                  "topology.num_replicas"),
     "negative gpus": (topology(num_gpus=-8), "topology.num_gpus"),
@@ -59,10 +62,18 @@ REBALANCE_CASES = {
     "expert count disagrees": (topology(num_logical_experts=15), "topology.num_logical_experts"),
     "unknown policy": (lambda r: setattr(r, "policy", 99), "policy"),
     "mapping entry too large": (mapping(poke(MAPPING, (1, 2), 16)), "current_phy2log"),
-    "mapping entry negative": (mapping(poke(MAPPING, (3, 31), -1)), "current_phy2log"),
+    # -1 marks an empty slot (accepted); other negative entries are not experts.
+    "mapping entry negative": (mapping(poke(MAPPING, (3, 31), -2)), "current_phy2log"),
+    "empty slot with slot loads": (
+        lambda r: (r.slot_loads.CopyFrom(to_tensor(loads(4, 32))),
+                   mapping(poke(MAPPING, (0, 0), -1))(r)), "current_phy2log"),
     "mapping leaves an expert without a slot": (
         mapping(np.where(MAPPING == 5, 6, MAPPING)), "current_phy2log"),
-    "mapping of the wrong shape": (mapping(MAPPING[:, :16]), "current_phy2log.shape"),
+    # Another slot count is accepted (elastic EP: planned from scratch); other layers are not.
+    "mapping of the wrong shape": (mapping(MAPPING[:3]), "current_phy2log.shape"),
+    "slot loads with a mapping of another width": (
+        lambda r: (r.slot_loads.CopyFrom(to_tensor(loads(4, 32))),
+                   mapping(MAPPING[:, :16])(r)), "current_phy2log.shape"),
     "mapping of floats": (mapping(MAPPING.astype(np.float64)), "current_phy2log.dtype"),
     "slot loads without a mapping": (slot_loads_only, "current_phy2log"),
     "slot loads of the wrong width": (

@@ -29,6 +29,13 @@ class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OBJECTIVE_EXPECTED_PEAK: _ClassVar[Objective]
     OBJECTIVE_RECENCY: _ClassVar[Objective]
     OBJECTIVE_ROBUST: _ClassVar[Objective]
+
+class CurrentMapping(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CURRENT_MAPPING_UNSPECIFIED: _ClassVar[CurrentMapping]
+    CURRENT_MAPPING_USED: _ClassVar[CurrentMapping]
+    CURRENT_MAPPING_EMPTY_SLOTS_FILLED: _ClassVar[CurrentMapping]
+    CURRENT_MAPPING_IGNORED: _ClassVar[CurrentMapping]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
@@ -44,6 +51,10 @@ OBJECTIVE_SUM: Objective
 OBJECTIVE_EXPECTED_PEAK: Objective
 OBJECTIVE_RECENCY: Objective
 OBJECTIVE_ROBUST: Objective
+CURRENT_MAPPING_UNSPECIFIED: CurrentMapping
+CURRENT_MAPPING_USED: CurrentMapping
+CURRENT_MAPPING_EMPTY_SLOTS_FILLED: CurrentMapping
+CURRENT_MAPPING_IGNORED: CurrentMapping
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data", "float_values", "int_values")
@@ -170,7 +181,7 @@ class Migration(_message.Message):
     def __init__(self, slots_changed: _Optional[int] = ..., cross_node_copies: _Optional[int] = ..., layer_slots_changed: _Optional[_Iterable[int]] = ..., layer_changed: _Optional[_Iterable[bool]] = ..., layers_kept_for_lack_of_gain: _Optional[int] = ..., transfers: _Optional[_Iterable[_Union[SlotTransfer, _Mapping]]] = ..., layer_balancedness_before: _Optional[_Iterable[float]] = ..., layer_balancedness_after: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RebalanceResponse(_message.Message):
-    __slots__ = ("phy2log", "log2phy", "logcnt", "policy", "plan", "current", "migration", "objective", "compute_seconds", "device")
+    __slots__ = ("phy2log", "log2phy", "logcnt", "policy", "plan", "current", "migration", "objective", "compute_seconds", "device", "current_mapping", "current_empty_slots")
     PHY2LOG_FIELD_NUMBER: _ClassVar[int]
     LOG2PHY_FIELD_NUMBER: _ClassVar[int]
     LOGCNT_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +192,8 @@ class RebalanceResponse(_message.Message):
     OBJECTIVE_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_MAPPING_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_EMPTY_SLOTS_FIELD_NUMBER: _ClassVar[int]
     phy2log: Tensor
     log2phy: Tensor
     logcnt: Tensor
@@ -191,7 +204,9 @@ class RebalanceResponse(_message.Message):
     objective: Objective
     compute_seconds: float
     device: str
-    def __init__(self, phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., log2phy: _Optional[_Union[Tensor, _Mapping]] = ..., logcnt: _Optional[_Union[Tensor, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., plan: _Optional[_Union[Score, _Mapping]] = ..., current: _Optional[_Union[Score, _Mapping]] = ..., migration: _Optional[_Union[Migration, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., compute_seconds: _Optional[float] = ..., device: _Optional[str] = ...) -> None: ...
+    current_mapping: CurrentMapping
+    current_empty_slots: int
+    def __init__(self, phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., log2phy: _Optional[_Union[Tensor, _Mapping]] = ..., logcnt: _Optional[_Union[Tensor, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., plan: _Optional[_Union[Score, _Mapping]] = ..., current: _Optional[_Union[Score, _Mapping]] = ..., migration: _Optional[_Union[Migration, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., compute_seconds: _Optional[float] = ..., device: _Optional[str] = ..., current_mapping: _Optional[_Union[CurrentMapping, str]] = ..., current_empty_slots: _Optional[int] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("topology", "expert_loads", "phy2log", "policy")

@@ -139,6 +139,7 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     """
     load = _loads(weight)
     num_layers, num_experts = load.shape[-2:]
+    num_groups = num_groups or 1  # None or 0: a model without expert groups (SGLang passes None)
     check_topology(num_experts, num_replicas, num_groups, num_nodes, num_gpus)
     work = load.size // num_experts * num_replicas  # layer-slots, times windows
     resolved = resolve_policy(policy, num_groups, num_nodes, num_gpus)
