@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 
 import grpc
 import numpy as np
@@ -17,10 +18,12 @@ from grpc_status import rpc_status
 
 from . import validation, wire
 from .engine.api import resolve_policy
+from .lograte import RateLimitedLog
 from .validation import InvalidRequest
 from .worker import DeadlineExpired, Overloaded
 
 log = logging.getLogger("eplb_server")
+_rate_limited = RateLimitedLog(log)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PlacementService"].full_name
 _POLICY_ENUM = {"hierarchical": pb.POLICY_HIERARCHICAL, "global": pb.POLICY_GLOBAL,
@@ -63,6 +66,14 @@ def bad_request_status(violations) -> grpc.Status:
 
 def _status(code: grpc.StatusCode, message: str) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message))
+
+
+def internal_status(method: str) -> grpc.Status:
+    """INTERNAL with a generic message and an error id; the traceback is logged (rate-limited)
+    under the same id, never sent (it names internals and addresses)."""
+    error_id = uuid.uuid4().hex[:16]
+    _rate_limited.exception(("internal", method), "%s failed (error id %s)", method, error_id)
+    return _status(grpc.StatusCode.INTERNAL, f"internal error (error id {error_id})")
 
 
 def _engine_field(message: str, method: str) -> str:
@@ -144,13 +155,12 @@ class PlacementServicer(pb_grpc.PlacementServiceServicer):
             status = bad_request_status(e.violations)
         except EngineRejected as e:
             status = bad_request_status([(_engine_field(str(e), method), str(e))])
-        except Overloaded as e:
+        except (Overloaded, validation.ResponseTooLarge) as e:
             status = _status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except DeadlineExpired as e:
             status = _status(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
-        except Exception as e:  # an engine fault: answer INTERNAL and keep serving
-            log.exception("%s failed", method)
-            status = _status(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+        except Exception:  # an engine fault: answer INTERNAL and keep serving
+            status = internal_status(method)
         await context.abort_with_status(status)
 
     # Engine jobs: run on the engine thread, return the response message.
@@ -167,7 +177,8 @@ class PlacementServicer(pb_grpc.PlacementServiceServicer):
             max_moved_slots_per_layer=a.max_moved_slots_per_layer,
             max_moved_slots_total=a.max_moved_slots_total,
             min_balancedness_gain=a.min_balancedness_gain, from_scratch=a.from_scratch,
-            objective=a.objective, half_life=a.half_life, robust_k=a.robust_k)
+            objective=a.objective, half_life=a.half_life, robust_k=a.robust_k,
+            with_log2phy=a.log2phy)
         topology = (a.num_groups, a.num_nodes, a.num_gpus)
         bound = _bound_policy(plan.policy)
         plan_score = _engine_call(self.engine.evaluate, weight, plan.phy2log, *topology,
@@ -176,14 +187,18 @@ class PlacementServicer(pb_grpc.PlacementServiceServicer):
             self.engine.evaluate, weight, current, *topology, policy=bound,
             lower_bound=plan_score.layer_lower_bound))
         seconds = time.perf_counter() - start
-        phy2log, log2phy, logcnt = (_numpy(t).astype(a.mapping_dtype, copy=False)
-                                    for t in (plan.phy2log, plan.log2phy, plan.logcnt))
+        phy2log, logcnt = (_numpy(t).astype(a.mapping_dtype, copy=False)
+                           for t in (plan.phy2log, plan.logcnt))
         encode = _packed_tensor if a.packed else to_tensor
         response = pb.RebalanceResponse(
-            phy2log=encode(phy2log), log2phy=encode(log2phy), logcnt=encode(logcnt),
+            phy2log=encode(phy2log), logcnt=encode(logcnt),
             policy=_POLICY_ENUM[plan.policy], plan=score_message(plan_score),
             objective=_OBJECTIVE_ENUM[plan.objective], compute_seconds=seconds,
-            device=str(self.device))
+            device=str(self.device),
+            log2phy_format=pb.LOG2PHY_FORMAT_PADDED if a.log2phy else pb.LOG2PHY_FORMAT_COMPACT)
+        log2phy = response.log2phy if a.log2phy else response.replica_rank
+        log2phy.CopyFrom(encode(_numpy(plan.log2phy if a.log2phy else plan.replica_rank)
+                                .astype(a.mapping_dtype, copy=False)))
         if current_score is not None:
             response.current.CopyFrom(score_message(current_score))
         if plan.migration is not None:
