@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import __version__
 from .metrics import Metrics, MetricsInterceptor
+from .metrics_http import MetricsHTTPServer
 from .service import SERVICE_NAME, PlacementServicer
 from .validation import Limits
 from .warmup import Shape, warm_up
@@ -43,6 +44,17 @@ class Config:
     grace_period: float = 10.0
     warmup_shapes: list = field(default_factory=lambda: ["2x16:32:8:2:4"])
     unix_socket_mode: int = 0o600
+    # Connections (issue 22, case 6): idle ones are closed (GOAWAY), every one is recycled after
+    # its maximum age (in-flight RPCs get the grace to finish), at most max_connections are
+    # accepted per listener and max_streams RPCs run on one at a time; keepalive pings find
+    # peers that vanished without closing.
+    max_connection_idle: float = 300.0  # seconds
+    max_connection_age: float = 1800.0
+    max_connection_age_grace: float = 60.0
+    max_connections: int = 256
+    max_streams: int = 64
+    keepalive_time: float = 60.0
+    keepalive_timeout: float = 20.0
 
 
 def resolve_device(name: str):
@@ -58,6 +70,24 @@ def resolve_device(name: str):
     if name != "cpu":
         raise ValueError(f"unknown device {name!r}: use auto, cpu or cuda")
     return torch.device("cpu")
+
+
+def grpc_options(cfg: Config) -> list:
+    """The server's channel arguments: message sizes, connection lifetimes and caps."""
+    ms = lambda seconds: max(1, int(seconds * 1000))  # noqa: E731
+    return [
+        ("grpc.max_receive_message_length", cfg.limits.max_request_bytes),
+        ("grpc.max_send_message_length", cfg.limits.max_response_bytes),
+        ("grpc.max_connection_idle_ms", ms(cfg.max_connection_idle)),
+        ("grpc.max_connection_age_ms", ms(cfg.max_connection_age)),
+        ("grpc.max_connection_age_grace_ms", ms(cfg.max_connection_age_grace)),
+        ("grpc.max_allowed_incoming_connections", cfg.max_connections),
+        ("grpc.max_concurrent_streams", cfg.max_streams),
+        ("grpc.keepalive_time_ms", ms(cfg.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", ms(cfg.keepalive_timeout)),
+        # Clients' keepalive pings (ours send none) no more often than every 10 s.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
 
 
 def _read(path):
@@ -104,7 +134,7 @@ class PlacementServer:
 
         self._server = grpc.aio.server(
             interceptors=[MetricsInterceptor(metrics)],
-            options=[("grpc.max_receive_message_length", cfg.limits.max_request_bytes)])
+            options=grpc_options(cfg))
         pb_grpc.add_PlacementServiceServicer_to_server(servicer, self._server)
         self._health = health.aio.HealthServicer()
         for service in ("", SERVICE_NAME):
@@ -120,10 +150,7 @@ class PlacementServer:
             os.umask(umask)
         await self._server.start()
         if cfg.metrics_port is not None:
-            from prometheus_client import start_http_server
-
-            self._http, _ = start_http_server(cfg.metrics_port, cfg.metrics_host,
-                                              registry=metrics.registry)
+            self._http = MetricsHTTPServer(metrics.registry, cfg.metrics_host, cfg.metrics_port)
             self.metrics_port = self._http.server_port
         log.info("eplb-server %s on %s (device %s, metrics %s)", __version__,
                  ", ".join(self.addresses), device,

@@ -1,5 +1,7 @@
 """Health, reflection, overload, deadlines, engine faults and draining, on in-process servers."""
 
+import re
+
 import grpc
 import pytest
 from eplb_client.v1 import placement_pb2 as pb
@@ -103,7 +105,8 @@ def test_engine_fault_is_internal_and_the_server_keeps_serving(controlled):
     running, engine, placement = controlled()
     error = fail_once(engine, placement, RuntimeError("injected fault"))
     assert error.code() == grpc.StatusCode.INTERNAL
-    assert "injected fault" in error.details()
+    assert "injected fault" not in error.details()  # internals stay in the log (issue 22)
+    assert re.fullmatch(r"internal error \(error id [0-9a-f]{16}\)", error.details())
     assert handled(running, "Internal") == 1
     assert health_of(running.channel) == SERVING
 
