@@ -68,11 +68,13 @@ def _status(code: grpc.StatusCode, message: str) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message))
 
 
-def internal_status(method: str) -> grpc.Status:
-    """INTERNAL with a generic message and an error id; the traceback is logged (rate-limited)
-    under the same id, never sent (it names internals and addresses)."""
+def internal_status(method: str, error: Exception) -> grpc.Status:
+    """INTERNAL with a generic message and an error id; the traceback is logged under the same
+    id, never sent (it names internals and addresses). The log takes one traceback a minute per
+    method and kind of fault, and counts the others."""
     error_id = uuid.uuid4().hex[:16]
-    _rate_limited.exception(("internal", method), "%s failed (error id %s)", method, error_id)
+    _rate_limited.exception(("internal", method, type(error).__name__),
+                            "%s failed (error id %s)", method, error_id)
     return _status(grpc.StatusCode.INTERNAL, f"internal error (error id {error_id})")
 
 
@@ -159,8 +161,8 @@ class PlacementServicer(pb_grpc.PlacementServiceServicer):
             status = _status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except DeadlineExpired as e:
             status = _status(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
-        except Exception:  # an engine fault: answer INTERNAL and keep serving
-            status = internal_status(method)
+        except Exception as e:  # an engine fault: answer INTERNAL and keep serving
+            status = internal_status(method, e)
         await context.abort_with_status(status)
 
     # Engine jobs: run on the engine thread, return the response message.
