@@ -1,6 +1,7 @@
 """Peak server memory and response size for the largest requests the configured limits admit.
 
     python -m bench.limits [--max-concurrent 8] [--cases hot16,hot256,...] [--concurrent 8]
+                           [--history-windows 63] [--max-request-bytes N]
 
 Starts `python -m eplb_server` with the default limits (256 layers, 1024 experts, 2048 slots,
 64 windows, 64 MiB requests and responses), samples the resident memory of the server and its
@@ -59,9 +60,12 @@ def mapping(layers, experts=1024, slots=2048, seed=2):
         0, experts, slots - experts)])) for _ in range(layers)]).astype(np.int64)
 
 
+HISTORY_WINDOWS = [63]  # --history-windows: [63, 256, 1024] float32 is 63 MiB, under 64 MiB
+
+
 def largest_history():
-    """The largest float32 history under 64 MiB: [63, 256, 1024] (63.0 MiB)."""
-    return lognormal((63, 256, 1024), 1.0, 3).astype(np.float32)
+    """The largest float32 history under the request limit: [T, 256, 1024]."""
+    return lognormal((HISTORY_WINDOWS[0], 256, 1024), 1.0, 3).astype(np.float32)
 
 
 CASES = {
@@ -110,13 +114,13 @@ class Sampler:
         self._thread.join()
 
 
-def start_server(max_concurrent, log):
+def start_server(max_concurrent, log, extra=()):
     socket = pathlib.Path(tempfile.mkdtemp()) / "eplb.sock"
     target = f"unix://{socket}"
     process = subprocess.Popen(
         [sys.executable, "-m", "eplb_server", "--listen", target, "--metrics-port", "0",
          "--device", "cpu", "--max-concurrent", str(max_concurrent), "--warmup-shapes",
-         "2x16:32:8:2:4"], stdout=log, stderr=subprocess.STDOUT)
+         "2x16:32:8:2:4", *extra], stdout=log, stderr=subprocess.STDOUT)
     with grpc.insecure_channel(target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for _ in range(1200):
@@ -146,9 +150,14 @@ def main(argv=None):
                         help="copies of the largest request in flight at once (0: skip)")
     parser.add_argument("--concurrent-case", default="history63-sum")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--history-windows", type=int, default=63)
+    parser.add_argument("--max-request-bytes", type=int, default=None)
     args = parser.parse_args(argv)
+    HISTORY_WINDOWS[0] = args.history_windows
     log = open(tempfile.mktemp(suffix=".log"), "w")
-    process, target = start_server(args.max_concurrent, log)
+    extra = () if args.max_request_bytes is None else (
+        "--max-request-bytes", str(args.max_request_bytes))
+    process, target = start_server(args.max_concurrent, log, extra)
     channel = grpc.insecure_channel(target, [("grpc.max_receive_message_length", 256 * MIB),
                                              ("grpc.max_send_message_length", 256 * MIB)])
     stub = pb_grpc.PlacementServiceStub(channel)

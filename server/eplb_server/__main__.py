@@ -8,7 +8,11 @@ import logging
 import os
 import sys
 
-from .server import Config, resolve_device, serve
+# gRPC's core logs every failed TLS handshake and connection GOAWAY at INFO: a scan or a
+# misconfigured client floods the log. ERROR keeps real faults; set GRPC_VERBOSITY to see more.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from .server import Config, resolve_device, serve  # noqa: E402 (after GRPC_VERBOSITY)
 from .validation import Limits
 from .warmup import Shape
 

@@ -148,3 +148,27 @@ def test_long_deadline_expiring_in_the_queue_counts_as_deadline_exceeded(control
     count = lambda code: registry.get_sample_value(  # noqa: E731
         "grpc_server_handled_total", dict(labels, grpc_code=code)) or 0
     assert (count("DeadlineExceeded"), count("Canceled"), count("OK")) == (1, 0, 2)
+
+
+def test_failed_tls_handshakes_do_not_flood_the_log(tmp_path):
+    """gRPC's core logs each failed handshake (a port scan, a plaintext client) at INFO; the
+    server runs it at ERROR unless GRPC_VERBOSITY says otherwise."""
+    import socket
+
+    from ..service.servicekit import issue_certificates
+    from .conftest import start_subprocess
+
+    certs = issue_certificates(tmp_path)
+    running = start_subprocess(tmp_path, "--tls-cert", str(certs["server-cert"]),
+                               "--tls-key", str(certs["server-key"]))
+    try:
+        host, port = running.tcp.rsplit(":", 1)
+        for _ in range(20):
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\0" * 64)
+                s.recv(1024)
+        time.sleep(0.5)
+    finally:
+        assert running.server.stop() == 0
+    log = running.server.log()
+    assert "serving" in log and "Handshake failed" not in log
