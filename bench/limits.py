@@ -4,7 +4,7 @@
                            [--history-windows 63] [--max-request-bytes N]
 
 Starts `python -m eplb_server` with the default limits (256 layers, 1024 experts, 2048 slots,
-64 windows, 64 MiB requests and responses), samples the resident memory of the server and its
+64 windows, 16 MiB requests, 64 MiB responses), samples the resident memory of the server and its
 children every 20 ms, and sends each case alone, then `--concurrent` copies of the largest
 request at once. Prints one table: request and response bytes, status, seconds, the server's
 peak RSS during the case and its RSS afterwards (the sidecar manifest's limit is sized on it).
@@ -60,7 +60,7 @@ def mapping(layers, experts=1024, slots=2048, seed=2):
         0, experts, slots - experts)])) for _ in range(layers)]).astype(np.int64)
 
 
-HISTORY_WINDOWS = [63]  # --history-windows: [63, 256, 1024] float32 is 63 MiB, under 64 MiB
+HISTORY_WINDOWS = [15]  # --history-windows: [15, 256, 1024] float32 is 15 MiB, under 16 MiB
 
 
 def largest_history():
@@ -77,8 +77,8 @@ CASES = {
     "hot256": lambda: request(hot(256)),
     "hot256-deepseek": lambda: request(hot(256), policy=pb.POLICY_DEEPSEEK),
     "lognormal256+current": lambda: request(lognormal((256, 1024)), current=mapping(256)),
-    "history63-sum": lambda: request(largest_history(), objective=pb.OBJECTIVE_SUM),
-    "history63-default": lambda: request(largest_history()),
+    "history-sum": lambda: request(largest_history(), objective=pb.OBJECTIVE_SUM),
+    "history-default": lambda: request(largest_history()),
 }
 
 
@@ -148,9 +148,9 @@ def main(argv=None):
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--concurrent", type=int, default=8,
                         help="copies of the largest request in flight at once (0: skip)")
-    parser.add_argument("--concurrent-case", default="history63-sum")
+    parser.add_argument("--concurrent-case", default="history-sum")
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--history-windows", type=int, default=63)
+    parser.add_argument("--history-windows", type=int, default=15)
     parser.add_argument("--max-request-bytes", type=int, default=None)
     args = parser.parse_args(argv)
     HISTORY_WINDOWS[0] = args.history_windows
