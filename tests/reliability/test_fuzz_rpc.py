@@ -321,7 +321,7 @@ def expect_planned_or_named(client, request, family, fields):
         named = {field for field, _ in violations(result)}
         assert named and named <= fields, (named, result.details())
     assert client.Rebalance(rebalance_request(GOOD), timeout=30).HasField("phy2log")
-    return code
+    return code, result
 
 
 EXTREME = st.one_of(st.sampled_from([0.0, TINY, 1e-300, 1.0, 40.0, 100.0, 100.0001, 1e35, 1e300,
@@ -345,8 +345,8 @@ def test_history_objectives_with_extreme_parameters(client, data, topology, wind
         policy=policy, expert_loads=to_tensor(weight),
         history=pb.HistoryOptions(objective=objective, robust_k=robust_k, half_life=half_life),
         log2phy_format=data.draw(st.sampled_from(FORMATS)))
-    code = expect_planned_or_named(client, request, "history",
-                                   {"history.robust_k", "history.half_life", "expert_loads"})
+    code, _ = expect_planned_or_named(client, request, "history",
+                                      {"history.robust_k", "history.half_life", "expert_loads"})
     if code != grpc.StatusCode.OK and robust_k <= 100 and weight.sum(axis=(0, 2)).max() \
             <= MAX_LAYER_LOAD:
         assert objective == pb.OBJECTIVE_ROBUST or windows == 1  # only robust_k can be too big
@@ -383,7 +383,14 @@ def test_degenerate_loads_plan(client, data, topology, layers, policy, with_curr
         rng = np.random.default_rng(data.draw(st.integers(0, 1 << 16)))
         request.current_phy2log.CopyFrom(to_tensor(random_mapping(rng, layers, experts, p)))
     over = weight.sum(axis=1).max() > MAX_LAYER_LOAD
-    expect_planned_or_named(client, request, "degenerate", {"expert_loads"} if over else set())
+    code, result = expect_planned_or_named(client, request, "degenerate",
+                                           {"expert_loads"} if over else set())
+    if code == grpc.StatusCode.OK:  # the plan scored on the same degenerate loads
+        scored = client.Evaluate(pb.EvaluateRequest(
+            topology=request.topology, expert_loads=tensor, phy2log=result.phy2log,
+            policy=policy), timeout=60)
+        OUTCOMES["degenerate_evaluate", "OK"] += 1
+        assert 0.0 <= scored.score.balancedness <= 1.0 + 1e-9
 
 
 @fuzz(4, share=0.02)  # plans at the limits take seconds each
