@@ -397,7 +397,7 @@ def threshold_counts(weight, num_slots, low, high, steps):
         # First just below `high`: where even that fails (most layers that the count search
         # already solved well), one test settles it.
         limit = high * (1.0 - SKIP_MARGIN) if step == 0 else 0.5 * (low + high)
-        if not (low < limit < high and limit > 0.0):
+        if not (low <= limit < high and limit > 0.0):
             break  # the interval no longer shrinks (subnormal loads): 0.5 * 5e-324 is 0.0
         if _fits(weight, num_slots, limit, counts, level, change, by_weight, by_level):
             high, best, best_limit = limit, counts.copy(), limit
