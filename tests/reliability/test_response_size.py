@@ -131,3 +131,29 @@ def test_bound_holds_for_packed_and_padded_worst_case(client):
     bound = response_bound(2, 8, 64, 1, current=False, padded_log2phy=True, packed=True,
                            itemsize=8)
     assert 0.5 * bound < response.ByteSize() <= bound
+
+
+@pytest.mark.parametrize("policy", ["deepseek", "global", "hierarchical"])
+def test_python_client_gets_the_engines_log2phy(fuzz_server, policy):
+    """eplb_client asks for the compact form and hands callers the engine's exact padded
+    log2phy (the reference's replica order under POLICY_DEEPSEEK), as int64."""
+    import torch
+    from eplb_client import EplbClient
+    from eplb_server.engine import api
+
+    weight = np.round(np.random.default_rng(5).lognormal(0, 2, (4, 32)) * 100)
+    shape = dict(num_replicas=96, num_groups=4, num_nodes=2, num_gpus=8)
+    with EplbClient(fuzz_server.addresses[0]) as client:
+        result = client.rebalance(weight, policy=policy, **shape)
+        raw = client.rebalance_raw(client_request(weight, policy, shape))
+    expected = api.plan(torch.from_numpy(weight), policy=policy, **shape)
+    assert raw.log2phy_format == pb.LOG2PHY_FORMAT_COMPACT and not raw.HasField("log2phy")
+    assert result.log2phy.dtype == np.int64
+    assert np.array_equal(result.log2phy, expected.log2phy.numpy())
+    assert np.array_equal(result.phy2log, expected.phy2log.numpy())
+
+
+def client_request(weight, policy, shape):
+    from eplb_client._request import rebalance_request
+
+    return rebalance_request(weight, policy=policy, **shape)
