@@ -96,6 +96,7 @@ def rebalance_request(loads, *, num_replicas, num_groups, num_nodes, num_gpus, p
             objective=_choice("history.objective", objective_value, objective),
             half_life=float(half_life), robust_k=float(robust_k)),
         mapping_dtype=pb.DTYPE_INT32,  # half the response; results are int64 (see results.py)
+        log2phy_format=pb.LOG2PHY_FORMAT_COMPACT,  # [L, P], not [L, E, W]: see results.py
     )
     field = "slot_loads" if slot_loads else "expert_loads"
     getattr(req, field).CopyFrom(_tensor(field, loads))

@@ -33,6 +33,30 @@ def _current_mapping_name(value: int) -> str:
     return "" if value == pb.CURRENT_MAPPING_UNSPECIFIED else name[len("CURRENT_MAPPING_"):].lower()
 
 
+def log2phy_from_ranks(phy2log: np.ndarray, replica_rank: np.ndarray,
+                       logcnt: np.ndarray) -> np.ndarray:
+    """log2phy [L, E, W] (-1 padded, W = max logcnt) from its compact form: phy2log [L, P],
+    replica_rank [L, P] (each slot's rank among its expert's replicas) and logcnt [L, E]."""
+    phy2log = np.asarray(phy2log, dtype=np.int64)
+    logcnt = np.asarray(logcnt, dtype=np.int64)
+    layers, slots = phy2log.shape
+    width = int(logcnt.max()) if logcnt.size else 1
+    out = np.full((layers, logcnt.shape[1], width), -1, np.int64)
+    out[np.arange(layers)[:, None], phy2log, np.asarray(replica_rank, dtype=np.int64)] = \
+        np.arange(slots)[None, :]
+    return out
+
+
+def _log2phy(r) -> np.ndarray:
+    """The response's padded log2phy, or the same rebuilt from its compact form."""
+    if not r.HasField("replica_rank"):  # servers before the compact form always pad
+        return _mapping(r.log2phy)
+    a = log2phy_from_ranks(from_tensor(r.phy2log), from_tensor(r.replica_rank),
+                           from_tensor(r.logcnt))
+    a.setflags(write=False)
+    return a
+
+
 def _plain(value):
     """Converts arrays and nested results to JSON-ready Python values."""
     if isinstance(value, np.ndarray):
@@ -147,7 +171,7 @@ class RebalanceResult(_AsDict):
     def from_proto(cls, r: pb.RebalanceResponse) -> "RebalanceResult":
         return cls(
             phy2log=_mapping(r.phy2log),
-            log2phy=_mapping(r.log2phy),
+            log2phy=_log2phy(r),
             logcnt=_mapping(r.logcnt),
             policy=names.policy_name(r.policy),
             objective=names.objective_name(r.objective),

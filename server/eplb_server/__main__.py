@@ -8,8 +8,12 @@ import logging
 import os
 import sys
 
-from .limits import Limits
-from .server import Config, resolve_device, serve
+# gRPC's core logs every failed TLS handshake and connection GOAWAY at INFO: a scan or a
+# misconfigured client floods the log. ERROR keeps real faults; set GRPC_VERBOSITY to see more.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from .limits import Limits  # noqa: E402 (after GRPC_VERBOSITY)
+from .server import Config, resolve_device, serve  # noqa: E402
 from .warmup import Shape
 
 
@@ -59,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
                    help="load-history windows T in a [T, L, E] request")
     p.add_argument("--max-request-bytes", type=int,
                    default=_env("MAX_REQUEST_BYTES", str(limits.max_request_bytes)))
+    p.add_argument("--max-response-bytes", type=int,
+                   default=_env("MAX_RESPONSE_BYTES", str(limits.max_response_bytes)),
+                   help="a response's worst case above this is RESOURCE_EXHAUSTED up front")
     p.add_argument("--tls-cert", default=_env("TLS_CERT", None), help="PEM server certificate")
     p.add_argument("--tls-key", default=_env("TLS_KEY", None), help="PEM server private key")
     p.add_argument("--tls-client-ca", default=_env("TLS_CLIENT_CA", None),
@@ -103,7 +110,8 @@ def config_from(args: argparse.Namespace) -> Config:
         max_concurrent=args.max_concurrent,
         limits=Limits(max_layers=args.max_layers, max_experts=args.max_experts,
                       max_replicas=args.max_replicas, max_windows=args.max_windows,
-                      max_request_bytes=args.max_request_bytes),
+                      max_request_bytes=args.max_request_bytes,
+                      max_response_bytes=args.max_response_bytes),
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
         reflection=not args.no_reflection, grace_period=args.grace_period,
         warmup_shapes=[] if shapes == ["none"] else shapes,

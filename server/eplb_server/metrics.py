@@ -18,6 +18,9 @@ _SIZE_BUCKETS = tuple(2 ** k for k in range(8, 28, 2))  # 256 B .. 64 MiB
 # The client's deadline fires a little before the server's copy of it (which starts when the
 # request arrives); the client then cancels. A cancel this close to the deadline is its expiry.
 _DEADLINE_SLACK = 0.05
+# gRPC sends a timeout in the grpc-timeout header rounded up (to 100 ms from 10 s, to 1 s from
+# 100 s, coarser beyond: about 1%), so the server's copy can end that much after the client's.
+_DEADLINE_ROUNDING = 0.02
 _POLICY_NAMES = {2: "hierarchical", 3: "global", 4: "deepseek"}  # eplb.v1.Policy values
 
 
@@ -128,10 +131,12 @@ def _rpc_type(handler) -> str:
     return "server_stream" if handler.response_streaming else "unary"
 
 
-def _final_code(context, error) -> grpc.StatusCode:
+def _final_code(context, error, timeout=None) -> grpc.StatusCode:
+    """timeout: the RPC's time remaining when it started (None: no deadline)."""
     if isinstance(error, asyncio.CancelledError):
         remaining = context.time_remaining()
-        expired = remaining is not None and remaining <= _DEADLINE_SLACK
+        slack = _DEADLINE_SLACK + _DEADLINE_ROUNDING * (timeout or 0.0)
+        expired = remaining is not None and remaining <= slack
         return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
     code = context.code()
     if isinstance(code, grpc.StatusCode):
@@ -166,26 +171,26 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         self.metrics.started.labels(*labels).inc()
         return time.perf_counter()
 
-    def _finish(self, labels, start, context, error):
-        code = go_code_name(_final_code(context, error))
+    def _finish(self, labels, start, context, error, timeout=None):
+        code = go_code_name(_final_code(context, error, timeout))
         self.metrics.handled.labels(*labels, code).inc()
         self.metrics.handling.labels(*labels).observe(time.perf_counter() - start)
 
     def _wrap_coroutine(self, behavior, labels):
         async def observed(request, context):
-            start, error = self._start(labels), None
+            start, error, timeout = self._start(labels), None, context.time_remaining()
             try:
                 return await behavior(request, context)
             except BaseException as e:
                 error = e
                 raise
             finally:
-                self._finish(labels, start, context, error)
+                self._finish(labels, start, context, error, timeout)
         return observed
 
     def _wrap_generator(self, behavior, labels):
         async def observed(request, context):
-            start, error = self._start(labels), None
+            start, error, timeout = self._start(labels), None, context.time_remaining()
             try:
                 async for response in behavior(request, context):
                     yield response
@@ -193,5 +198,5 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 error = e
                 raise
             finally:
-                self._finish(labels, start, context, error)
+                self._finish(labels, start, context, error, timeout)
         return observed

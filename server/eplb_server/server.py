@@ -19,8 +19,9 @@ from . import __version__
 from .coalescing import Coalescer
 from .engine_process import EngineFailed, ProcessEngine, Stopped, default_settings
 from .metrics import Metrics, MetricsInterceptor
-from .transport import SERVICE_NAME, PlacementTransport
 from .limits import Limits
+from .metrics_http import MetricsHTTPServer
+from .transport import SERVICE_NAME, PlacementTransport
 from .warmup import Shape
 from .worker import ThreadEngine
 
@@ -51,6 +52,17 @@ class Config:
     threads: int = 1  # the most threads one plan uses (parallel only for large requests)
     plan_time_limit: float = 120.0  # seconds; a worker still busy then is killed and restarted
     coalesce_seconds: float = 5.0  # identical requests within this time share one answer
+    # Connections (issue 22, case 6): idle ones are closed (GOAWAY), every one is recycled after
+    # its maximum age (in-flight RPCs get the grace to finish), at most max_connections are
+    # accepted per listener and max_streams RPCs run on one at a time; keepalive pings find
+    # peers that vanished without closing.
+    max_connection_idle: float = 300.0  # seconds
+    max_connection_age: float = 1800.0
+    max_connection_age_grace: float = 60.0
+    max_connections: int = 256
+    max_streams: int = 64
+    keepalive_time: float = 60.0
+    keepalive_timeout: float = 20.0
 
 
 def resolve_device(name: str):
@@ -66,6 +78,24 @@ def resolve_device(name: str):
     if name != "cpu":
         raise ValueError(f"unknown device {name!r}: use auto, cpu or cuda")
     return torch.device("cpu")
+
+
+def grpc_options(cfg: Config) -> list:
+    """The server's channel arguments: message sizes, connection lifetimes and caps."""
+    ms = lambda seconds: max(1, int(seconds * 1000))  # noqa: E731
+    return [
+        ("grpc.max_receive_message_length", cfg.limits.max_request_bytes),
+        ("grpc.max_send_message_length", cfg.limits.max_response_bytes),
+        ("grpc.max_connection_idle_ms", ms(cfg.max_connection_idle)),
+        ("grpc.max_connection_age_ms", ms(cfg.max_connection_age)),
+        ("grpc.max_connection_age_grace_ms", ms(cfg.max_connection_age_grace)),
+        ("grpc.max_allowed_incoming_connections", cfg.max_connections),
+        ("grpc.max_concurrent_streams", cfg.max_streams),
+        ("grpc.keepalive_time_ms", ms(cfg.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", ms(cfg.keepalive_timeout)),
+        # Clients' keepalive pings (ours send none) no more often than every 10 s.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
 
 
 def _read(path):
@@ -109,7 +139,7 @@ class PlacementServer:
 
         self._server = grpc.aio.server(
             interceptors=[MetricsInterceptor(metrics)],
-            options=[("grpc.max_receive_message_length", cfg.limits.max_request_bytes)])
+            options=grpc_options(cfg))
         self._server.add_generic_rpc_handlers((transport.handler(),))
         self._health = health.aio.HealthServicer()
         for service in ("", SERVICE_NAME):
@@ -125,10 +155,7 @@ class PlacementServer:
             os.umask(umask)
         await self._server.start()
         if cfg.metrics_port is not None:
-            from prometheus_client import start_http_server
-
-            self._http, _ = start_http_server(cfg.metrics_port, cfg.metrics_host,
-                                              registry=metrics.registry)
+            self._http = MetricsHTTPServer(metrics.registry, cfg.metrics_host, cfg.metrics_port)
             self.metrics_port = self._http.server_port
         log.info("eplb-server %s on %s (device %s, engine %s, metrics %s)", __version__,
                  ", ".join(self.addresses), cfg.device,

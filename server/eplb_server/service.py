@@ -37,7 +37,8 @@ _ENGINE_FIELDS = {
 class Outcome:
     """What a job returns across the process boundary: kind "ok" (data: the serialized
     response; summary: what metrics record), "invalid" or "undecodable" (violations: (field,
-    description)), or "error" (an engine fault: violations holds (type, traceback))."""
+    description)), "too_large" (the response's worst case is over the limit), or "error" (an
+    engine fault: violations holds (type, traceback))."""
 
     kind: str
     data: bytes = b""
@@ -151,6 +152,8 @@ class PlacementServicer:
             response = job(self, args)
         except InvalidRequest as e:
             return Outcome("invalid", violations=e.violations)
+        except validation.ResponseTooLarge as e:
+            return Outcome("too_large", violations=[("", str(e))])
         except EngineRejected as e:
             return Outcome("invalid", violations=[(_engine_field(str(e), method), str(e))])
         encoded = response.SerializeToString()
@@ -174,7 +177,8 @@ class PlacementServicer:
             max_moved_slots_per_layer=a.max_moved_slots_per_layer,
             max_moved_slots_total=a.max_moved_slots_total,
             min_balancedness_gain=a.min_balancedness_gain, from_scratch=a.from_scratch,
-            objective=a.objective, half_life=a.half_life, robust_k=a.robust_k)
+            objective=a.objective, half_life=a.half_life, robust_k=a.robust_k,
+            with_log2phy=a.log2phy)
         topology = (a.num_groups, a.num_nodes, a.num_gpus)
         bound = _bound_policy(plan.policy)
         plan_score = _engine_call(self.engine.evaluate, weight, plan.phy2log, *topology,
@@ -183,15 +187,19 @@ class PlacementServicer:
             self.engine.evaluate, weight, current, *topology, policy=bound,
             lower_bound=plan_score.layer_lower_bound))
         seconds = time.perf_counter() - start
-        phy2log, log2phy, logcnt = (_numpy(t).astype(a.mapping_dtype, copy=False)
-                                    for t in (plan.phy2log, plan.log2phy, plan.logcnt))
+        phy2log, logcnt = (_numpy(t).astype(a.mapping_dtype, copy=False)
+                           for t in (plan.phy2log, plan.logcnt))
         encode = _packed_tensor if a.packed else to_tensor
         response = pb.RebalanceResponse(
-            phy2log=encode(phy2log), log2phy=encode(log2phy), logcnt=encode(logcnt),
+            phy2log=encode(phy2log), logcnt=encode(logcnt),
             policy=_POLICY_ENUM[plan.policy], plan=score_message(plan_score),
             objective=_OBJECTIVE_ENUM[plan.objective], compute_seconds=seconds,
             device=str(self.device), current_mapping=a.current_mapping,
-            current_empty_slots=a.current_empty_slots)
+            current_empty_slots=a.current_empty_slots,
+            log2phy_format=pb.LOG2PHY_FORMAT_PADDED if a.log2phy else pb.LOG2PHY_FORMAT_COMPACT)
+        log2phy = response.log2phy if a.log2phy else response.replica_rank
+        log2phy.CopyFrom(encode(_numpy(plan.log2phy if a.log2phy else plan.replica_rank)
+                                .astype(a.mapping_dtype, copy=False)))
         if current_score is not None:
             response.current.CopyFrom(score_message(current_score))
         if plan.migration is not None:

@@ -11,6 +11,7 @@ from eplb_client.tensors import TensorError, from_tensor
 from eplb_client.v1 import placement_pb2 as pb
 
 from .engine.api import MAX_LAYER_LOAD
+from .engine.history import MAX_ROBUST_K
 from .limits import MAX_DIMENSION, MAX_REQUEST_BYTES, Limits  # noqa: F401 (re-exported)
 
 POLICIES = {
@@ -32,6 +33,44 @@ _LOAD_DTYPES = (pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT64) + _INT_DTYPES
 MAPPING_DTYPES = {pb.DTYPE_UNSPECIFIED: "int64", pb.DTYPE_INT64: "int64", pb.DTYPE_INT32: "int32"}
 EMPTY_SLOT = -1  # vLLM's and SGLang's mark for a slot that holds no expert
 MAX_MODEL_NAME = 256
+# LOG2PHY_FORMAT_UNSPECIFIED sends the padded log2phy only where the worst-case response fits
+# gRPC's default client receive limit: a default client can always read a default answer.
+DEFAULT_PADDED_RESPONSE_BYTES = 4 << 20
+LOG2PHY_FORMATS = {pb.LOG2PHY_FORMAT_UNSPECIFIED: "auto", pb.LOG2PHY_FORMAT_PADDED: "padded",
+                   pb.LOG2PHY_FORMAT_COMPACT: "compact"}
+
+
+class ResponseTooLarge(Exception):
+    """The response's worst case exceeds Limits.max_response_bytes: RESOURCE_EXHAUSTED."""
+
+
+def _tensor_bytes(entries: int, packed: bool, itemsize: int) -> int:
+    """Worst-case encoded size of a Tensor holding `entries` integers in [-1, 2**21)."""
+    per_entry = 10 if packed else itemsize  # a packed -1 is a ten-byte varint
+    return entries * per_entry + 64  # tags, dtype, shape, length prefixes
+
+
+def response_bound(layers: int, experts: int, slots: int, windows: int, *, current: bool,
+                   padded_log2phy: bool, packed: bool, itemsize: int) -> int:
+    """An upper bound on a RebalanceResponse's encoded size, from the request's shapes alone.
+
+    log2phy's width is at most P - E + 1 (every spare slot on one expert); its compact form,
+    replica_rank, is [L, P]; a migration has at most one transfer per slot (each at most 20
+    bytes, see wire.py).
+    """
+    size = _tensor_bytes(layers * slots, packed, itemsize)  # phy2log
+    size += _tensor_bytes(layers * experts, packed, itemsize)  # logcnt
+    if padded_log2phy:
+        size += _tensor_bytes(layers * experts * (slots - experts + 1), packed, itemsize)
+    else:
+        size += _tensor_bytes(layers * slots, packed, itemsize)  # replica_rank
+    score = 3 * (layers * 8 + 8) + windows * 8 + 64  # three [L] doubles, window balancedness
+    size += score * (2 if current else 1)
+    if current:
+        size += layers * (4 + 1 + 2 * 8) + 64 + layers * slots * 20  # per layer + transfers
+    return size + 256  # enums, compute_seconds, device
+
+
 class InvalidRequest(ValueError):
     """A request that cannot be served; `violations` is a list of (field path, description)."""
 
@@ -62,6 +101,7 @@ class RebalanceArgs:
     mapping_dtype: str = "int64"  # of the response's phy2log, log2phy and logcnt
     current_mapping: int = pb.CURRENT_MAPPING_UNSPECIFIED  # what became of current_phy2log
     current_empty_slots: int = 0  # its -1 entries
+    log2phy: bool = True  # send the padded log2phy (LOG2PHY_FORMAT_PADDED), else replica_rank
 
 
 @dataclass(frozen=True)
@@ -249,7 +289,32 @@ def _history_options(h):
         value = getattr(h, name)
         if not (math.isfinite(value) and value >= 0):
             violations.append((f"history.{name}", "must be finite and non-negative (0: default)"))
+    if h.robust_k > MAX_ROBUST_K:  # the engine checks it too, and the reduced loads
+        violations.append(("history.robust_k", f"must be at most {MAX_ROBUST_K:g} standard "
+                           f"deviations, got {h.robust_k:g}"))
     return violations
+
+
+def _log2phy_format(value):
+    if value not in LOG2PHY_FORMATS:
+        _fail("log2phy_format", f"unknown format {value}")
+    return LOG2PHY_FORMATS[value]
+
+
+def _padded_log2phy(fmt, layers, experts, slots, windows, current, packed, itemsize, limits):
+    """Whether to send the padded log2phy (else replica_rank); ResponseTooLarge when the
+    chosen format's worst case exceeds the limit."""
+    def bound(padded):
+        return response_bound(layers, experts, slots, windows, current=current,
+                              padded_log2phy=padded, packed=packed, itemsize=itemsize)
+    if fmt == "auto":
+        return bound(True) <= min(DEFAULT_PADDED_RESPONSE_BYTES, limits.max_response_bytes)
+    worst = bound(fmt == "padded")
+    if worst > limits.max_response_bytes:
+        hint = " (LOG2PHY_FORMAT_COMPACT sends log2phy in [L, P])" if fmt == "padded" else ""
+        raise ResponseTooLarge(f"the response could take up to {worst} bytes, over the server's "
+                               f"limit of {limits.max_response_bytes}{hint}")
+    return fmt == "padded"
 
 
 def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceArgs:
@@ -270,6 +335,7 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
     _raise_any(violations)
     policy = _policy(request.policy)
     mapping_dtype = _mapping_dtype(request.mapping_dtype)
+    log2phy_format = _log2phy_format(request.log2phy_format)
     p = topo.num_replicas
 
     which = request.WhichOneof("loads")
@@ -315,6 +381,10 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
         k = 1  # a global plan ignores groups; the reference does not check them there
     _check_divisions(p, k, n, topo.num_gpus, e, policy, violations)
     _raise_any(violations)
+    packed = not getattr(request, which).data
+    padded = _padded_log2phy(log2phy_format, layers, e, p, shape[0] if len(shape) == 3 else 1,
+                             phy2log is not None, packed, 4 if mapping_dtype == "int32" else 8,
+                             limits)
 
     loads = _decode(getattr(request, which), which)
     _check_loads(loads, which)
@@ -336,8 +406,8 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
         from_scratch=m.from_scratch, max_moved_slots_per_layer=m.max_moved_slots_per_layer,
         max_moved_slots_total=m.max_moved_slots_total,
         min_balancedness_gain=m.min_balancedness_gain, objective=OBJECTIVES[h.objective],
-        half_life=h.half_life, robust_k=h.robust_k, packed=not getattr(request, which).data,
-        mapping_dtype=mapping_dtype, current_mapping=current_mapping,
+        half_life=h.half_life, robust_k=h.robust_k, packed=packed,
+        mapping_dtype=mapping_dtype, log2phy=padded, current_mapping=current_mapping,
         current_empty_slots=empty_slots)
 
 

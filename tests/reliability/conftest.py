@@ -52,3 +52,15 @@ def fuzz_server():
     running.wait_warm()
     yield running
     running.close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The RPC fuzz suite's outcomes, per family of inputs and status code."""
+    from .outcomes import OUTCOMES
+
+    if not OUTCOMES:
+        return
+    terminalreporter.section("RPC fuzz outcomes")
+    for (family, code), count in sorted(OUTCOMES.items()):
+        terminalreporter.write_line(f"{family:<24} {code:<20} {count:>7}")
+    terminalreporter.write_line(f"{'total':<45} {sum(OUTCOMES.values()):>7}")

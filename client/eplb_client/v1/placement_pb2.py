@@ -14,21 +14,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65plb/v1/placement.proto\x12\x07\x65plb.v1\"n\n\x06Tensor\x12\x1d\n\x05\x64type\x18\x01 \x01(\x0e\x32\x0e.eplb.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x14\n\x0c\x66loat_values\x18\x04 \x03(\x01\x12\x12\n\nint_values\x18\x05 \x03(\x03\"v\n\x08Topology\x12\x14\n\x0cnum_replicas\x18\x01 \x01(\x05\x12\x12\n\nnum_groups\x18\x02 \x01(\x05\x12\x11\n\tnum_nodes\x18\x03 \x01(\x05\x12\x10\n\x08num_gpus\x18\x04 \x01(\x05\x12\x1b\n\x13num_logical_experts\x18\x05 \x01(\x05\"\x89\x01\n\x10MigrationOptions\x12\x14\n\x0c\x66rom_scratch\x18\x01 \x01(\x08\x12!\n\x19max_moved_slots_per_layer\x18\x02 \x01(\x05\x12\x1d\n\x15max_moved_slots_total\x18\x03 \x01(\x03\x12\x1d\n\x15min_balancedness_gain\x18\x04 \x01(\x01\"\\\n\x0eHistoryOptions\x12%\n\tobjective\x18\x01 \x01(\x0e\x32\x12.eplb.v1.Objective\x12\x11\n\thalf_life\x18\x02 \x01(\x01\x12\x10\n\x08robust_k\x18\x03 \x01(\x01\"\xe9\x02\n\x10RebalanceRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x08topology\x18\x02 \x01(\x0b\x32\x11.eplb.v1.Topology\x12\x1f\n\x06policy\x18\x03 \x01(\x0e\x32\x0f.eplb.v1.Policy\x12\'\n\x0c\x65xpert_loads\x18\x04 \x01(\x0b\x32\x0f.eplb.v1.TensorH\x00\x12%\n\nslot_loads\x18\x05 \x01(\x0b\x32\x0f.eplb.v1.TensorH\x00\x12(\n\x0f\x63urrent_phy2log\x18\x06 \x01(\x0b\x32\x0f.eplb.v1.Tensor\x12,\n\tmigration\x18\x07 \x01(\x0b\x32\x19.eplb.v1.MigrationOptions\x12(\n\x07history\x18\x08 \x01(\x0b\x32\x17.eplb.v1.HistoryOptions\x12%\n\rmapping_dtype\x18\t \x01(\x0e\x32\x0e.eplb.v1.DTypeB\x07\n\x05loads\"\xac\x01\n\x05Score\x12\x14\n\x0c\x62\x61lancedness\x18\x01 \x01(\x01\x12\x1a\n\x12layer_balancedness\x18\x02 \x03(\x01\x12\x16\n\x0elayer_max_load\x18\x03 \x03(\x01\x12\x19\n\x11layer_lower_bound\x18\x04 \x03(\x01\x12\x10\n\x08mean_gap\x18\x05 \x01(\x01\x12\x0f\n\x07max_gap\x18\x06 \x01(\x01\x12\x1b\n\x13window_balancedness\x18\x07 \x03(\x01\"d\n\x0cSlotTransfer\x12\r\n\x05layer\x18\x01 \x01(\x05\x12\x0c\n\x04slot\x18\x02 \x01(\x05\x12\x0e\n\x06\x65xpert\x18\x03 \x01(\x05\x12\x13\n\x0bsource_slot\x18\x04 \x01(\x05\x12\x12\n\ncross_node\x18\x05 \x01(\x08\"\x86\x02\n\tMigration\x12\x15\n\rslots_changed\x18\x01 \x01(\x03\x12\x19\n\x11\x63ross_node_copies\x18\x02 \x01(\x03\x12\x1b\n\x13layer_slots_changed\x18\x03 \x03(\x05\x12\x15\n\rlayer_changed\x18\x04 \x03(\x08\x12$\n\x1clayers_kept_for_lack_of_gain\x18\x05 \x01(\x05\x12(\n\ttransfers\x18\x06 \x03(\x0b\x32\x15.eplb.v1.SlotTransfer\x12!\n\x19layer_balancedness_before\x18\x07 \x03(\x01\x12 \n\x18layer_balancedness_after\x18\x08 \x03(\x01\"\x9e\x03\n\x11RebalanceResponse\x12 \n\x07phy2log\x18\x01 \x01(\x0b\x32\x0f.eplb.v1.Tensor\x12 \n\x07log2phy\x18\x02 \x01(\x0b\x32\x0f.eplb.v1.Tensor\x12\x1f\n\x06logcnt\x18\x03 \x01(\x0b\x32\x0f.eplb.v1.Tensor\x12\x1f\n\x06policy\x18\x04 \x01(\x0e\x32\x0f.eplb.v1.Policy\x12\x1c\n\x04plan\x18\x05 \x01(\x0b\x32\x0e.eplb.v1.Score\x12\x1f\n\x07\x63urrent\x18\x06 \x01(\x0b\x32\x0e.eplb.v1.Score\x12%\n\tmigration\x18\x07 \x01(\x0b\x32\x12.eplb.v1.Migration\x12%\n\tobjective\x18\x08 \x01(\x0e\x32\x12.eplb.v1.Objective\x12\x17\n\x0f\x63ompute_seconds\x18\t \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\x30\n\x0f\x63urrent_mapping\x18\x0b \x01(\x0e\x32\x17.eplb.v1.CurrentMapping\x12\x1b\n\x13\x63urrent_empty_slots\x18\x0c \x01(\x03\"\xa0\x01\n\x0f\x45valuateRequest\x12#\n\x08topology\x18\x01 \x01(\x0b\x32\x11.eplb.v1.Topology\x12%\n\x0c\x65xpert_loads\x18\x02 \x01(\x0b\x32\x0f.eplb.v1.Tensor\x12 \n\x07phy2log\x18\x03 \x01(\x0b\x32\x0f.eplb.v1.Tensor\x12\x1f\n\x06policy\x18\x04 \x01(\x0e\x32\x0f.eplb.v1.Policy\"R\n\x10\x45valuateResponse\x12\x1d\n\x05score\x18\x01 \x01(\x0b\x32\x0e.eplb.v1.Score\x12\x1f\n\x06policy\x18\x02 \x01(\x0e\x32\x0f.eplb.v1.Policy*f\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x0f\n\x0b\x44TYPE_INT32\x10\x03\x12\x0f\n\x0b\x44TYPE_INT64\x10\x04*r\n\x06Policy\x12\x16\n\x12POLICY_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPOLICY_AUTO\x10\x01\x12\x17\n\x13POLICY_HIERARCHICAL\x10\x02\x12\x11\n\rPOLICY_GLOBAL\x10\x03\x12\x13\n\x0fPOLICY_DEEPSEEK\x10\x04*\x83\x01\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\x11\n\rOBJECTIVE_SUM\x10\x01\x12\x1b\n\x17OBJECTIVE_EXPECTED_PEAK\x10\x02\x12\x15\n\x11OBJECTIVE_RECENCY\x10\x03\x12\x14\n\x10OBJECTIVE_ROBUST\x10\x04*\x90\x01\n\x0e\x43urrentMapping\x12\x1f\n\x1b\x43URRENT_MAPPING_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43URRENT_MAPPING_USED\x10\x01\x12&\n\"CURRENT_MAPPING_EMPTY_SLOTS_FILLED\x10\x02\x12\x1b\n\x17\x43URRENT_MAPPING_IGNORED\x10\x03\x32\x97\x01\n\x10PlacementService\x12\x42\n\tRebalance\x12\x19.eplb.v1.RebalanceRequest\x1a\x1a.eplb.v1.RebalanceResponse\x12?\n\x08\x45valuate\x12\x18.eplb.v1.EvaluateRequest\x1a\x19.eplb.v1.EvaluateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65plb/v1/placement.proto\x12\x07\x65plb.v1\"n\n\x06Tensor\x12\x1d\n\x05\x64type\x18\x01 \x01(\x0e\x32\x0e.eplb.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x14\n\x0c\x66loat_values\x18\x04 \x03(\x01\x12\x12\n\nint_values\x18\x05 \x03(\x03\"v\n\x08Topology\x12\x14\n\x0cnum_replicas\x18\x01 \x01(\x05\x12\x12\n\nnum_groups\x18\x02 \x01(\x05\x12\x11\n\tnum_nodes\x18\x03 \x01(\x05\x12\x10\n\x08num_gpus\x18\x04 \x01(\x05\x12\x1b\n\x13num_logical_experts\x18\x05 \x01(\x05\"\x89\x01\n\x10MigrationOptions\x12\x14\n\x0c\x66rom_scratch\x18\x01 \x01(\x08\x12!\n\x19max_moved_slots_per_layer\x18\x02 \x01(\x05\x12\x1d\n\x15max_moved_slots_total\x18\x03 \x01(\x03\x12\x1d\n\x15min_balancedness_gain\x18\x04 \x01(\x01\"\\\n\x0eHistoryOptions\x12%\n\tobjective\x18\x01 \x01(\x0e\x32\x12.eplb.v1.Objective\x12\x11\n\thalf_life\x18\x02 \x01(\x01\x12\x10\n\x08robust_k\x18\x03 \x01(\x01\"\x99\x03\n\x10RebalanceRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x08topology\x18\x02 \x01(\x0b\x32\x11.eplb.v1.Topology\x12\x1f\n\x06policy\x18\x03 \x01(\x0e\x32\x0f.eplb.v1.Policy\x12\'\n\x0c\x65xpert_loads\x18\x04 \x01(\x0b\x32\x0f.eplb.v1.TensorH\x00\x12%\n\nslot_loads\x18\x05 \x01(\x0b\x32\x0f.eplb.v1.TensorH\x00\x12(\n\x0f\x63urrent_phy2log\x18\x06 \x01(\x0b\x32\x0f.eplb.v1.Tensor\x12,\n\tmigration\x18\x07 \x01(\x0b\x32\x19.eplb.v1.MigrationOptions\x12(\n\x07history\x18\x08 \x01(\x0b\x32\x17.eplb.v1.HistoryOptions\x12%\n\rmapping_dtype\x18\t \x01(\x0e\x32\x0e.eplb.v1.DType\x12.\n\x0elog2phy_format\x18\n \x01(\x0e\x32\x16.eplb.v1.Log2PhyFormatB\x07\n\x05loads\"\xac\x01\n\x05Score\x12\x14\n\x0c\x62\x61lancedness\x18\x01 \x01(\x01\x12\x1a\n\x12layer_balancedness\x18\x02 \x03(\x01\x12\x16\n\x0elayer_max_load\x18\x03 \x03(\x01\x12\x19\n\x11layer_lower_bound\x18\x04 \x03(\x01\x12\x10\n\x08mean_gap\x18\x05 \x01(\x01\x12\x0f\n\x07max_gap\x18\x06 \x01(\x01\x12\x1b\n\x13window_balancedness\x18\x07 \x03(\x01\"d\n\x0cSlotTransfer\x12\r\n\x05layer\x18\x01 \x01(\x05\x12\x0c\n\x04slot\x18\x02 \x01(\x05\x12\x0e\n\x06\x65xpert\x18\x03 \x01(\x05\x12\x13\n\x0bsource_slot\x18\x04 \x01(\x05\x12\x12\n\ncross_node\x18\x05 \x01(\x08\"\x86\x02\n\tMigration\x12\x15\n\rslots_changed\x18\x01 \x01(\x03\x12\x19\n\x11\x63ross_node_copies\x18\x02 \x01(\x03\x12\x1b\n\x13layer_slots_changed\x18\x03 \x03(\x05\x12\x15\n\rlayer_changed\x18\x04 \x03(\x08\x12$\n\x1clayers_kept_for_lack_of_gain\x18\x05 \x01(\x05\x12(\n\ttransfers\x18\x06 \x03(\x0b\x32\x15.eplb.v1.SlotTransfer\x12!\n\x19layer_balancedness_before\x18\x07 \x03(\x01\x12 \n\x18layer_balancedness_after\x18\x08 \x03(\x01\"\xf5\x03\n\x11RebalanceResponse\x12 \n\x07phy2log\x18\x01 \x01(\x0b\x32\x0f.eplb.v1.Tensor\x12 \n\x07log2phy\x18\x02 \x01(\x0b\x32\x0f.eplb.v1.Tensor\x12\x1f\n\x06logcnt\x18\x03 \x01(\x0b\x32\x0f.eplb.v1.Tensor\x12\x1f\n\x06policy\x18\x04 \x01(\x0e\x32\x0f.eplb.v1.Policy\x12\x1c\n\x04plan\x18\x05 \x01(\x0b\x32\x0e.eplb.v1.Score\x12\x1f\n\x07\x63urrent\x18\x06 \x01(\x0b\x32\x0e.eplb.v1.Score\x12%\n\tmigration\x18\x07 \x01(\x0b\x32\x12.eplb.v1.Migration\x12%\n\tobjective\x18\x08 \x01(\x0e\x32\x12.eplb.v1.Objective\x12\x17\n\x0f\x63ompute_seconds\x18\t \x01(\x01\x12\x0e\n\x06\x64\x65vice\x18\n \x01(\t\x12\x30\n\x0f\x63urrent_mapping\x18\x0b \x01(\x0e\x32\x17.eplb.v1.CurrentMapping\x12\x1b\n\x13\x63urrent_empty_slots\x18\x0c \x01(\x03\x12.\n\x0elog2phy_format\x18\r \x01(\x0e\x32\x16.eplb.v1.Log2PhyFormat\x12%\n\x0creplica_rank\x18\x0e \x01(\x0b\x32\x0f.eplb.v1.Tensor\"\xa0\x01\n\x0f\x45valuateRequest\x12#\n\x08topology\x18\x01 \x01(\x0b\x32\x11.eplb.v1.Topology\x12%\n\x0c\x65xpert_loads\x18\x02 \x01(\x0b\x32\x0f.eplb.v1.Tensor\x12 \n\x07phy2log\x18\x03 \x01(\x0b\x32\x0f.eplb.v1.Tensor\x12\x1f\n\x06policy\x18\x04 \x01(\x0e\x32\x0f.eplb.v1.Policy\"R\n\x10\x45valuateResponse\x12\x1d\n\x05score\x18\x01 \x01(\x0b\x32\x0e.eplb.v1.Score\x12\x1f\n\x06policy\x18\x02 \x01(\x0e\x32\x0f.eplb.v1.Policy*f\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT64\x10\x02\x12\x0f\n\x0b\x44TYPE_INT32\x10\x03\x12\x0f\n\x0b\x44TYPE_INT64\x10\x04*r\n\x06Policy\x12\x16\n\x12POLICY_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPOLICY_AUTO\x10\x01\x12\x17\n\x13POLICY_HIERARCHICAL\x10\x02\x12\x11\n\rPOLICY_GLOBAL\x10\x03\x12\x13\n\x0fPOLICY_DEEPSEEK\x10\x04*\x83\x01\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\x11\n\rOBJECTIVE_SUM\x10\x01\x12\x1b\n\x17OBJECTIVE_EXPECTED_PEAK\x10\x02\x12\x15\n\x11OBJECTIVE_RECENCY\x10\x03\x12\x14\n\x10OBJECTIVE_ROBUST\x10\x04*f\n\rLog2PhyFormat\x12\x1e\n\x1aLOG2PHY_FORMAT_UNSPECIFIED\x10\x00\x12\x19\n\x15LOG2PHY_FORMAT_PADDED\x10\x01\x12\x1a\n\x16LOG2PHY_FORMAT_COMPACT\x10\x02*\x90\x01\n\x0e\x43urrentMapping\x12\x1f\n\x1b\x43URRENT_MAPPING_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43URRENT_MAPPING_USED\x10\x01\x12&\n\"CURRENT_MAPPING_EMPTY_SLOTS_FILLED\x10\x02\x12\x1b\n\x17\x43URRENT_MAPPING_IGNORED\x10\x03\x32\x97\x01\n\x10PlacementService\x12\x42\n\tRebalance\x12\x19.eplb.v1.RebalanceRequest\x1a\x1a.eplb.v1.RebalanceResponse\x12?\n\x08\x45valuate\x12\x18.eplb.v1.EvaluateRequest\x1a\x19.eplb.v1.EvaluateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eplb.v1.placement_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
-  _globals['_DTYPE']._serialized_start=2072
-  _globals['_DTYPE']._serialized_end=2174
-  _globals['_POLICY']._serialized_start=2176
-  _globals['_POLICY']._serialized_end=2290
-  _globals['_OBJECTIVE']._serialized_start=2293
-  _globals['_OBJECTIVE']._serialized_end=2424
-  _globals['_CURRENTMAPPING']._serialized_start=2427
-  _globals['_CURRENTMAPPING']._serialized_end=2571
+  _globals['_DTYPE']._serialized_start=2207
+  _globals['_DTYPE']._serialized_end=2309
+  _globals['_POLICY']._serialized_start=2311
+  _globals['_POLICY']._serialized_end=2425
+  _globals['_OBJECTIVE']._serialized_start=2428
+  _globals['_OBJECTIVE']._serialized_end=2559
+  _globals['_LOG2PHYFORMAT']._serialized_start=2561
+  _globals['_LOG2PHYFORMAT']._serialized_end=2663
+  _globals['_CURRENTMAPPING']._serialized_start=2666
+  _globals['_CURRENTMAPPING']._serialized_end=2810
   _globals['_TENSOR']._serialized_start=36
   _globals['_TENSOR']._serialized_end=146
   _globals['_TOPOLOGY']._serialized_start=148
@@ -38,19 +40,19 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_HISTORYOPTIONS']._serialized_start=408
   _globals['_HISTORYOPTIONS']._serialized_end=500
   _globals['_REBALANCEREQUEST']._serialized_start=503
-  _globals['_REBALANCEREQUEST']._serialized_end=864
-  _globals['_SCORE']._serialized_start=867
-  _globals['_SCORE']._serialized_end=1039
-  _globals['_SLOTTRANSFER']._serialized_start=1041
-  _globals['_SLOTTRANSFER']._serialized_end=1141
-  _globals['_MIGRATION']._serialized_start=1144
-  _globals['_MIGRATION']._serialized_end=1406
-  _globals['_REBALANCERESPONSE']._serialized_start=1409
-  _globals['_REBALANCERESPONSE']._serialized_end=1823
-  _globals['_EVALUATEREQUEST']._serialized_start=1826
-  _globals['_EVALUATEREQUEST']._serialized_end=1986
-  _globals['_EVALUATERESPONSE']._serialized_start=1988
-  _globals['_EVALUATERESPONSE']._serialized_end=2070
-  _globals['_PLACEMENTSERVICE']._serialized_start=2574
-  _globals['_PLACEMENTSERVICE']._serialized_end=2725
+  _globals['_REBALANCEREQUEST']._serialized_end=912
+  _globals['_SCORE']._serialized_start=915
+  _globals['_SCORE']._serialized_end=1087
+  _globals['_SLOTTRANSFER']._serialized_start=1089
+  _globals['_SLOTTRANSFER']._serialized_end=1189
+  _globals['_MIGRATION']._serialized_start=1192
+  _globals['_MIGRATION']._serialized_end=1454
+  _globals['_REBALANCERESPONSE']._serialized_start=1457
+  _globals['_REBALANCERESPONSE']._serialized_end=1958
+  _globals['_EVALUATEREQUEST']._serialized_start=1961
+  _globals['_EVALUATEREQUEST']._serialized_end=2121
+  _globals['_EVALUATERESPONSE']._serialized_start=2123
+  _globals['_EVALUATERESPONSE']._serialized_end=2205
+  _globals['_PLACEMENTSERVICE']._serialized_start=2813
+  _globals['_PLACEMENTSERVICE']._serialized_end=2964
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,12 @@ class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OBJECTIVE_RECENCY: _ClassVar[Objective]
     OBJECTIVE_ROBUST: _ClassVar[Objective]
 
+class Log2PhyFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOG2PHY_FORMAT_UNSPECIFIED: _ClassVar[Log2PhyFormat]
+    LOG2PHY_FORMAT_PADDED: _ClassVar[Log2PhyFormat]
+    LOG2PHY_FORMAT_COMPACT: _ClassVar[Log2PhyFormat]
+
 class CurrentMapping(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CURRENT_MAPPING_UNSPECIFIED: _ClassVar[CurrentMapping]
@@ -51,6 +57,9 @@ OBJECTIVE_SUM: Objective
 OBJECTIVE_EXPECTED_PEAK: Objective
 OBJECTIVE_RECENCY: Objective
 OBJECTIVE_ROBUST: Objective
+LOG2PHY_FORMAT_UNSPECIFIED: Log2PhyFormat
+LOG2PHY_FORMAT_PADDED: Log2PhyFormat
+LOG2PHY_FORMAT_COMPACT: Log2PhyFormat
 CURRENT_MAPPING_UNSPECIFIED: CurrentMapping
 CURRENT_MAPPING_USED: CurrentMapping
 CURRENT_MAPPING_EMPTY_SLOTS_FILLED: CurrentMapping
@@ -107,7 +116,7 @@ class HistoryOptions(_message.Message):
     def __init__(self, objective: _Optional[_Union[Objective, str]] = ..., half_life: _Optional[float] = ..., robust_k: _Optional[float] = ...) -> None: ...
 
 class RebalanceRequest(_message.Message):
-    __slots__ = ("model", "topology", "policy", "expert_loads", "slot_loads", "current_phy2log", "migration", "history", "mapping_dtype")
+    __slots__ = ("model", "topology", "policy", "expert_loads", "slot_loads", "current_phy2log", "migration", "history", "mapping_dtype", "log2phy_format")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +126,7 @@ class RebalanceRequest(_message.Message):
     MIGRATION_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     MAPPING_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    LOG2PHY_FORMAT_FIELD_NUMBER: _ClassVar[int]
     model: str
     topology: Topology
     policy: Policy
@@ -126,7 +136,8 @@ class RebalanceRequest(_message.Message):
     migration: MigrationOptions
     history: HistoryOptions
     mapping_dtype: DType
-    def __init__(self, model: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., expert_loads: _Optional[_Union[Tensor, _Mapping]] = ..., slot_loads: _Optional[_Union[Tensor, _Mapping]] = ..., current_phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., migration: _Optional[_Union[MigrationOptions, _Mapping]] = ..., history: _Optional[_Union[HistoryOptions, _Mapping]] = ..., mapping_dtype: _Optional[_Union[DType, str]] = ...) -> None: ...
+    log2phy_format: Log2PhyFormat
+    def __init__(self, model: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., expert_loads: _Optional[_Union[Tensor, _Mapping]] = ..., slot_loads: _Optional[_Union[Tensor, _Mapping]] = ..., current_phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., migration: _Optional[_Union[MigrationOptions, _Mapping]] = ..., history: _Optional[_Union[HistoryOptions, _Mapping]] = ..., mapping_dtype: _Optional[_Union[DType, str]] = ..., log2phy_format: _Optional[_Union[Log2PhyFormat, str]] = ...) -> None: ...
 
 class Score(_message.Message):
     __slots__ = ("balancedness", "layer_balancedness", "layer_max_load", "layer_lower_bound", "mean_gap", "max_gap", "window_balancedness")
@@ -181,7 +192,7 @@ class Migration(_message.Message):
     def __init__(self, slots_changed: _Optional[int] = ..., cross_node_copies: _Optional[int] = ..., layer_slots_changed: _Optional[_Iterable[int]] = ..., layer_changed: _Optional[_Iterable[bool]] = ..., layers_kept_for_lack_of_gain: _Optional[int] = ..., transfers: _Optional[_Iterable[_Union[SlotTransfer, _Mapping]]] = ..., layer_balancedness_before: _Optional[_Iterable[float]] = ..., layer_balancedness_after: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RebalanceResponse(_message.Message):
-    __slots__ = ("phy2log", "log2phy", "logcnt", "policy", "plan", "current", "migration", "objective", "compute_seconds", "device", "current_mapping", "current_empty_slots")
+    __slots__ = ("phy2log", "log2phy", "logcnt", "policy", "plan", "current", "migration", "objective", "compute_seconds", "device", "current_mapping", "current_empty_slots", "log2phy_format", "replica_rank")
     PHY2LOG_FIELD_NUMBER: _ClassVar[int]
     LOG2PHY_FIELD_NUMBER: _ClassVar[int]
     LOGCNT_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +205,8 @@ class RebalanceResponse(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     CURRENT_MAPPING_FIELD_NUMBER: _ClassVar[int]
     CURRENT_EMPTY_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    LOG2PHY_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_RANK_FIELD_NUMBER: _ClassVar[int]
     phy2log: Tensor
     log2phy: Tensor
     logcnt: Tensor
@@ -206,7 +219,9 @@ class RebalanceResponse(_message.Message):
     device: str
     current_mapping: CurrentMapping
     current_empty_slots: int
-    def __init__(self, phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., log2phy: _Optional[_Union[Tensor, _Mapping]] = ..., logcnt: _Optional[_Union[Tensor, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., plan: _Optional[_Union[Score, _Mapping]] = ..., current: _Optional[_Union[Score, _Mapping]] = ..., migration: _Optional[_Union[Migration, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., compute_seconds: _Optional[float] = ..., device: _Optional[str] = ..., current_mapping: _Optional[_Union[CurrentMapping, str]] = ..., current_empty_slots: _Optional[int] = ...) -> None: ...
+    log2phy_format: Log2PhyFormat
+    replica_rank: Tensor
+    def __init__(self, phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., log2phy: _Optional[_Union[Tensor, _Mapping]] = ..., logcnt: _Optional[_Union[Tensor, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., plan: _Optional[_Union[Score, _Mapping]] = ..., current: _Optional[_Union[Score, _Mapping]] = ..., migration: _Optional[_Union[Migration, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., compute_seconds: _Optional[float] = ..., device: _Optional[str] = ..., current_mapping: _Optional[_Union[CurrentMapping, str]] = ..., current_empty_slots: _Optional[int] = ..., log2phy_format: _Optional[_Union[Log2PhyFormat, str]] = ..., replica_rank: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("topology", "expert_loads", "phy2log", "policy")

@@ -32,11 +32,14 @@ class Plan:
     """A placement in deepseek-ai/EPLB's conventions, on the weight's device."""
 
     phy2log: torch.Tensor  # [L, P] int64
-    log2phy: torch.Tensor  # [L, E, W] int64, -1 padded, W = max logcnt
+    log2phy: torch.Tensor | None  # [L, E, W] int64, -1 padded, W = max logcnt (None: not asked)
     logcnt: torch.Tensor  # [L, E] int64
     policy: str  # the policy that ran: "hierarchical", "global" or "deepseek"
     objective: str = "sum"  # what a load history was reduced to
     migration: object | None = None
+    # [L, P] int64: each slot's rank among its expert's replicas, the compact log2phy:
+    # log2phy[l, phy2log[l, p], replica_rank[l, p]] = p.
+    replica_rank: torch.Tensor | None = None
 
 
 def check_topology(num_experts: int, num_replicas: int, num_groups: int, num_nodes: int,
@@ -132,10 +135,12 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
          policy: str = "auto", current_phy2log=None, from_scratch: bool = False,
          max_moved_slots_per_layer: int = 0, max_moved_slots_total: int = 0,
          min_balancedness_gain: float = 0.0, objective: str = "default",
-         half_life: float = 0.0, robust_k: float = 0.0) -> Plan:
+         half_life: float = 0.0, robust_k: float = 0.0, with_log2phy: bool = True) -> Plan:
     """Plans a placement. weight: [L, E] (or a history [T, L, E], reduced by `objective`).
 
     With current_phy2log [L, P], keeps what can stay of it (unless from_scratch).
+    with_log2phy=False leaves Plan.log2phy None: the padded tensor can take L * E * (P - E + 1)
+    entries, and Plan.replica_rank (with phy2log) determines it.
     """
     load = _loads(weight)
     num_layers, num_experts = load.shape[-2:]
@@ -166,12 +171,12 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
             rank, logcnt = ranks_and_counts(phy2log, num_experts)
         elif current is not None:  # from scratch: still say what moving to the plan costs
             migration = migration_summary(current, phy2log, num_nodes, num_gpus, 0, load)
-        log2phy = build_log2phy(phy2log, rank, logcnt)  # a parallel kernel: under the lock
+        log2phy = build_log2phy(phy2log, rank, logcnt) if with_log2phy else None  # parallel
     device = weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
     to = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)  # noqa: E731
-    return Plan(phy2log=to(phy2log), log2phy=to(log2phy),
+    return Plan(phy2log=to(phy2log), log2phy=None if log2phy is None else to(log2phy),
                 logcnt=to(logcnt), policy=resolved, objective=objective_used,
-                migration=migration)
+                migration=migration, replica_rank=to(rank))
 
 
 def rebalance_experts(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,

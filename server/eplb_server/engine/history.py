@@ -32,6 +32,11 @@ OBJECTIVES = ("sum", "expected_peak", "recency", "robust")
 DEFAULT_OBJECTIVE = "expected_peak"
 DEFAULT_HALF_LIFE = 2.0  # windows
 DEFAULT_ROBUST_K = 1.0
+# Beyond a few standard deviations the mean no longer matters; 100 leaves room and keeps
+# mean + k * std of any valid history far from float overflow (checked again after reducing).
+MAX_ROBUST_K = 100.0
+# Same limit as api.MAX_LAYER_LOAD (api imports this module): a reduced layer total fits float32.
+MAX_LAYER_LOAD = float(np.finfo(np.float32).max)
 REFINE_MOVES_PER_SLOT = 2  # multi-window swap moves per layer, per slot of a GPU
 # GPUs tried as swap partners of the peak GPU per move; on bench/history.py 4 closed 0.50 of
 # the distance, 3 closes 0.49 (2.8-3.0x a single plan's time once single plans got faster),
@@ -52,16 +57,29 @@ def resolve_objective(objective: str) -> str:
 def _check_params(half_life: float, robust_k: float) -> tuple[float, float]:
     if not np.isfinite(half_life) or half_life < 0:
         raise ValueError(f"half_life must be a finite number >= 0 (0: default), got {half_life}")
-    if not np.isfinite(robust_k) or robust_k < 0:
-        raise ValueError(f"robust_k must be a finite number >= 0 (0: default), got {robust_k}")
+    if not np.isfinite(robust_k) or not 0 <= robust_k <= MAX_ROBUST_K:
+        raise ValueError(f"robust_k must be a number in [0, {MAX_ROBUST_K:g}] (0: default), "
+                         f"got {robust_k}")
     return (half_life or DEFAULT_HALF_LIFE), (robust_k or DEFAULT_ROBUST_K)
+
+
+def _check_reduced(load: np.ndarray, name: str) -> np.ndarray:
+    """The reduced load [L, E] meets the engine's input contract (finite, non-negative, each
+    layer's total within float32), or ValueError naming the parameter that broke it."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        totals = load.sum(1)
+    if not (np.isfinite(load).all() and (load >= 0).all() and (totals <= MAX_LAYER_LOAD).all()):
+        raise ValueError(f"{name} is too large for these loads: the reduced load of a layer must "
+                         f"total at most {MAX_LAYER_LOAD:.4g} (float32)")
+    return np.ascontiguousarray(load + 0.0)  # -0.0 becomes 0.0 (see loads.checked_copy)
 
 
 def recency_load(history: np.ndarray, half_life: float) -> np.ndarray:
     """[T, L, E] -> [L, E]: recency-weighted mean, weights 0.5 ** (age / half_life)."""
     num_windows = history.shape[0]
     age = np.arange(num_windows - 1, -1, -1, dtype=np.float64)
-    weights = 0.5 ** (age / half_life)
+    with np.errstate(over="ignore", divide="ignore"):  # a tiny half-life: old windows weigh 0
+        weights = 0.5 ** (age / half_life)
     return np.tensordot(weights / weights.sum(), history, axes=1)
 
 
@@ -82,9 +100,11 @@ def reduce_history(history: np.ndarray, objective: str, half_life: float = 0.0,
     if history.shape[0] == 1:
         return history[0], objective
     if objective == "recency":
-        return recency_load(history, half_life), objective
+        return _check_reduced(recency_load(history, half_life), "half_life"), objective
     if objective == "robust":
-        return robust_load(history, robust_k), objective
+        with np.errstate(over="ignore", invalid="ignore"):
+            load = robust_load(history, robust_k)
+        return _check_reduced(load, "robust_k"), objective
     return history.sum(0), objective
 
 

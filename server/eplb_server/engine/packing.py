@@ -639,7 +639,8 @@ def spread(pack_weight, pack_expert, limit, loads):
 @numba.njit(cache=True, nogil=True)
 def _replica_counts(weight, weight32, by_weight, num_slots, num_packs, count_steps):
     """The reference's counts (R*); at two slots per pack, the best of up to `count_steps`
-    replica moves and the threshold search. by_weight: as `ordered_adams_counts`.
+    replica moves and the threshold search (which gives up on loads too small to bisect, such
+    as subnormal ones). by_weight: as `ordered_adams_counts`.
     -> counts [E] int64"""
     counts = ordered_adams_counts(weight32, by_weight, num_slots)
     if num_slots == 2 * num_packs and count_steps > 0:

@@ -327,7 +327,10 @@ def _fits(weight, num_slots, limit, counts, level, change, by_weight, by_level):
     num_experts = weight.size
     total = 0
     for e in range(num_experts):
-        counts[e] = max(1, int(np.ceil(weight[e] / limit)))
+        pieces = np.ceil(weight[e] / limit)  # limit > 0 (threshold_counts keeps it so)
+        if pieces > num_slots:  # also before int(): a huge float has no int64 value
+            return False
+        counts[e] = max(1, int(pieces))
         total += counts[e]
         level[e], change[e] = _level(weight[e], counts[e], limit)
     if total > num_slots:
@@ -394,6 +397,8 @@ def threshold_counts(weight, num_slots, low, high, steps):
         # First just below `high`: where even that fails (most layers that the count search
         # already solved well), one test settles it.
         limit = high * (1.0 - SKIP_MARGIN) if step == 0 else 0.5 * (low + high)
+        if not (low <= limit < high and limit > 0.0):
+            break  # the interval no longer shrinks (subnormal loads): 0.5 * 5e-324 is 0.0
         if _fits(weight, num_slots, limit, counts, level, change, by_weight, by_level):
             high, best, best_limit = limit, counts.copy(), limit
         elif step == 0:

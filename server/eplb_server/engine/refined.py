@@ -38,7 +38,8 @@ def _solve_nodes(weight, node_groups, slots_per_node, gpus_per_node, max_moves, 
     """Each node of each layer replicated and packed on its own, in parallel (the engine's one
     parallel loop over `packing.solve_one`: each such loop compiles its whole call tree again).
 
-    weight: [L, E], node_groups: [L, N, K/N] -> phy2log [L, N * slots_per_node]. Lighter nodes
+    weight: [L, E] (any finite non-negative loads, subnormal and all-zero layers included),
+    node_groups: [L, N, K/N] -> phy2log [L, N * slots_per_node]. Lighter nodes
     need not be refined far below the layer's heaviest node's mean GPU load, less `margin`
     (measured: the same layer peaks on 2380 layers, hierarchical plans in 0.70x the time).
     """
