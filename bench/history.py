@@ -225,7 +225,9 @@ def main(argv=None):
 
     print(f"policy={args.policy} P={args.replicas} G={args.gpus} N={args.nodes} K={NUM_GROUPS} "
           f"T={args.history}; next-window balancedness, mean of {args.points} steps per series; "
-          f"seeds {args.seed_offset}..{args.seed_offset + args.seeds - 1}")
+          f"seeds {args.seed_offset}..{args.seed_offset + args.seeds - 1}"
+          + (" (the adaptive objective was designed on seeds 0..1: these are held out)"
+             if args.seed_offset >= 2 else " (design seeds)"))
     labels = {"sum": f"sum of {args.history}", "last": "last window", "recency:2": "recency hl 2"}
     header = (f"{'series':<44}" + "".join(f"{labels.get(c, c):>14}" for c in COLUMNS)
               + f"{'closed':>8}{'vs best':>9}  {'chosen':<14}")

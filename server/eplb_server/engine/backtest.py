@@ -34,7 +34,7 @@ FORECASTS = (("sum", 0, 0.0), ("recency:1", 1, 1.0), ("recency:2", 1, 2.0),
              ("recency:4", 1, 4.0), ("last", 2, 0.0), ("robust:1", 3, 1.0),
              ("expected_peak", 4, 0.0), ("drift_peak", 5, 5.0))
 NAMES = tuple(name for name, _, _ in FORECASTS)
-SUM, EXPECTED_PEAK, DRIFT_PEAK = (NAMES.index(n) for n in ("sum", "expected_peak", "drift_peak"))
+EXPECTED_PEAK, DRIFT_PEAK = NAMES.index("expected_peak"), NAMES.index("drift_peak")
 DRIFT_FLOOR = 0.05  # of the mean expert load: added to both sides of a change ratio
 MAX_STEPS = 4  # backtest steps, the most recent (6 chose as well as 4 on bench/history.py, at 1.5x)
 # Per-layer choices (a layer departing from the whole model's choice where its own backtest peak
@@ -49,7 +49,7 @@ MAX_LAYERS = 16  # layers a whole-model choice is backtested on (evenly spaced)
 INCUMBENT_MARGIN = 0.005
 PREFERENCE = tuple(NAMES.index(n) for n in ("expected_peak", "last", "sum", "recency:1",
                                             "recency:2", "recency:4", "robust:1", "drift_peak"))
-# Swap moves per layer and slot of a GPU for the expected-peak candidate in the backtest.
+# Swap moves per layer and slot of a GPU for the two peak candidates in the backtest.
 BACKTEST_REFINE_MOVES_PER_SLOT = 1
 
 
@@ -269,8 +269,9 @@ def run_backtest(history: np.ndarray, num_slots: int, num_gpus: int,
 def adaptive_planner(history: np.ndarray, plan_arrays, num_replicas: int, num_gpus: int,
                      layer_margin: float | None = LAYER_MARGIN):
     """history: [T, L, E], T >= 3 -> (load [L, E]: each layer's chosen forecast, "adaptive",
-    planner, Backtest), as `history.history_planner` returns them. Layers that chose the
-    expected peak are planned on the sum and then swapped for the windows' peaks."""
+    planner, Backtest), as `history.history_planner` returns them. Layers that chose a peak
+    forecast are planned on its load and then swapped for its windows' peaks (the history's,
+    or the drift scenarios')."""
     backtest = run_backtest(history, num_replicas, num_gpus, layer_margin)
     load = np.empty(history.shape[1:])
     for index in np.unique(backtest.layer_choice):
@@ -282,9 +283,10 @@ def adaptive_planner(history: np.ndarray, plan_arrays, num_replicas: int, num_gp
     def planner(load, num_replicas, num_groups, num_nodes, num_gpus, policy):
         phy2log, rank, logcnt = plan_arrays(np.ascontiguousarray(load), num_replicas,
                                             num_groups, num_nodes, num_gpus, policy)
-        for layers, windows in ((peak_layers, history), (drift_layers, scenarios(history))):
+        for layers, windows in ((peak_layers, lambda: history), (drift_layers,
+                                                                 lambda: scenarios(history))):
             if layers.size:
-                phy2log = refine_layers(windows, phy2log, logcnt, layers, num_replicas,
+                phy2log = refine_layers(windows(), phy2log, logcnt, layers, num_replicas,
                                         num_nodes, num_gpus, policy)
         return phy2log, replica_ranks(phy2log, history.shape[2]), logcnt
 
