@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from eplb_server.engine import api
-from eplb_server.engine.backtest import (FORECASTS, NAMES, backtest_layers, backtest_peaks,
-                                         forecast, run_backtest, scenarios)
+from eplb_server.engine.backtest import (FORECASTS, NAMES, _fast_plan, backtest_layers,
+                                         backtest_peaks, forecast, run_backtest, scenarios)
 from eplb_server.engine.history import DEFAULT_OBJECTIVE, reduce_history, refine_layers
 
 AVERAGING = ("sum", "recency:4", "robust:1", "expected_peak")  # weigh every window alike
@@ -52,7 +52,7 @@ def test_a_backtest_step_sees_only_windows_before_the_one_it_is_scored_on(steps)
     history = drifting(7, windows=steps + 2)
     kinds = np.array([k for _, k, _ in FORECASTS], np.int64)
     params = np.array([p for _, _, p in FORECASTS])
-    args = (kinds, params, steps, TOPO[0], TOPO[3], 6)
+    args = (kinds, params, steps, TOPO[0], 1, 1, TOPO[3], 6)
     peaks = backtest_peaks(history, *args)
     first = history.shape[0] - steps  # step s plans on windows < first + s, scores on first + s
     for s in range(steps):
@@ -110,3 +110,18 @@ def test_per_layer_choice_and_layer_sample():
     assert b.layers == 6 and b.adaptive >= b.balancedness.max() - 1e-12
     assert backtest_layers(58).tolist()[:3] == [0, 4, 8] and backtest_layers(58).size == 16
     assert backtest_layers(58)[-1] == 57 and backtest_layers(10).tolist() == list(range(10))
+
+
+@pytest.mark.parametrize("groups,nodes,gpus", [(1, 1, 8), (4, 2, 8), (8, 4, 32), (4, 4, 4)])
+def test_fast_plan_is_a_placement_that_keeps_groups_on_their_node(groups, nodes, gpus):
+    rng = np.random.default_rng(groups * nodes)
+    experts, slots = 32, 96 if gpus == 32 else 48
+    for _ in range(5):
+        load = rng.lognormal(0, 1.5, experts)
+        phy2log, counts = np.empty(slots, np.int64), np.empty(experts, np.int64)
+        _fast_plan(load, slots, groups, nodes, gpus, phy2log, counts, np.empty(experts))
+        assert (np.bincount(phy2log, minlength=experts) == counts).all() and counts.min() >= 1
+        node_of_slot = np.arange(slots) // (slots // nodes)
+        group = phy2log // (experts // groups)
+        for g in range(groups):  # every replica of a group's experts on one node
+            assert np.unique(node_of_slot[group == g]).size == 1

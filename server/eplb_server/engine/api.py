@@ -149,7 +149,8 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     with _ENGINE_LOCK:
         if load.ndim == 3:  # issue 6: the objective picks the load and, for some, the planner
             load, objective_used, planner, backtest = history_planner(
-                load, objective, half_life, robust_k, planner, num_replicas, num_gpus)
+                load, objective, half_life, robust_k, planner, num_replicas, num_gpus,
+                *_constraint(resolved, num_groups, num_nodes))
         phy2log, rank, logcnt = planner(load, num_replicas, num_groups, num_nodes,
                                 num_gpus, resolved)
         if keep:

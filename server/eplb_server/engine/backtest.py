@@ -136,28 +136,68 @@ def _sift_lightest(heap, size, gpu_load, i):
 
 
 @numba.njit(cache=True, nogil=True)
-def _fast_plan(load, num_slots, num_gpus, phy2log, counts, piece):
-    """Adams counts and LPT (heaviest piece to the lightest GPU with room) of load [E] into
-    phy2log [P] (slot p on GPU p // (P / G)) and counts [E]; piece [E] is scratch. Replicas of
-    one expert are equal pieces: the experts are sorted once, by piece."""
-    counts[:] = ordered_adams_counts(load, descending_order(load), num_slots)
-    for e in range(load.size):
-        piece[e] = load[e] / counts[e]
-    per_gpu = num_slots // num_gpus
+def _pack(load, experts, num_slots, first_gpu, num_gpus, per_gpu, phy2log, counts, piece):
+    """Adams counts of load[experts] [n] over num_slots slots into counts, and LPT of their
+    pieces (heaviest to the lightest GPU with room) over GPUs first_gpu .. + num_gpus of
+    phy2log [P] (slot p on GPU p // per_gpu); piece [>= n] is scratch. Replicas of one expert
+    are equal pieces: the experts are sorted once, by piece."""
+    n = experts.size
+    sub = load[experts]
+    sub_counts = ordered_adams_counts(sub, descending_order(sub), num_slots)
+    for i in range(n):
+        counts[experts[i]] = sub_counts[i]
+        piece[i] = sub[i] / sub_counts[i]
     gpu_load = np.zeros(num_gpus)
     filled = np.zeros(num_gpus, np.int64)
     heap = np.arange(num_gpus)
     size = num_gpus
-    for e in descending_order(piece):
-        for _ in range(counts[e]):
+    for i in descending_order(piece[:n]):
+        for _ in range(sub_counts[i]):
             g = heap[0]
-            phy2log[g * per_gpu + filled[g]] = e
+            phy2log[(first_gpu + g) * per_gpu + filled[g]] = experts[i]
             filled[g] += 1
-            gpu_load[g] += piece[e]
+            gpu_load[g] += piece[i]
             if filled[g] == per_gpu:
                 size -= 1
                 heap[0] = heap[size]
             _sift_lightest(heap, size, gpu_load, 0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fast_plan(load, num_slots, num_groups, num_nodes, num_gpus, phy2log, counts, piece):
+    """The fast plan of load [E] into phy2log [P] and counts [E]: global (num_nodes 1), or
+    hierarchical: groups to nodes by LPT on group load (K / N per node), then each node's
+    experts packed on its P / N slots and G / N GPUs."""
+    num_experts = load.size
+    per_gpu = num_slots // num_gpus
+    if num_nodes == 1:
+        _pack(load, np.arange(num_experts), num_slots, 0, num_gpus, per_gpu, phy2log, counts,
+              piece)
+        return
+    per_group = num_experts // num_groups
+    groups_per_node = num_groups // num_nodes
+    group_load = np.zeros(num_groups)
+    for e in range(num_experts):
+        group_load[e // per_group] += load[e]
+    node_load = np.zeros(num_nodes)
+    taken = np.zeros(num_nodes, np.int64)
+    node_groups = np.empty((num_nodes, groups_per_node), np.int64)
+    for k in descending_order(group_load):
+        best = -1
+        for node in range(num_nodes):
+            if taken[node] < groups_per_node and (best < 0 or node_load[node] < node_load[best]):
+                best = node
+        node_groups[best, taken[best]] = k
+        taken[best] += 1
+        node_load[best] += group_load[k]
+    experts = np.empty(groups_per_node * per_group, np.int64)
+    gpus_per_node = num_gpus // num_nodes
+    for node in range(num_nodes):
+        for j in range(groups_per_node):
+            for i in range(per_group):
+                experts[j * per_group + i] = node_groups[node, j] * per_group + i
+        _pack(load, experts, num_slots // num_nodes, node * gpus_per_node, gpus_per_node,
+              per_gpu, phy2log, counts, piece)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -173,9 +213,12 @@ def _peak_on(actual, phy2log, counts, num_gpus):
 
 
 @numba.njit(cache=True, parallel=True)
-def backtest_peaks(history, kinds, params, num_steps, num_slots, num_gpus, refine_moves):
+def backtest_peaks(history, kinds, params, num_steps, num_slots, num_groups, num_nodes, num_gpus,
+                   refine_moves):
     """history: [T, L, E] float64 -> peaks [S, C, L]: the peak GPU load on window
-    T - S + s of the fast plan fitted to forecast c of windows 0 .. T - S - 1 + s."""
+    T - S + s of the fast plan fitted to forecast c of windows 0 .. T - S - 1 + s
+    (hierarchical where num_nodes > 1: swaps stay within a node)."""
+    gpus_per_node = num_gpus // num_nodes
     num_windows, num_layers, num_experts = history.shape
     num_candidates = kinds.size
     peaks = np.zeros((num_steps, num_candidates, num_layers))
@@ -190,13 +233,14 @@ def backtest_peaks(history, kinds, params, num_steps, num_slots, num_gpus, refin
             actual = windows[seen]
             for c in range(num_candidates):
                 _forecast(windows[:seen], kinds[c], params[c], load)
-                _fast_plan(load, num_slots, num_gpus, phy2log, counts, piece)
+                _fast_plan(load, num_slots, num_groups, num_nodes, num_gpus, phy2log, counts,
+                           piece)
                 if kinds[c] == 4 and seen > 1:
-                    _refine_layer(windows[:seen], phy2log, counts, num_gpus, num_gpus,
+                    _refine_layer(windows[:seen], phy2log, counts, num_gpus, gpus_per_node,
                                   refine_moves, REFINE_PARTNERS)
                 elif kinds[c] == 5 and seen > 1:
                     _refine_layer(drift_scenarios(windows[:seen], params[c]), phy2log, counts,
-                                  num_gpus, num_gpus, refine_moves, REFINE_PARTNERS)
+                                  num_gpus, gpus_per_node, refine_moves, REFINE_PARTNERS)
                 peaks[s, c, layer] = _peak_on(actual, phy2log, counts, num_gpus)
     return peaks
 
@@ -229,10 +273,11 @@ def backtest_layers(num_layers: int, max_layers: int = MAX_LAYERS) -> np.ndarray
     return np.unique(np.linspace(0, num_layers - 1, max_layers).round().astype(np.int64))
 
 
-def run_backtest(history: np.ndarray, num_slots: int, num_gpus: int,
-                 layer_margin: float | None = LAYER_MARGIN, max_steps: int = MAX_STEPS,
-                 max_layers: int = MAX_LAYERS) -> Backtest:
+def run_backtest(history: np.ndarray, num_slots: int, num_gpus: int, num_groups: int = 1,
+                 num_nodes: int = 1, layer_margin: float | None = LAYER_MARGIN,
+                 max_steps: int = MAX_STEPS, max_layers: int = MAX_LAYERS) -> Backtest:
     """history: [T, L, E] with T >= 3 -> the Backtest of every forecast and the choices.
+    num_groups, num_nodes: the node constraint of hierarchical plans (1, 1: global).
 
     Steps are scored like aggregate balancedness: per step, the sum over layers of the peak over
     the sum over layers of the mean GPU load, so every step weighs the same. With layer_margin
@@ -247,7 +292,8 @@ def run_backtest(history: np.ndarray, num_slots: int, num_gpus: int,
     params = np.array([p for _, _, p in FORECASTS])
     moves = BACKTEST_REFINE_MOVES_PER_SLOT * (num_slots // num_gpus)
     part = np.ascontiguousarray(history[:, layers], dtype=np.float64)
-    peaks = backtest_peaks(part, kinds, params, steps, num_slots, num_gpus, moves)
+    peaks = backtest_peaks(part, kinds, params, steps, num_slots, num_groups, num_nodes,
+                           num_gpus, moves)
     mean = part[num_windows - steps:].sum(2).sum(1) / num_gpus  # [S], summed over layers
     mean = np.where(mean > 0, mean, 1.0)
     cost = (peaks / mean[:, None, None]).sum(0)  # [C, layers]
@@ -267,12 +313,13 @@ def run_backtest(history: np.ndarray, num_slots: int, num_gpus: int,
 
 
 def adaptive_planner(history: np.ndarray, plan_arrays, num_replicas: int, num_gpus: int,
+                     num_groups: int = 1, num_nodes: int = 1,
                      layer_margin: float | None = LAYER_MARGIN):
     """history: [T, L, E], T >= 3 -> (load [L, E]: each layer's chosen forecast, "adaptive",
     planner, Backtest), as `history.history_planner` returns them. Layers that chose a peak
     forecast are planned on its load and then swapped for its windows' peaks (the history's,
     or the drift scenarios')."""
-    backtest = run_backtest(history, num_replicas, num_gpus, layer_margin)
+    backtest = run_backtest(history, num_replicas, num_gpus, num_groups, num_nodes, layer_margin)
     load = np.empty(history.shape[1:])
     for index in np.unique(backtest.layer_choice):
         layers = backtest.layer_choice == index

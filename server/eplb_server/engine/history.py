@@ -142,9 +142,11 @@ def refine_layers(history: np.ndarray, phy2log: np.ndarray, logcnt: np.ndarray, 
 
 
 def history_planner(history: np.ndarray, objective: str, half_life: float, robust_k: float,
-                    plan_arrays: PlanArrays, num_replicas: int, num_gpus: int):
+                    plan_arrays: PlanArrays, num_replicas: int, num_gpus: int,
+                    num_groups: int = 1, num_nodes: int = 1):
     """The hook api.plan calls for a [T, L, E] weight (under the engine lock: the adaptive
-    objective's backtest runs here).
+    objective's backtest runs here; num_groups, num_nodes: the node constraint it plans under,
+    1 and 1 for global plans).
 
     -> (load [L, E] for what follows planning (migration), objective used, planner, backtest:
     a backtest.Backtest for "adaptive", else None), where planner(load, P, K, N, G, policy) ->
@@ -154,7 +156,8 @@ def history_planner(history: np.ndarray, objective: str, half_life: float, robus
     if resolved == "adaptive" and history.shape[0] >= MIN_BACKTEST_WINDOWS:
         _check_params(half_life, robust_k)
         from .backtest import adaptive_planner
-        return adaptive_planner(history, plan_arrays, num_replicas, num_gpus)
+        return adaptive_planner(history, plan_arrays, num_replicas, num_gpus, num_groups,
+                                num_nodes)
     load, objective = reduce_history(history, objective, half_life, robust_k)
     if objective != "expected_peak" or history.shape[0] == 1:
         return load, objective, plan_arrays, None
