@@ -175,7 +175,7 @@ def evaluate_series(series, topo, policy, history, points):
                 chosen.append(p.backtest.chosen)
         rows["oracle"].append(oracle(nxt, topo, policy == "hierarchical"))
     out = {c: float(np.mean(v)) for c, v in rows.items()}
-    out["chosen"] = max(set(chosen), key=chosen.count) if chosen else "-"
+    out["chosen"] = max(sorted(set(chosen)), key=chosen.count) if chosen else "-"
     return out
 
 
