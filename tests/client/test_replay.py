@@ -112,3 +112,15 @@ def test_replay_does_not_import_torch():
     code = ("import sys, eplb_client.cli, eplb_client._commands, eplb_client.replay; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_rebalance_cli_says_what_the_adaptive_objective_chose(server, tmp_path):
+    path = tmp_path / "history.npy"
+    np.save(path, trace_of(windows=6, layers=4))
+    result = run_cli("rebalance", path, *TOPO, "--policy", "global", "--target", server[0],
+                     "--out", tmp_path / "plan.json")
+    assert result.returncode == 0, result.stderr
+    assert "objective adaptive" in result.stderr and "backtest (4 steps): chose" in result.stderr
+    backtest = json.loads((tmp_path / "plan.json").read_text())["backtest"]
+    assert backtest["chosen"] in backtest["candidates"] and backtest["steps"] == 4
+    assert len(backtest["layer_choice"]) == 4 and len(backtest["balancedness"]) == 8
