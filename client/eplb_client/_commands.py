@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+import numpy as np
+
 from . import cli
 from .client import EplbClient
 from ._request import bound_policy
@@ -48,6 +50,13 @@ def _summary(r) -> str:
         if s is not None:
             lines.append(f"  {label:8s} balancedness {s.balancedness:.4f}, gap mean "
                          f"{s.mean_gap:.2%} max {s.max_gap:.2%}")
+    if r.backtest is not None:
+        b = r.backtest
+        used = sorted(set(b.layer_forecast), key=b.layer_forecast.count, reverse=True)
+        lines.append(f"  backtest ({b.steps} steps): chose {b.chosen} ("
+                     + ", ".join(f"{n} {v:.4f}" for n, v in zip(b.candidates, b.balancedness))
+                     + "); layers use " + ", ".join(
+                         f"{n} {b.layer_forecast.count(n)}" for n in used))
     if r.migration is not None:
         m = r.migration
         lines.append(f"  migration {m.slots_changed} slots changed ({m.cross_node_copies} "
@@ -136,6 +145,64 @@ def bench(args) -> int:
           f"{lat['p50']:.2f} p90 {lat['p90']:.2f} p99 {lat['p99']:.2f} max {lat['max']:.2f} ms "
           f"(server compute p50 {comp['p50']:.2f} ms)", file=sys.stderr)
     cli.dump_json({"shape": list(loads.shape), **_topology(args), "policy": args.policy, **stats})
+    return cli.EXIT_OK
+
+
+def replay(args) -> int:
+    from . import replay as rp
+    from .report import aggregate_bound
+
+    trace = load_loads(args.trace, args.key)
+    if trace.ndim != 3:
+        raise LoadError(f"{args.trace}: a trace must be [windows, layers, experts]; got shape "
+                        f"{list(trace.shape)}")
+    if not 1 <= args.interval < trace.shape[0]:
+        raise LoadError(f"--interval must be in [1, {trace.shape[0] - 1}] for a trace of "
+                        f"{trace.shape[0]} windows")
+    if args.history < 1:
+        raise LoadError("--history must be at least 1")
+    topo = _topology(args)
+    budget = (f", at most {args.max_moved_slots_per_layer} slots per layer"
+              if args.max_moved_slots_per_layer else "")
+    names = ("reference on the summed windows (vLLM/SGLang)",
+             f"service: history of {args.history}, mapping kept{budget}")
+    with _client(args) as c:
+        def reference(seen, current):
+            return c.rebalance(seen[-args.interval:].sum(0), **topo, policy="deepseek",
+                               model="eplb-client replay").phy2log
+
+        def service(seen, current):
+            return c.rebalance(seen[-args.history:], **topo, policy=args.policy,
+                               current_phy2log=current, objective=args.objective,
+                               max_moved_slots_per_layer=args.max_moved_slots_per_layer,
+                               model="eplb-client replay").phy2log
+
+        runs = rp.replay(trace, args.interval, dict(zip(names, (reference, service))),
+                         args.num_gpus)
+        bound = np.full(trace.shape[0], np.nan)
+        # Any mapping gets the window's lower bound back; a plan on the window itself reaches it.
+        anyone = np.tile(np.arange(topo["num_replicas"]) % trace.shape[2], (trace.shape[1], 1))
+        for t in np.flatnonzero(runs[names[1]].served_by >= 0):
+            bound[t] = aggregate_bound(c.evaluate(
+                trace[t], anyone, num_groups=args.num_groups, num_nodes=args.num_nodes,
+                num_gpus=args.num_gpus, policy=args.policy).score)
+    print(f"{args.trace}: {trace.shape[0]} windows of {trace.shape[1]}x{trace.shape[2]}, "
+          f"re-planned every {args.interval}; {topo['num_replicas']} slots on "
+          f"{topo['num_gpus']} GPUs")
+    print("\n".join(rp.summary_lines(runs, bound)))
+    if args.png:
+        rp.render_timeline(args.png, runs, f"{os.path.basename(args.trace)}: re-plan every "
+                           f"{args.interval} windows", bound)
+        print(f"wrote {args.png}", file=sys.stderr)
+    if args.out:
+        cli.dump_json({"interval": args.interval, "bound": [None if np.isnan(b) else b
+                                                            for b in bound.tolist()],
+                       "policies": {r.name: {
+                           "balancedness": [None if np.isnan(b) else b
+                                            for b in r.balancedness.tolist()],
+                           "mean_balancedness": r.mean_balancedness,
+                           "moved": r.moved, "mean_moved": r.mean_moved}
+                           for r in runs.values()}}, args.out)
     return cli.EXIT_OK
 
 

@@ -18,6 +18,8 @@ EXAMPLES = {
     "report": f"eplb-client report loads.json {TOPO} --png report.png",
     "bench": f"eplb-client bench --requests 200 --concurrency 4 {TOPO}  # synthetic 58x256",
     "health": "eplb-client health --target unix:///run/eplb.sock && echo serving",
+    "replay": "eplb-client replay --trace windows.npz --interval 4 --max-moved-slots-per-layer 16 "
+              "--png replay.png",
 }
 
 
@@ -72,8 +74,9 @@ def _planning(p) -> None:
     g.add_argument("--min-balancedness-gain", type=float, default=0.0)
     g.add_argument("--from-scratch", action="store_true",
                    help="ignore --current when planning (it is still scored)")
-    g.add_argument("--objective", choices=["sum", "expected_peak", "recency", "robust"],
-                   help="what a plan fitted to a [T, L, E] history optimises")
+    g.add_argument("--objective", choices=["sum", "expected_peak", "recency", "robust", "adaptive"],
+                   help="what a plan fitted to a [T, L, E] history optimises (default: the "
+                        "server's, adaptive)")
     g.add_argument("--half-life", type=float, default=0.0)
     g.add_argument("--robust-k", type=float, default=0.0)
     g.add_argument("--model", default="", help="model name, for the server's logs")
@@ -134,6 +137,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experts", type=int, default=256, help="synthetic loads: experts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+
+    p = command("replay", "Run a cluster through a trace of windows [T, L, E], re-planning every "
+                          "N windows the way vLLM/SGLang do (the reference on the summed windows) "
+                          "and the way this service can (history, current mapping kept, movement "
+                          "budget); print what each served and moved, draw a PNG timeline.")
+    p.add_argument("--trace", required=True,
+                   help="[T, L, E] windows, oldest first: .npy, .npz, .safetensors or .json "
+                        "(SGLang expert-distribution dumps' \"logical_count\")")
+    p.add_argument("--key", help="array name inside the trace file")
+    p.add_argument("--interval", type=int, required=True, help="windows between re-plans (N)")
+    p.add_argument("--max-moved-slots-per-layer", type=int, default=0,
+                   help="the service's movement budget per layer and re-plan (0: unlimited)")
+    p.add_argument("--history", type=int, default=8,
+                   help="windows the service plans from (default 8)")
+    p.add_argument("--objective", choices=["sum", "expected_peak", "recency", "robust", "adaptive"],
+                   help="the service's history objective (default: the server's)")
+    _topology(p, defaults={"P": 288, "K": 8, "N": 4, "G": 32})
+    p.add_argument("--png", help="write the timeline here")
+    p.add_argument("--out", help="write per-window figures as JSON here")
 
     p = command("health", "Print the server's health status; the exit code follows it.")
     p.add_argument("--service", default="", help="service name (default: the whole server)")

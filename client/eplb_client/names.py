@@ -5,7 +5,7 @@ from __future__ import annotations
 from .v1 import placement_pb2 as pb
 
 POLICIES = ("auto", "hierarchical", "global", "deepseek")
-OBJECTIVES = ("sum", "expected_peak", "recency", "robust")
+OBJECTIVES = ("sum", "expected_peak", "recency", "robust", "adaptive")
 
 
 def policy_value(name: str) -> int:

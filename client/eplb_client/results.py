@@ -149,6 +149,33 @@ class Migration(_AsDict):
 
 
 @dataclass(frozen=True, eq=False)
+class Backtest(_AsDict):
+    """How the adaptive objective chose: each candidate forecast's backtest balancedness [C]
+    (planned on windows up to t, scored on t + 1), the forecast index each layer used [L]."""
+
+    candidates: tuple
+    balancedness: np.ndarray
+    layer_choice: np.ndarray
+    chosen: str
+    steps: int
+    adaptive_balancedness: float
+    layers: int  # layers backtested
+
+    @property
+    def layer_forecast(self) -> list:
+        """[L] the forecast name each layer was planned with."""
+        return [self.candidates[i] for i in self.layer_choice]
+
+    @classmethod
+    def from_proto(cls, b: pb.Backtest) -> "Backtest":
+        return cls(candidates=tuple(b.candidates),
+                   balancedness=_frozen(np.asarray(b.balancedness, dtype=np.float64)),
+                   layer_choice=_frozen(np.asarray(b.layer_choice, dtype=np.int64)),
+                   chosen=b.chosen, steps=b.steps, adaptive_balancedness=b.adaptive_balancedness,
+                   layers=b.layers)
+
+
+@dataclass(frozen=True, eq=False)
 class RebalanceResult(_AsDict):
     """A placement: phy2log [L, P], log2phy [L, E, W] (-1 padded), logcnt [L, E], and its scores."""
 
@@ -166,6 +193,7 @@ class RebalanceResult(_AsDict):
     # or "ignored" (another slot count: planned from scratch); and how many -1 slots it had.
     current_mapping: str = ""
     current_empty_slots: int = 0
+    backtest: Backtest | None = None  # for the adaptive objective
 
     @classmethod
     def from_proto(cls, r: pb.RebalanceResponse) -> "RebalanceResult":
@@ -182,6 +210,7 @@ class RebalanceResult(_AsDict):
             device=r.device,
             current_mapping=_current_mapping_name(r.current_mapping),
             current_empty_slots=r.current_empty_slots,
+            backtest=Backtest.from_proto(r.backtest) if r.HasField("backtest") else None,
         )
 
 

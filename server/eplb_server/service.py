@@ -111,6 +111,13 @@ def _bound_policy(policy: str) -> str:
     return "auto" if policy == "deepseek" else policy
 
 
+def backtest_message(b) -> pb.Backtest:
+    """Fills a Backtest message from the engine's (the adaptive objective's choices)."""
+    return pb.Backtest(candidates=list(b.candidates), balancedness=b.balancedness.tolist(),
+                       layer_choice=b.layer_choice.tolist(), chosen=b.chosen, steps=b.steps,
+                       adaptive_balancedness=b.adaptive, layers=b.layers)
+
+
 def _packed_tensor(array: np.ndarray) -> pb.Tensor:
     """An integer Tensor in int_values: readable for JSON clients such as grpcurl."""
     dtype = pb.DTYPE_INT32 if array.dtype == np.int32 else pb.DTYPE_INT64
@@ -204,6 +211,8 @@ class PlacementServicer:
             response.current.CopyFrom(score_message(current_score))
         if plan.migration is not None:
             response.migration.CopyFrom(migration_message(plan.migration))
+        if plan.backtest is not None:
+            response.backtest.CopyFrom(backtest_message(plan.backtest))
         return response
 
     def evaluate(self, a: validation.EvaluateArgs) -> pb.EvaluateResponse:

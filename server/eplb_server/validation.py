@@ -27,6 +27,7 @@ OBJECTIVES = {
     pb.OBJECTIVE_EXPECTED_PEAK: "expected_peak",
     pb.OBJECTIVE_RECENCY: "recency",
     pb.OBJECTIVE_ROBUST: "robust",
+    pb.OBJECTIVE_ADAPTIVE: "adaptive",
 }
 _INT_DTYPES = (pb.DTYPE_INT32, pb.DTYPE_INT64)
 _LOAD_DTYPES = (pb.DTYPE_FLOAT32, pb.DTYPE_FLOAT64) + _INT_DTYPES

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eplb_server.engine import api
-from eplb_server.engine.history import (DEFAULT_OBJECTIVE, OBJECTIVES, expected_peak,
+from eplb_server.engine.history import (OBJECTIVES, expected_peak,
                                         reduce_history, resolve_objective)
 
 ALL = OBJECTIVES + ("default",)
@@ -55,6 +55,7 @@ def test_invariants_every_objective(objective, topo):
     check_invariants(result, 3, experts, replicas)
     assert result.objective == resolve_objective(objective)
     assert result.objective in OBJECTIVES
+    assert (result.backtest is not None) == (result.objective == "adaptive")
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -93,12 +94,12 @@ def test_single_window_history_is_the_single_window_plan(objective, topo):
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("policy", ["global", "hierarchical"])
-def test_default_never_worse_than_sum_on_given_windows(seed, policy):
+def test_expected_peak_never_worse_than_sum_on_given_windows(seed, policy):
     history = drifting(seed, 8, 6, 32)
     args = (48, 4, 2, 8)
     summed = api.plan(history, *args, policy=policy, objective="sum")
-    default = api.plan(history, *args, policy=policy)
-    assert default.objective == DEFAULT_OBJECTIVE
+    default = api.plan(history, *args, policy=policy, objective="expected_peak")
+    assert default.objective == "expected_peak"
     ours = expected_peak(history, default.phy2log.numpy(), 8)
     base = expected_peak(history, summed.phy2log.numpy(), 8)
     assert (ours <= base * (1 + 1e-12)).all()
@@ -139,7 +140,7 @@ def test_reductions():
     assert name == "robust" and np.allclose(load, [[2 + 2 * 1, 3]])
     load, name = reduce_history(history, "recency", half_life=1.0)
     assert name == "recency" and np.allclose(load, [[(1 * 0.5 + 3 * 1) / 1.5, 3]])
-    assert reduce_history(history, "default")[1] == DEFAULT_OBJECTIVE
+    assert reduce_history(history, "default")[1] == "expected_peak"  # adaptive: by the planner
 
 
 def test_recency_follows_recent_windows():

@@ -117,6 +117,11 @@ def test_history_reports_each_window(client):
     assert_plan_equal(response, expected)
     assert len(response.plan.window_balancedness) == 3
     assert pb.Objective.Name(response.objective) == "OBJECTIVE_" + expected.objective.upper()
+    assert response.objective == pb.OBJECTIVE_ADAPTIVE  # the default, with its backtest
+    b, want = response.backtest, expected.backtest
+    assert list(b.candidates) == list(want.candidates) and b.chosen == want.chosen
+    assert list(b.layer_choice) == want.layer_choice.tolist() and b.steps == want.steps == 1
+    np.testing.assert_allclose(b.balancedness, want.balancedness)
 
 
 def test_packed_values_equal_raw_bytes(client):

@@ -29,6 +29,7 @@ class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OBJECTIVE_EXPECTED_PEAK: _ClassVar[Objective]
     OBJECTIVE_RECENCY: _ClassVar[Objective]
     OBJECTIVE_ROBUST: _ClassVar[Objective]
+    OBJECTIVE_ADAPTIVE: _ClassVar[Objective]
 
 class Log2PhyFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -57,6 +58,7 @@ OBJECTIVE_SUM: Objective
 OBJECTIVE_EXPECTED_PEAK: Objective
 OBJECTIVE_RECENCY: Objective
 OBJECTIVE_ROBUST: Objective
+OBJECTIVE_ADAPTIVE: Objective
 LOG2PHY_FORMAT_UNSPECIFIED: Log2PhyFormat
 LOG2PHY_FORMAT_PADDED: Log2PhyFormat
 LOG2PHY_FORMAT_COMPACT: Log2PhyFormat
@@ -192,7 +194,7 @@ class Migration(_message.Message):
     def __init__(self, slots_changed: _Optional[int] = ..., cross_node_copies: _Optional[int] = ..., layer_slots_changed: _Optional[_Iterable[int]] = ..., layer_changed: _Optional[_Iterable[bool]] = ..., layers_kept_for_lack_of_gain: _Optional[int] = ..., transfers: _Optional[_Iterable[_Union[SlotTransfer, _Mapping]]] = ..., layer_balancedness_before: _Optional[_Iterable[float]] = ..., layer_balancedness_after: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RebalanceResponse(_message.Message):
-    __slots__ = ("phy2log", "log2phy", "logcnt", "policy", "plan", "current", "migration", "objective", "compute_seconds", "device", "current_mapping", "current_empty_slots", "log2phy_format", "replica_rank")
+    __slots__ = ("phy2log", "log2phy", "logcnt", "policy", "plan", "current", "migration", "objective", "compute_seconds", "device", "current_mapping", "current_empty_slots", "log2phy_format", "replica_rank", "backtest")
     PHY2LOG_FIELD_NUMBER: _ClassVar[int]
     LOG2PHY_FIELD_NUMBER: _ClassVar[int]
     LOGCNT_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +209,7 @@ class RebalanceResponse(_message.Message):
     CURRENT_EMPTY_SLOTS_FIELD_NUMBER: _ClassVar[int]
     LOG2PHY_FORMAT_FIELD_NUMBER: _ClassVar[int]
     REPLICA_RANK_FIELD_NUMBER: _ClassVar[int]
+    BACKTEST_FIELD_NUMBER: _ClassVar[int]
     phy2log: Tensor
     log2phy: Tensor
     logcnt: Tensor
@@ -221,7 +224,26 @@ class RebalanceResponse(_message.Message):
     current_empty_slots: int
     log2phy_format: Log2PhyFormat
     replica_rank: Tensor
-    def __init__(self, phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., log2phy: _Optional[_Union[Tensor, _Mapping]] = ..., logcnt: _Optional[_Union[Tensor, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., plan: _Optional[_Union[Score, _Mapping]] = ..., current: _Optional[_Union[Score, _Mapping]] = ..., migration: _Optional[_Union[Migration, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., compute_seconds: _Optional[float] = ..., device: _Optional[str] = ..., current_mapping: _Optional[_Union[CurrentMapping, str]] = ..., current_empty_slots: _Optional[int] = ..., log2phy_format: _Optional[_Union[Log2PhyFormat, str]] = ..., replica_rank: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    backtest: Backtest
+    def __init__(self, phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., log2phy: _Optional[_Union[Tensor, _Mapping]] = ..., logcnt: _Optional[_Union[Tensor, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., plan: _Optional[_Union[Score, _Mapping]] = ..., current: _Optional[_Union[Score, _Mapping]] = ..., migration: _Optional[_Union[Migration, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., compute_seconds: _Optional[float] = ..., device: _Optional[str] = ..., current_mapping: _Optional[_Union[CurrentMapping, str]] = ..., current_empty_slots: _Optional[int] = ..., log2phy_format: _Optional[_Union[Log2PhyFormat, str]] = ..., replica_rank: _Optional[_Union[Tensor, _Mapping]] = ..., backtest: _Optional[_Union[Backtest, _Mapping]] = ...) -> None: ...
+
+class Backtest(_message.Message):
+    __slots__ = ("candidates", "balancedness", "layer_choice", "chosen", "steps", "adaptive_balancedness", "layers")
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    BALANCEDNESS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_CHOICE_FIELD_NUMBER: _ClassVar[int]
+    CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_BALANCEDNESS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    candidates: _containers.RepeatedScalarFieldContainer[str]
+    balancedness: _containers.RepeatedScalarFieldContainer[float]
+    layer_choice: _containers.RepeatedScalarFieldContainer[int]
+    chosen: str
+    steps: int
+    adaptive_balancedness: float
+    layers: int
+    def __init__(self, candidates: _Optional[_Iterable[str]] = ..., balancedness: _Optional[_Iterable[float]] = ..., layer_choice: _Optional[_Iterable[int]] = ..., chosen: _Optional[str] = ..., steps: _Optional[int] = ..., adaptive_balancedness: _Optional[float] = ..., layers: _Optional[int] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
     __slots__ = ("topology", "expert_loads", "phy2log", "policy")

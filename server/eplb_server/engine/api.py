@@ -40,6 +40,7 @@ class Plan:
     # [L, P] int64: each slot's rank among its expert's replicas, the compact log2phy:
     # log2phy[l, phy2log[l, p], replica_rank[l, p]] = p.
     replica_rank: torch.Tensor | None = None
+    backtest: object | None = None  # engine.backtest.Backtest, for the adaptive objective
 
 
 def check_topology(num_experts: int, num_replicas: int, num_groups: int, num_nodes: int,
@@ -152,12 +153,12 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
         current_phy2log, num_layers, num_replicas, num_experts)
     keep = current is not None and not from_scratch
     planner = functools.partial(_plan_arrays, current=current) if keep else _plan_arrays
-    objective_used = "sum"
-    if load.ndim == 3:  # issue 6: the objective picks the load and, for some, the planner
-        load, objective_used, planner = history_planner(load, objective, half_life, robust_k,
-                                                        planner)
-    migration = None
+    objective_used, backtest, migration = "sum", None, None
     with _ENGINE_LOCK, engine_threads(work):
+        if load.ndim == 3:  # issue 6: the objective picks the load and, for some, the planner
+            load, objective_used, planner, backtest = history_planner(
+                load, objective, half_life, robust_k, planner, num_replicas, num_gpus,
+                *_constraint(resolved, num_groups, num_nodes))
         phy2log, rank, logcnt = planner(load, num_replicas, num_groups, num_nodes,
                                 num_gpus, resolved)
         if keep:
@@ -176,7 +177,7 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     to = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)  # noqa: E731
     return Plan(phy2log=to(phy2log), log2phy=None if log2phy is None else to(log2phy),
                 logcnt=to(logcnt), policy=resolved, objective=objective_used,
-                migration=migration, replica_rank=to(rank))
+                migration=migration, replica_rank=to(rank), backtest=backtest)
 
 
 def rebalance_experts(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,

@@ -12,6 +12,10 @@ Objectives (names as the API and the RPC spell them):
   plans) while that value drops (`refine_windows`), so that GPU loads are even in every window,
   not only on average. Only strictly improving steps are taken from the sum plan, so the result
   is never worse than the sum plan on those windows.
+- ``"adaptive"`` (issue 24): per request, and per layer where that pays, the forecast (sum,
+  recency with half-lives 1, 2 and 4, last window, robust, expected peak) that did best when
+  backtested inside the history: plan on windows up to t, score on t + 1 (engine/backtest.py).
+  Histories of fewer than 3 windows have nothing to backtest on and get "expected_peak".
 - ``"default"``: the objective chosen by measurement (bench/history.py), see DEFAULT_OBJECTIVE.
 
 A history with T = 1 is planned exactly like the single window it holds, whatever the objective.
@@ -27,9 +31,10 @@ import numpy as np
 from .mapping import replica_ranks
 from .scoring import gpu_loads
 
-OBJECTIVES = ("sum", "expected_peak", "recency", "robust")
-# Chosen on bench/history.py (next-window balancedness, T = 8); see the module docstring there.
-DEFAULT_OBJECTIVE = "expected_peak"
+OBJECTIVES = ("sum", "expected_peak", "recency", "robust", "adaptive")
+# Chosen on bench/history.py (next-window balancedness, T = 8); see docs/history.md.
+DEFAULT_OBJECTIVE = "adaptive"
+MIN_BACKTEST_WINDOWS = 3  # one step: plan on windows 0..1, score on window 2
 DEFAULT_HALF_LIFE = 2.0  # windows
 DEFAULT_ROBUST_K = 1.0
 # Beyond a few standard deviations the mean no longer matters; 100 leaves room and keeps
@@ -93,10 +98,13 @@ def reduce_history(history: np.ndarray, objective: str, half_life: float = 0.0,
     """history: [T, L, E] -> (load [L, E] a plan is fitted to, the objective used).
 
     For "expected_peak" the load returned is the summed one (the plan itself comes from
-    `history_planner`'s planner, `plan_expected_peak`).
+    `history_planner`'s planner, `plan_expected_peak`). "adaptive" needs the topology (its
+    backtest plans): here it is reduced as "expected_peak", as a history too short to backtest.
     """
     objective = resolve_objective(objective)
     half_life, robust_k = _check_params(half_life, robust_k)
+    if objective == "adaptive":
+        objective = "expected_peak"
     if history.shape[0] == 1:
         return history[0], objective
     if objective == "recency":
@@ -132,30 +140,53 @@ def plan_expected_peak(history: np.ndarray, load: np.ndarray, plan_arrays: PlanA
                                         num_nodes, num_gpus, policy)
     if policy == "deepseek" or num_replicas == num_gpus:  # reference mode / nothing to swap
         return phy2log, rank, logcnt
-    phy2log = np.ascontiguousarray(phy2log)
-    gpus_per_node = num_gpus // num_nodes if policy == "hierarchical" else num_gpus
-    refine_windows(np.ascontiguousarray(history), phy2log, np.ascontiguousarray(logcnt),
-                   num_gpus, gpus_per_node, REFINE_MOVES_PER_SLOT * (num_replicas // num_gpus),
-                   REFINE_PARTNERS)
+    phy2log = refine_layers(history, phy2log, logcnt, np.arange(phy2log.shape[0]), num_replicas,
+                            num_nodes, num_gpus, policy)
     return phy2log, replica_ranks(phy2log, history.shape[2]), logcnt
 
 
-def history_planner(history: np.ndarray, objective: str, half_life: float, robust_k: float,
-                    plan_arrays: PlanArrays) -> tuple[np.ndarray, str, PlanArrays]:
-    """The hook api.plan calls for a [T, L, E] weight.
+def refine_layers(history: np.ndarray, phy2log: np.ndarray, logcnt: np.ndarray, layers,
+                  num_replicas: int, num_nodes: int, num_gpus: int, policy: str) -> np.ndarray:
+    """Expected-peak swaps on the given layers of phy2log [L, P] (a copy); history [T, L, E]."""
+    phy2log = np.array(phy2log, dtype=np.int64, order="C")
+    layers = np.asarray(layers, dtype=np.int64)
+    if policy == "deepseek" or num_replicas == num_gpus or not layers.size:
+        return phy2log
+    gpus_per_node = num_gpus // num_nodes if policy == "hierarchical" else num_gpus
+    part = np.ascontiguousarray(phy2log[layers])
+    refine_windows(np.ascontiguousarray(history[:, layers]), part,
+                   np.ascontiguousarray(logcnt[layers]), num_gpus, gpus_per_node,
+                   REFINE_MOVES_PER_SLOT * (num_replicas // num_gpus), REFINE_PARTNERS)
+    phy2log[layers] = part
+    return phy2log
 
-    -> (load [L, E] for what follows planning (migration), objective used, planner), where
-    planner(load, P, K, N, G, policy) -> (phy2log, rank, logcnt) runs under the engine lock.
+
+def history_planner(history: np.ndarray, objective: str, half_life: float, robust_k: float,
+                    plan_arrays: PlanArrays, num_replicas: int, num_gpus: int,
+                    num_groups: int = 1, num_nodes: int = 1):
+    """The hook api.plan calls for a [T, L, E] weight (under the engine lock: the adaptive
+    objective's backtest runs here; num_groups, num_nodes: the node constraint it plans under,
+    1 and 1 for global plans).
+
+    -> (load [L, E] for what follows planning (migration), objective used, planner, backtest:
+    a backtest.Backtest for "adaptive", else None), where planner(load, P, K, N, G, policy) ->
+    (phy2log, rank, logcnt).
     """
+    resolved = resolve_objective(objective)
+    if resolved == "adaptive" and history.shape[0] >= MIN_BACKTEST_WINDOWS:
+        _check_params(half_life, robust_k)
+        from .backtest import adaptive_planner
+        return adaptive_planner(history, plan_arrays, num_replicas, num_gpus, num_groups,
+                                num_nodes)
     load, objective = reduce_history(history, objective, half_life, robust_k)
     if objective != "expected_peak" or history.shape[0] == 1:
-        return load, objective, plan_arrays
+        return load, objective, plan_arrays, None
 
     def planner(summed, num_replicas, num_groups, num_nodes, num_gpus, policy):
         return plan_expected_peak(history, summed, plan_arrays, num_replicas, num_groups,
                                   num_nodes, num_gpus, policy)
 
-    return load, objective, planner
+    return load, objective, planner, None
 
 
 # ---------------------------------------------------------------- multi-window packing
