@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import traceback
 import uuid
 
 import grpc
@@ -20,7 +21,6 @@ from .lograte import RateLimitedLog
 from .worker import DeadlineExpired, Overloaded
 
 log = logging.getLogger("eplb_server")
-_faults = RateLimitedLog(log, burst=5)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PlacementService"].full_name
 ATTEMPT_HEADER = "x-eplb-attempt"  # the client's try number, 1 for the first
 
@@ -40,11 +40,11 @@ def _status(code: grpc.StatusCode, message: str) -> grpc.Status:
     return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message))
 
 
-def _internal(key, detail: str) -> grpc.Status:
+def _internal(faults: RateLimitedLog, key, detail: str) -> grpc.Status:
     """INTERNAL with an id to find the logged detail by; nothing internal reaches the caller.
     The detail (often a traceback) is logged for the first few faults of a kind per minute."""
     error_id = uuid.uuid4().hex[:12]
-    _faults.log(logging.ERROR, key, "internal error %s: %s", error_id, detail)
+    faults.log(logging.ERROR, key, "internal error %s: %s", error_id, detail)
     return _status(grpc.StatusCode.INTERNAL, f"internal error (id {error_id}); the request was "
                    "not planned. The server keeps serving; report the id to its operator.")
 
@@ -76,6 +76,7 @@ class PlacementTransport:
         self.engine = engine
         self.metrics = metrics
         self.coalescer = coalescer
+        self.faults = RateLimitedLog(log, burst=5)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(SERVICE_NAME, {
@@ -114,10 +115,10 @@ class PlacementTransport:
         except Stopped as e:
             status = _status(grpc.StatusCode.UNAVAILABLE, str(e))
         except EngineFailed as e:
-            status = _internal((method, e.reason), f"{method}: {e}")
+            status = _internal(self.faults, (method, e.reason), f"{method}: {e}")
         except Exception as e:  # an in-process engine's fault: answer INTERNAL, keep serving
-            log.debug("%s failed", method, exc_info=True)
-            status = _internal((method, type(e).__name__), f"{method}: {type(e).__name__}: {e}")
+            status = _internal(self.faults, (method, type(e).__name__),
+                               f"{method}: {traceback.format_exc()}")
         else:
             if source != "computed":
                 self.metrics.coalesced.labels(source).inc()
@@ -133,6 +134,6 @@ class PlacementTransport:
                 status = _status(grpc.StatusCode.RESOURCE_EXHAUSTED, outcome.violations[0][1])
             else:
                 kind = outcome.violations[0][0] if outcome.violations else "error"
-                status = _internal((method, kind), f"{method}: " + "; ".join(
+                status = _internal(self.faults, (method, kind), f"{method}: " + "; ".join(
                     f"{kind}: {detail}" for kind, detail in outcome.violations))
         await context.abort_with_status(status)
