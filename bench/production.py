@@ -85,7 +85,36 @@ def start_rows():
             seconds, _, _ = time_to_serving(env)
             rows.append((name, f"{seconds:.1f}"))
             print(f"  {name}: {seconds:.1f} s", file=sys.stderr, flush=True)
+        for name, env in (("native", {"NUMBA_CACHE_DIR": native}),
+                          ("portable x86-64-v3", {"NUMBA_CACHE_DIR": portable, **PORTABLE})):
+            rows.append((f"EP32 plan, {name} kernels: hierarchical / global ms",
+                         plan_time_in(env)))
     return rows
+
+
+PLAN_TIMER = """
+import time, numpy as np, torch, eplb_server
+from bench.production import EP32, ep32_loads
+loads = [torch.from_numpy(w) for w in ep32_loads()]
+out = []
+for policy in ("hierarchical", "global"):
+    eplb_server.plan(loads[0], **EP32, policy=policy)
+    times = []
+    for i in range(60):
+        start = time.perf_counter()
+        eplb_server.plan(loads[i % len(loads)], **EP32, policy=policy)
+        times.append(time.perf_counter() - start)
+    out.append(f"{np.median(times) * 1e3:.2f}")
+print(" / ".join(out))
+"""
+
+
+def plan_time_in(env) -> str:
+    """Median EP32 plan times in a fresh process with the given cache settings."""
+    done = subprocess.run([sys.executable, "-c", PLAN_TIMER], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **env, "NUMBA_NUM_THREADS": "1"},
+                          timeout=1200, check=True)
+    return done.stdout.strip().splitlines()[-1]
 
 
 # ---------------------------------------------------------------------------- busy neighbours
