@@ -303,6 +303,54 @@ def storm_rows():
         proc.wait(30)
 
 
+# ---------------------------------------------------------------------------------- recovery
+
+def recovery_rows():
+    """Seconds from an injected crash / hang (tests.service.faulty_engine) to SERVING again,
+    with a 5 s plan time limit, in-process server."""
+    import threading
+
+    from eplb_client.tensors import to_tensor
+    from eplb_client.v1 import placement_pb2 as pb
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from eplb_server.server import Config, PlacementServer
+
+    from tests.service import faulty_engine
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    server = PlacementServer(Config(listen=["127.0.0.1:0"], metrics_port=None,
+                                    engine_module="tests.service.faulty_engine",
+                                    plan_time_limit=5.0))
+    run = lambda coroutine: asyncio.run_coroutine_threadsafe(coroutine, loop).result(600)  # noqa
+    run(server.start())
+    run(server.wait_until_warm())
+    channel = grpc.insecure_channel(server.addresses[0])
+    call = channel.unary_unary("/eplb.v1.PlacementService/Rebalance")
+    health = health_pb2_grpc.HealthStub(channel)
+    rows = []
+    for name, marker in (("crash (SIGSEGV in a plan)", faulty_engine.CRASH),
+                         ("hang (plan past the 5 s limit)", faulty_engine.HANG)):
+        weight = np.round(np.random.default_rng(0).lognormal(0, 1, (2, 16)) * 100)
+        weight[0, 0] = marker
+        request = pb.RebalanceRequest(topology=pb.Topology(num_replicas=32, num_groups=4,
+                                                           num_nodes=2, num_gpus=8),
+                                      expert_loads=to_tensor(weight))
+        start = time.monotonic()
+        try:
+            call(request.SerializeToString(), timeout=60)
+        except grpc.RpcError as e:
+            answered, code = time.monotonic() - start, e.code().name
+        while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status != \
+                health_pb2.HealthCheckResponse.SERVING:
+            time.sleep(0.02)
+        rows.append((name, code, f"{answered:.2f}", f"{time.monotonic() - start:.2f}"))
+    channel.close()
+    run(server.stop(0))
+    return rows
+
+
 def table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
@@ -311,7 +359,8 @@ def table(header, rows) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("start", "busy", "storm", "all"), default="all")
+    parser.add_argument("--part", choices=("start", "busy", "storm", "recovery", "all"),
+                        default="all")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--write", metavar="PATH",
                         help="also write the tables, command, machine and date to this file")
@@ -335,6 +384,11 @@ def main():
                 "(retries on), EP32 requests:", "",
                 table(("requests", "callers", "answered", "p50 ms", "p99 ms",
                        "engine computations", "p99 / single, or slowest"), storm_rows())]
+    if args.part in ("recovery", "all"):
+        out += ["An injected engine fault: the request's answer, and the time until health is "
+                "SERVING again (worker restarted on its warm cache):", "",
+                table(("fault", "answer", "answered after s", "SERVING again after s"),
+                      recovery_rows())]
     text = "\n".join(out)
     print(text)
     if args.write:
