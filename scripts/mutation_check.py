@@ -111,7 +111,7 @@ def run_tests(tests: list[str], root: pathlib.Path, fresh_cache: bool, timeout: 
         if cache_dir:
             shutil.rmtree(cache_dir, ignore_errors=True)
     seconds = time.monotonic() - start
-    failed = re.findall(r"^FAILED (\S+)", done.stdout, re.M)
+    failed = re.findall(r"^FAILED (.+?)(?: - .*)?$", done.stdout, re.M)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     if done.returncode == 1:
         return "caught", seconds, failed[0] if failed else summary
