@@ -56,7 +56,13 @@ def needs_fresh_cache(mutation: dict, root: pathlib.Path) -> bool:
 
 
 def copy_tree(dest: pathlib.Path) -> None:
-    """The working tree's files git does not ignore, and the numba caches beside the engine."""
+    """The working tree's files git does not ignore, and the numba caches beside the engine;
+    ../shared (real snapshots, conformance cases) is linked beside the copy as beside the
+    checkout, so that the tests reading it run rather than skip."""
+    shared = REPO.parent / "shared"
+    if shared.is_dir():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        (dest.parent / "shared").symlink_to(shared)
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
                             check=True, capture_output=True).stdout.decode().split("\0")
     caches = [p.relative_to(REPO).as_posix() for p in REPO.glob("server/**/__pycache__/*.nb[ic]")]
@@ -162,11 +168,13 @@ def main(argv=None) -> int:
         if not args.no_baseline:
             tests = sorted({t for m in mutations for t in m["tests"]})
             outcome, seconds, detail = run_tests(tests, root, False, args.timeout)
-            print(f"baseline ({len(tests)} test paths): {outcome} in {seconds:.0f} s {detail}",
-                  flush=True)
+            baseline = f"baseline, unmutated ({len(tests)} test paths): {detail} in {seconds:.0f} s"
+            print(baseline, flush=True)
             if outcome != "SURVIVED":  # unmutated, the tests must pass
                 print("the baseline fails: outcomes would mean nothing", file=sys.stderr)
                 return 2
+        else:
+            baseline = "baseline not run"
         rows = []
         for m in mutations:
             m["_fresh"] = needs_fresh_cache(m, root)
@@ -196,7 +204,7 @@ def main(argv=None) -> int:
             f"Run {when} on {commit}{' with uncommitted changes' if dirty else ''}, "
             f"NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS', '1')}, "
             "on a shared machine (times are contended).\n\n"
-            f"{report}\n\n{summary}.\n")
+            f"{baseline}.\n\n{report}\n\n{summary}.\n")
     return 0 if caught == len(rows) else 1
 
 
