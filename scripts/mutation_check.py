@@ -1,7 +1,8 @@
 """Applies guarantee-breaking mutations to a scratch copy, one at a time, and reports which the
 tests catch.
 
-    NUMBA_NUM_THREADS=1 .venv/bin/python scripts/mutation_check.py [--only ID ...] [--doc docs/mutation.md]
+    NUMBA_NUM_THREADS=1 .venv/bin/python scripts/mutation_check.py [--only ID ...]
+        [--doc docs/mutation.md]
 
 Mutations live in scripts/mutations.toml as exact search/replace pairs per file: update them
 when code moves. A search text that is not found exactly once is reported as an error, never
