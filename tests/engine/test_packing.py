@@ -68,15 +68,38 @@ def test_refine_balance_and_spread_preserve_items_and_never_raise_the_peak(packi
     assert (pack_weight == settled).all()
 
 
+def lowering_swaps(pack_weight, partners_of_pairs):
+    """Brute force: swaps of one item of the heaviest pack with one of any pack, or of two with
+    two of the packs in partners_of_pairs, that leave both packs below the current peak."""
+    loads = pack_weight.sum(1)
+    heavy, peak = int(loads.argmax()), loads.max()
+    found = []
+    for other in range(len(loads)):
+        if other == heavy:
+            continue
+        sizes = (1, 2) if other in partners_of_pairs else (1,)
+        for size in sizes:
+            for a in itertools.combinations(range(pack_weight.shape[1]), size):
+                for b in itertools.combinations(range(pack_weight.shape[1]), size):
+                    delta = pack_weight[heavy, list(a)].sum() - pack_weight[other, list(b)].sum()
+                    if max(loads[heavy] - delta, loads[other] + delta) < peak:
+                        found.append((other, a, b))
+    return found
+
+
 def test_pair_swaps_with_every_pack_beat_pair_swaps_with_the_lightest_only():
     start = np.array([[24.0, 23, 17, 2], [28, 15, 8, 3], [24, 22, 22, 10], [29, 12, 4, 4]])
+    optimum = np.ceil(start.sum() / 4)  # integer loads summing to 247: no peak under 62
     peaks = []
     for partners in (1, 4):
         pack_weight, loads = start.copy(), start.sum(1)
         pack_expert = np.arange(16).reshape(4, 4)
         packing.refine(pack_weight, pack_expert, np.ones(16, np.int64), loads, 50, partners, 0.0)
         peaks.append(loads.max())
-    assert peaks == [63.0, 62.0]
+        if partners == 1:  # stopped where its moves (pairs with the lightest only) cannot help
+            assert lowering_swaps(pack_weight, {int(loads.argmin())}) == []
+            assert lowering_swaps(pack_weight, set(range(4)))  # a pair with another pack can
+    assert peaks[1] == optimum == 62 and peaks[0] > optimum
 
 
 @settings(max_examples=200, deadline=None)

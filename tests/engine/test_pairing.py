@@ -52,15 +52,45 @@ def test_threshold_counts_fill_every_slot_and_report_their_peak(problem):
     assert peak < high
 
 
-def test_threshold_search_reaches_the_optimum_on_a_real_layer(snapshot_paths):
-    """Layer 10 of decode_in1000out1000 at 288 slots on 144 GPUs: an integer program (HiGHS,
-    solved offline) puts the best replica counts at balancedness 0.9792; the count search
-    alone stops at 0.9503 and the reference reaches 0.9458."""
+def single_move_counts(weight, num_slots):
+    """Replica counts from the reference's (Adams) by single replica moves, steepest first,
+    while the sorted pairing peak drops: a count search without the threshold search."""
+    counts = np.ones(weight.size, np.int64)
+    for _ in range(num_slots - weight.size):
+        counts[np.argmax(weight / counts)] += 1
+    best = sorted_pairing_peak(weight, counts)
+    while True:
+        found = None
+        for a in np.flatnonzero(counts > 1):
+            for b in np.argsort(-(weight / counts))[:24]:
+                if a != b:
+                    counts[a] -= 1
+                    counts[b] += 1
+                    peak = sorted_pairing_peak(weight, counts)
+                    if peak < best * (1 - 1e-12):
+                        best, found = peak, (a, b)
+                    counts[a] += 1
+                    counts[b] -= 1
+        if found is None:
+            return counts, best
+        counts[found[0]] -= 1
+        counts[found[1]] += 1
+
+
+def test_threshold_search_passes_where_single_count_moves_stop_on_a_real_layer(snapshot_paths):
+    """Layer 10 of decode_in1000out1000 at 288 slots on 144 GPUs: single replica moves from the
+    reference's counts (searched here) stop at a local optimum that the engine's plan beats, and
+    that beats the reference. (An integer program, HiGHS, solved offline once, put the best
+    counts at balancedness 0.9792; no exact solver for 256 experts runs here.)"""
     from tests.conftest import load_snapshot
 
-    weight = torch.tensor(load_snapshot(snapshot_paths[0])[10:11], dtype=torch.float64)
-    refined = evaluate(weight, plan(weight, 288, 1, 1, 144, policy="global").phy2log, 1, 1, 144)
-    reference = evaluate(weight, plan(weight, 288, 1, 1, 144, policy="deepseek").phy2log,
-                         1, 1, 144)
-    assert reference.balancedness < 0.946
-    assert refined.balancedness >= 0.979
+    layer = np.asarray(load_snapshot(snapshot_paths[0])[10], dtype=np.float64)
+    weight = torch.from_numpy(layer[None])
+    refined = plan(weight, 288, 1, 1, 144, policy="global").phy2log
+    reference = plan(weight, 288, 1, 1, 144, policy="deepseek").phy2log
+    counts = np.bincount(refined[0].numpy(), minlength=layer.size)
+    refined_peak = evaluate(weight, refined, 1, 1, 144).layer_max_load.item()
+    assert refined_peak == pytest.approx(sorted_pairing_peak(layer, counts), rel=1e-12)
+    _, local_peak = single_move_counts(layer, 288)
+    reference_peak = evaluate(weight, reference, 1, 1, 144).layer_max_load.item()
+    assert refined_peak < local_peak * (1 - 0.01) and local_peak <= reference_peak

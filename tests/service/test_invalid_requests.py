@@ -177,3 +177,47 @@ def test_message_over_the_byte_limit_is_refused_before_parsing(client):
         client.Rebalance(request, timeout=30)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert client.Rebalance(rebalance_request(GOOD, **SMALL), timeout=30).HasField("phy2log")
+
+
+@pytest.mark.parametrize("value, index, words", [
+    (np.nan, (1, 3), ["nan at [1, 3]", "finite"]),
+    (np.inf, (0, 0), ["inf at [0, 0]", "finite"]),
+    (-np.inf, (3, 15), ["-inf at [3, 15]", "finite"]),
+    (-2.5, (2, 5), ["-2.5 at [2, 5]", "non-negative"]),
+    (np.nan, (2, 1, 3), ["nan at [2, 1, 3]", "finite"]),  # a history [T, L, E]
+])
+def test_bad_load_messages_name_the_value_and_its_index(client, value, index, words):
+    weight = loads(windows=3) if len(index) == 3 else GOOD
+    with pytest.raises(grpc.RpcError) as caught:
+        client.Rebalance(rebalance_request(poke(weight, index, value)), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(violations(caught.value)) == 1
+    field, why = violations(caught.value)[0]
+    assert field == "expert_loads" and all(w in why for w in words), why
+
+
+def test_bad_slot_and_evaluate_loads_name_their_index(client):
+    request = rebalance_request(GOOD)
+    request.ClearField("expert_loads")
+    request.slot_loads.CopyFrom(to_tensor(poke(loads(layers=4, experts=32), (3, 30), np.nan)))
+    request.current_phy2log.CopyFrom(to_tensor(MAPPING))
+    with pytest.raises(grpc.RpcError) as caught:
+        client.Rebalance(request, timeout=30)
+    assert [(f, "[3, 30]" in why) for f, why in violations(caught.value)] == [("slot_loads", True)]
+    request = evaluate_request()
+    request.expert_loads.CopyFrom(to_tensor(poke(GOOD, (0, 1), np.inf)))
+    with pytest.raises(grpc.RpcError) as caught:
+        client.Evaluate(request, timeout=30)
+    assert [(f, "inf at [0, 1]" in why) for f, why in violations(caught.value)] \
+        == [("expert_loads", True)]
+
+
+def test_model_names_up_to_256_characters(client):
+    request = rebalance_request(GOOD)
+    request.model = "m" * 256
+    assert client.Rebalance(request, timeout=30).HasField("phy2log")
+    request.model = "m" * 257
+    with pytest.raises(grpc.RpcError) as caught:
+        client.Rebalance(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in violations(caught.value)] == ["model"]

@@ -98,3 +98,25 @@ def test_evaluate_counts_under_its_own_method(server):
     labels = dict(RPC, grpc_method="Evaluate", grpc_code="OK")
     assert delta(before, after, "grpc_server_handled_total", **labels) == 1
     assert delta(before, after, "eplb_request_size_bytes_count", grpc_method="Evaluate") == 1
+
+
+def test_layers_kept_for_lack_of_gain_are_counted(server):
+    """A gain of 1.0 in balancedness is out of reach: every layer of an uneven mapping (each
+    expert twice, in order) keeps it, and all four are counted."""
+    from eplb_client.tensors import from_tensor
+
+    from .servicekit import two_per_expert_mapping
+
+    current = two_per_expert_mapping()
+    request = rebalance_request(loads(seed=14))
+    request.current_phy2log.CopyFrom(to_tensor(current))
+    request.migration.min_balancedness_gain = 1.0
+    channel, client = stub(server.addresses[0])
+    before = scrape(server.server.metrics_port)
+    response = client.Rebalance(request, timeout=30)
+    after = scrape(server.server.metrics_port)
+    channel.close()
+    assert (from_tensor(response.phy2log) == current).all()
+    assert min(response.current.layer_balancedness) < 0.9  # a better plan exists
+    assert response.migration.layers_kept_for_lack_of_gain == 4
+    assert delta(before, after, "eplb_migration_layers_kept_for_lack_of_gain_total") == 4
