@@ -70,6 +70,13 @@ def test_client_gone_mid_call_and_the_server_keeps_serving(held, how):
     for call in (in_engine, queued):
         with pytest.raises((grpc.FutureCancelledError, grpc.RpcError)):
             call.result(30)
+    # The server learns of the cancels a moment after the client: the queued job leaves the
+    # queue then (pending 1, the held one still runs), before the engine is free to take it.
+    for _ in range(1000):
+        if running.server._worker.pending == 1:
+            break
+        threading.Event().wait(0.01)
+    assert running.server._worker.pending == 1
     engine.gate.set()
 
     other_channel, other = stub(target)
