@@ -20,7 +20,8 @@ HISTORY[-1] *= loads(seed=4)  # the last window differs from the others
 POLICY = {"auto": pb.POLICY_AUTO, "hierarchical": pb.POLICY_HIERARCHICAL,
           "global": pb.POLICY_GLOBAL, "deepseek": pb.POLICY_DEEPSEEK}
 OBJECTIVE = {"sum": pb.OBJECTIVE_SUM, "expected_peak": pb.OBJECTIVE_EXPECTED_PEAK,
-             "recency": pb.OBJECTIVE_RECENCY, "robust": pb.OBJECTIVE_ROBUST}
+             "recency": pb.OBJECTIVE_RECENCY, "robust": pb.OBJECTIVE_ROBUST,
+             "adaptive": pb.OBJECTIVE_ADAPTIVE}
 CURRENT = eplb_server.plan(torch.from_numpy(OLD), **SMALL).phy2log.numpy()
 
 
@@ -97,6 +98,9 @@ HISTORY_CASES = {
                                   dict(objective="recency")),
     "history.objective robust": (dict(history=dict(objective="robust")), dict(),
                                  dict(objective="robust")),
+    "history.objective adaptive": (dict(history=dict(objective="adaptive")),
+                                   dict(history=dict(objective="sum")),
+                                   dict(objective="adaptive")),
     "history.objective expected_peak": (dict(history=dict(objective="expected_peak")),
                                         dict(history=dict(objective="sum")),
                                         dict(objective="expected_peak")),
