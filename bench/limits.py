@@ -178,10 +178,15 @@ def main(argv=None):
         else:
             req = CASES[args.concurrent_case]()
             req_size = req.ByteSize() * args.concurrent
+            copies = []
+            for i in range(args.concurrent):  # distinct bytes: the server shares identical ones
+                copies.append(pb.RebalanceRequest())
+                copies[-1].CopyFrom(req)
+                copies[-1].model = f"copy {i}"
             with concurrent.futures.ThreadPoolExecutor(args.concurrent) as pool:
                 start = time.perf_counter()
-                results = list(pool.map(lambda _: call(stub, req, args.timeout),
-                                        range(args.concurrent)))
+                results = list(pool.map(lambda r: call(stub, r, args.timeout), copies))
+            del copies
             statuses = sorted({r[0] for r in results})
             status, size = "/".join(statuses), sum(r[1] for r in results)
             seconds = time.perf_counter() - start
