@@ -10,7 +10,6 @@ jobs queued behind it wait for the new worker.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import signal
@@ -18,10 +17,9 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from multiprocessing.connection import Connection
 
-from .worker import Admission, DeadlineExpired
+from .worker import EngineHost
 
 log = logging.getLogger("eplb_server")
 
@@ -38,7 +36,7 @@ class Stopped(Exception):
     """The supervisor is shutting down."""
 
 
-class ProcessEngine:
+class ProcessEngine(EngineHost):
     """Runs service.PlacementServicer.execute in a worker process, one job at a time.
 
     `settings` (JSON-able) reaches engine_main: engine_module, device, limits, warmup_shapes,
@@ -48,34 +46,18 @@ class ProcessEngine:
 
     def __init__(self, settings: dict, max_pending: int, time_limit: float, metrics=None,
                  on_state=None):
+        super().__init__(max_pending)
         self.settings = settings
         self.time_limit = time_limit
-        self.admission = Admission(max_pending)
         self.metrics = metrics
         self.on_state = on_state or (lambda up: None)
         self.ready_info = {}  # the worker's: seconds (of warm-up), device, torch_version
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eplb-engine")
         self._proc = self._conn = None
-        self._job_started = None
         self._stopping = threading.Event()
-
-    @property
-    def pending(self) -> int:
-        return self.admission.pending
-
-    def job_seconds(self) -> float:
-        """How long the job running now has run; 0 when idle."""
-        started = self._job_started
-        return 0.0 if started is None else time.monotonic() - started
 
     async def start(self):
         """Starts the worker and waits for its warm-up; raises EngineFailed if it fails."""
         await asyncio.get_running_loop().run_in_executor(self._executor, self._launch)
-
-    async def run(self, method: str, data: bytes, deadline: float | None = None):
-        """-> service.Outcome. `deadline`: a time.monotonic() instant, or a function giving one
-        when the job starts. Raises Overloaded, DeadlineExpired, EngineFailed or Stopped."""
-        return await self.admission.run(self._executor, self._job, method, data, deadline)
 
     def shutdown(self):
         """Ends the worker now (a running job fails with Stopped) and drops queued jobs."""
@@ -85,14 +67,12 @@ class ProcessEngine:
 
     # On the engine thread.
 
-    def _job(self, method, data, deadline):
+    def _before_job(self):
         self._ensure_running()
-        if callable(deadline):
-            deadline = deadline()
-        if deadline is not None and time.monotonic() >= deadline:
-            raise DeadlineExpired("the deadline passed while the request was queued")
+
+    def _serve(self, method, data):
+        """Raises EngineFailed (after killing the worker) or Stopped besides what run() does."""
         conn = self._conn
-        self._job_started = time.monotonic()
         try:
             conn.send((method, data))
             if not conn.poll(self.time_limit):
@@ -102,8 +82,6 @@ class ProcessEngine:
             if self._stopping.is_set():
                 raise Stopped("the server is shutting down") from e
             self._fail("crash", f"the engine process ended ({self._exit_description()})")
-        finally:
-            self._job_started = None
 
     def _fail(self, reason, message):
         log.error("%s; restarting it", message)

@@ -50,16 +50,12 @@ class Admission:
         return await asyncio.wrap_future(future)
 
 
-class ThreadEngine:
-    """Runs servicer.execute on one thread of this process (no crash or hang containment)."""
+class EngineHost:
+    """What both engine hosts share: one engine thread, bounded admission, and the age of the
+    job running now. Subclasses serve a job in `_serve(method, data)`."""
 
-    def __init__(self, servicer, max_pending: int, warm_up=None):
-        import torch
-
-        self.servicer = servicer
-        self.ready_info = dict(device=str(servicer.device), torch_version=torch.__version__)
+    def __init__(self, max_pending: int):
         self.admission = Admission(max_pending)
-        self.warm_up = warm_up
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eplb-engine")
         self._job_started = None
 
@@ -68,28 +64,52 @@ class ThreadEngine:
         return self.admission.pending
 
     def job_seconds(self) -> float:
+        """How long the job running now has run; 0 when idle."""
         started = self._job_started
         return 0.0 if started is None else time.monotonic() - started
 
-    async def start(self):
-        if self.warm_up is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.warm_up)
-
-    async def run(self, method: str, data: bytes, deadline: float | None = None):
-        """-> service.Outcome (deadline as in ProcessEngine.run); raises Overloaded or
-        DeadlineExpired."""
+    async def run(self, method: str, data: bytes, deadline=None):
+        """-> service.Outcome. `deadline`: a time.monotonic() instant, or a function giving one
+        when the job starts. Raises Overloaded at once when the queue is full, DeadlineExpired
+        when the deadline passed while the job waited, and whatever `_serve` raises."""
         return await self.admission.run(self._executor, self._job, method, data, deadline)
 
     def _job(self, method, data, deadline):
+        self._before_job()
         if callable(deadline):
             deadline = deadline()
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExpired("the deadline passed while the request was queued")
         self._job_started = time.monotonic()
         try:
-            return self.servicer.execute(method, data)
+            return self._serve(method, data)
         finally:
             self._job_started = None
+
+    def _before_job(self):
+        """Runs on the engine thread before each job (ProcessEngine restarts its worker)."""
+
+    def _serve(self, method, data):
+        raise NotImplementedError
+
+
+class ThreadEngine(EngineHost):
+    """Runs servicer.execute on one thread of this process (no crash or hang containment)."""
+
+    def __init__(self, servicer, max_pending: int, warm_up=None):
+        import torch
+
+        super().__init__(max_pending)
+        self.servicer = servicer
+        self.ready_info = dict(device=str(servicer.device), torch_version=torch.__version__)
+        self.warm_up = warm_up
+
+    async def start(self):
+        if self.warm_up is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.warm_up)
+
+    def _serve(self, method, data):
+        return self.servicer.execute(method, data)
 
     def shutdown(self):
         """Drops queued jobs; a running job finishes in its thread."""
