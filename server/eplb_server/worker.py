@@ -1,5 +1,5 @@
-"""Bounded admission of engine jobs, and the in-process engine thread (tests, `--isolation
-thread`): the engine serves one job at a time."""
+"""Bounded admission of engine jobs, what both engine hosts share, and the in-process engine
+thread (tests, `--isolation thread`): the engine serves one job at a time."""
 
 from __future__ import annotations
 
