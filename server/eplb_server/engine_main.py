@@ -43,7 +43,8 @@ def serve(conn: Connection, config: dict):
     from .engine.threads import set_max_threads
     from .limits import Limits
     from .server import resolve_device
-    from .service import Outcome, PlacementServicer
+    from .outcome import Outcome
+    from .service import PlacementServicer
 
     torch.set_num_threads(1)
     set_max_threads(config["threads"])
@@ -55,7 +56,7 @@ def serve(conn: Connection, config: dict):
         conn.send(("progress", f"warm-up {step}/{total}: {what} "
                                f"({time.perf_counter() - start:.1f} s)"))
     conn.send(("ready", dict(seconds=time.perf_counter() - start, device=str(servicer.device),
-                             torch_version=torch.__version__)))
+                             torch_version=str(torch.__version__))))
     while True:
         try:
             method, data = conn.recv()

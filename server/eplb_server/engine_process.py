@@ -1,7 +1,7 @@
 """The engine in a supervised worker process: a crash or a hang costs the request that caused it.
 
 Jobs go one at a time over a socket pair as pickled tuples: the supervisor sends (method,
-request bytes), the worker answers a service.Outcome. During warm-up the worker sends
+request bytes), the worker answers an outcome.Outcome. During warm-up the worker sends
 ("progress", text) and finally ("ready", seconds), or ("failed", traceback). A worker that dies
 or overruns the per-job time limit is killed and started again on its warm numba cache; the
 jobs queued behind it wait for the new worker.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -13,6 +12,7 @@ from eplb_client.v1 import placement_pb2 as pb
 
 from . import validation, wire
 from .engine.api import resolve_policy
+from .outcome import Outcome
 from .validation import InvalidRequest
 
 
@@ -31,20 +31,6 @@ _ENGINE_FIELDS = {
     "objective": "history.objective", "half_life": "history.half_life",
     "robust_k": "history.robust_k",
 }
-
-
-@dataclass
-class Outcome:
-    """What a job returns across the process boundary: kind "ok" (data: the serialized
-    response; summary: what metrics record), "invalid" or "undecodable" (violations: (field,
-    description)), "too_large" (the response's worst case is over the limit), or "error" (an
-    engine fault: violations holds (type, traceback))."""
-
-    kind: str
-    data: bytes = b""
-    violations: list = field(default_factory=list)
-    summary: dict | None = None
-    timings: dict = field(default_factory=dict)
 
 
 def rebalance_summary(response: pb.RebalanceResponse) -> dict:

@@ -69,7 +69,7 @@ class EngineHost:
         return 0.0 if started is None else time.monotonic() - started
 
     async def run(self, method: str, data: bytes, deadline=None):
-        """-> service.Outcome. `deadline`: a time.monotonic() instant, or a function giving one
+        """-> outcome.Outcome. `deadline`: a time.monotonic() instant, or a function giving one
         when the job starts. Raises Overloaded at once when the queue is full, DeadlineExpired
         when the deadline passed while the job waited, and whatever `_serve` raises."""
         return await self.admission.run(self._executor, self._job, method, data, deadline)

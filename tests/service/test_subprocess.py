@@ -1,6 +1,7 @@
 """`python -m eplb_server` as a process: TCP and Unix socket, metrics, SIGTERM -> exit 0."""
 
 import os
+import pathlib
 import signal
 import stat
 import time
@@ -45,6 +46,23 @@ def test_round_trip_on_tcp_and_unix_equals_the_engine(process):
         response = client.Rebalance(rebalance_request(weight, **topology), timeout=60)
         channel.close()
         np.testing.assert_array_equal(from_tensor(response.phy2log), expected)
+
+
+def test_the_server_process_loads_no_torch_the_worker_does(process):
+    """The engine and torch live in the worker process: the gRPC process stays small and starts
+    listening at once, also after it has served requests (answers cross as plain data)."""
+    server, tcp, _, _ = process
+    channel, client = stub(tcp)
+    client.Rebalance(rebalance_request(), timeout=60)
+    channel.close()
+    pathlib.Path(f"/proc/{server.proc.pid}/maps").stat()  # Linux only, as the image is
+    tasks = pathlib.Path(f"/proc/{server.proc.pid}/task").glob("*/children")
+    (worker,) = [int(pid) for task in tasks for pid in task.read_text().split()]
+
+    def libraries(pid):
+        return pathlib.Path(f"/proc/{pid}/maps").read_text()
+    assert "libtorch" not in libraries(server.proc.pid)
+    assert "libtorch" in libraries(worker)
 
 
 def test_unix_socket_is_private_by_default(process):
