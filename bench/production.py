@@ -130,7 +130,7 @@ def busy_cores(count):
     for p in procs:
         p.start()
     try:
-        time.sleep(0.5)
+        time.sleep(3.0)  # new processes run ahead of old ones for a while (the scheduler's credit)
         yield
     finally:
         for p in procs:
