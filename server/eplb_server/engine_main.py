@@ -42,14 +42,15 @@ def serve(conn: Connection, config: dict):
     from . import warmup
     from .engine.threads import set_max_threads
     from .limits import Limits
-    from .server import resolve_device
     from .outcome import Outcome
+    from .server import resolve_device
     from .service import PlacementServicer
 
     torch.set_num_threads(1)
     set_max_threads(config["threads"])
     engine = importlib.import_module(config["engine_module"])
-    servicer = PlacementServicer(engine, resolve_device(config["device"]), Limits(**config["limits"]))
+    servicer = PlacementServicer(engine, resolve_device(config["device"]),
+                                 Limits(**config["limits"]))
     shapes = [warmup.Shape.parse(spec) for spec in config["warmup_shapes"]]
     start = time.perf_counter()
     for step, total, what in warmup.warm_up(servicer, shapes):

@@ -47,9 +47,10 @@ class Shape:
         """The same experts at 1 and 2 slots per GPU where the shape allows (other kernels run
         there: count moves, pairing), as (replicas, gpus)."""
         out = []
+        own = (self.gpus, self.replicas // self.gpus)
         for per_gpu in (2, 1):
             gpus = self.experts // per_gpu
-            if gpus % self.nodes == 0 and (gpus, per_gpu) != (self.gpus, self.replicas // self.gpus):
+            if gpus % self.nodes == 0 and (gpus, per_gpu) != own:
                 out.append((self.experts, gpus))
         return out
 
