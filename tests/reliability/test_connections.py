@@ -14,7 +14,7 @@ from eplb_server.server import Config, grpc_options
 from eplb_server.service import SERVICE_NAME
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ..service.servicekit import ControlledEngine, ServerThread, rebalance_request, stub
+from ..service.servicekit import ControlledEngine, ServerThread, loads, rebalance_request, stub
 
 
 @pytest.fixture
@@ -137,8 +137,8 @@ def test_long_deadline_expiring_in_the_queue_counts_as_deadline_exceeded(control
     try:
         first = placement.Rebalance.future(rebalance_request(), timeout=60)
         assert engine.entered.wait(30)
-        with pytest.raises(grpc.RpcError) as failure:
-            placement.Rebalance(rebalance_request(), timeout=10.01)
+        with pytest.raises(grpc.RpcError) as failure:  # another request: queued, not shared
+            placement.Rebalance(rebalance_request(loads(seed=1)), timeout=10.01)
         assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
         engine.gate.set()
