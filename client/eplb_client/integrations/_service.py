@@ -247,3 +247,18 @@ def pad_log2phy(log2phy: np.ndarray, width: int) -> np.ndarray:
     out = np.full((layers, experts, width), -1, dtype=np.int64)
     out[:, :, :have] = log2phy
     return out
+
+
+def plugin_settings(engine: str, logger: logging.Logger) -> Settings | None:
+    """The settings a plugin entry point installs the adapter with, or None (logged) when the
+    engine keeps its own algorithm: settings that do not parse (a plugin must not stop the
+    engine) or EPLB_DISABLE."""
+    try:
+        settings = Settings.from_env()
+    except ValueError as e:
+        logger.error("EPLB service adapter not installed: %s", e)
+        return None
+    if settings.disabled:
+        logger.info("EPLB_DISABLE is set: %s keeps its own EPLB algorithm", engine)
+        return None
+    return settings

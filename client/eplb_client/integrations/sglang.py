@@ -15,8 +15,8 @@ import logging
 
 import numpy as np
 
-from ._service import FALLBACKS, ServiceCaller, Settings, pad_log2phy, reason_of, to_numpy, \
-    to_torch_int64
+from ._service import FALLBACKS, ServiceCaller, Settings, pad_log2phy, plugin_settings, \
+    reason_of, to_numpy, to_torch_int64
 
 ENGINE = "sglang"
 TARGET = "sglang.srt.eplb.eplb_algorithms.rebalance_experts"
@@ -126,13 +126,8 @@ def install(module, settings: Settings | None = None, placement=current_placemen
 
 def register() -> None:
     """SGLang's general-plugin entry point (group `sglang.srt.plugins`), run in every process."""
-    try:
-        settings = Settings.from_env()
-    except ValueError as e:  # a plugin must not stop the engine: it keeps its own algorithm
-        log.error("EPLB service adapter not installed: %s", e)
-        return
-    if settings.disabled:
-        log.info("EPLB_DISABLE is set: SGLang keeps its own EPLB algorithm")
+    settings = plugin_settings("SGLang", log)
+    if settings is None:
         return
     try:
         from sglang.srt.plugins.hook_registry import HookRegistry, HookType

@@ -13,8 +13,8 @@ from __future__ import annotations
 import inspect
 import logging
 
-from ._service import FALLBACKS, ServiceCaller, Settings, pad_log2phy, reason_of, to_numpy, \
-    to_torch_int64
+from ._service import FALLBACKS, ServiceCaller, Settings, pad_log2phy, plugin_settings, \
+    reason_of, to_numpy, to_torch_int64
 
 ENGINE = "vllm"
 log = logging.getLogger(__name__)
@@ -100,13 +100,8 @@ def install(policies: dict, settings: Settings | None = None) -> list[str]:
 
 def register() -> None:
     """vLLM's general-plugin entry point: runs in every vLLM process before the model loads."""
-    try:
-        settings = Settings.from_env()
-    except ValueError as e:  # a plugin must not stop the engine: it keeps its own algorithm
-        log.error("EPLB service adapter not installed: %s", e)
-        return
-    if settings.disabled:
-        log.info("EPLB_DISABLE is set: vLLM keeps its own EPLB policies")
+    settings = plugin_settings("vLLM", log)
+    if settings is None:
         return
     try:
         from vllm.distributed.eplb.policy import EPLB_POLICIES
