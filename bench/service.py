@@ -7,8 +7,9 @@ then times the 58x256 -> 288 request (G=32, N=4, K=8) sequentially over TCP and 
 and from concurrent clients, from scratch and with a current mapping. "server compute" is the
 engine time the server reports (compute_seconds: plan and scoring, no transport); "overhead" is
 each call's latency minus it: validation, encoding, transport. The engine row times the same work
-in-process; the encode/decode rows time the client's side of the wire. Mappings travel as
-int32, as eplb_client asks for them; one row sends the same requests with int64 mappings.
+in-process; the encode/decode rows time the client's side of the wire. Requests are built as
+eplb_client builds them (int32 mappings, compact log2phy); one row sends a bare protobuf request
+(int64 mappings, padded log2phy [L, E, W]).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import time
 import grpc
 import numpy as np
 import torch
+from eplb_client._request import rebalance_request
+from eplb_client.results import RebalanceResult
 from eplb_client.tensors import from_tensor, to_tensor
 from eplb_client.v1 import placement_pb2 as pb
 from eplb_client.v1 import placement_pb2_grpc as pb_grpc
@@ -49,21 +52,24 @@ def workloads():
     return [np.round(rng.lognormal(0, 1.2, (58, 256)) * 1000) for _ in range(6)], "synthetic"
 
 
-def requests(loads, with_mapping, mapping_dtype=pb.DTYPE_INT32):
+def requests(loads, with_mapping, client_format=True):
     """One request per snapshot; with a mapping, the plan of the previous snapshot is current.
-    Mappings travel as int32 both ways by default, as eplb_client sends them."""
+    client_format: as eplb_client sends it (int32 mappings both ways, compact log2phy [L, P]);
+    else a bare protobuf request's defaults (int64 mappings, padded log2phy [L, E, W])."""
     from eplb_server import plan
 
     out = []
-    narrow = mapping_dtype == pb.DTYPE_INT32
     for i, weight in enumerate(loads):
-        request = pb.RebalanceRequest(model="bench", topology=pb.Topology(**TOPOLOGY),
-                                      expert_loads=to_tensor(weight), mapping_dtype=mapping_dtype)
-        if with_mapping:
-            previous = loads[i - 1]
-            current = plan(torch.from_numpy(previous), **TOPOLOGY).phy2log.numpy()
-            request.current_phy2log.CopyFrom(to_tensor(current.astype(np.int32) if narrow
-                                                       else current))
+        current = (plan(torch.from_numpy(loads[i - 1]), **TOPOLOGY).phy2log.numpy()
+                   if with_mapping else None)
+        if client_format:
+            request = rebalance_request(weight, current_phy2log=current, model="bench",
+                                        **TOPOLOGY)
+        else:
+            request = pb.RebalanceRequest(model="bench", topology=pb.Topology(**TOPOLOGY),
+                                          expert_loads=to_tensor(weight))
+            if current is not None:
+                request.current_phy2log.CopyFrom(to_tensor(current))
         out.append(request)
     return out
 
@@ -126,20 +132,14 @@ def codec_times(reqs, target, repeats):
                if request.HasField("current_phy2log") else None)
 
     def encode():
-        r = pb.RebalanceRequest(model="bench", topology=pb.Topology(**TOPOLOGY),
-                                expert_loads=to_tensor(weight),
-                                mapping_dtype=request.mapping_dtype)
-        if current is not None:
-            r.current_phy2log.CopyFrom(to_tensor(current))
-        return r.SerializeToString()
+        return rebalance_request(weight, current_phy2log=current, model="bench",
+                                 **TOPOLOGY).SerializeToString()
 
     with grpc.insecure_channel(target) as channel:
         raw = channel.unary_unary("/eplb.v1.PlacementService/Rebalance")(encode(), timeout=60)
 
-    def decode():
-        response = pb.RebalanceResponse.FromString(raw)
-        for t in (response.phy2log, response.log2phy, response.logcnt):
-            from_tensor(t)
+    def decode():  # as EplbClient.rebalance: int64 arrays, log2phy rebuilt from its compact form
+        RebalanceResult.from_proto(pb.RebalanceResponse.FromString(raw))
     return call_times(encode, repeats), call_times(decode, repeats), len(encode()), len(raw)
 
 
@@ -256,10 +256,10 @@ def run(args, loads, tcp, unix, metrics=None):
                      f"{ms(encode, 50):.3f}", f"{ms(encode, 99):.3f}", "", "", ""])
         rows.append([label, f"client decode response ({response_bytes / 1024:.0f} KiB)",
                      f"{ms(decode, 50):.3f}", f"{ms(decode, 99):.3f}", "", "", ""])
-        wide = requests(loads, with_mapping, pb.DTYPE_INT64)
+        wide = requests(loads, with_mapping, client_format=False)
         paths = [("TCP, sequential", tcp, reqs)] + (
             [("Unix socket, sequential", unix, reqs)] if unix else []) + [
-            ("TCP, sequential, int64 mappings", tcp, wide)]
+            ("TCP, sequential, int64 and padded log2phy", tcp, wide)]
         for name, target, batch in paths:
             before = stage_means(metrics) if metrics else {}
             latencies, computes = sequential(target, batch, args.requests)

@@ -53,12 +53,22 @@ def serve(conn: Connection, config: dict):
                                  Limits(**config["limits"]))
     shapes = [warmup.Shape.parse(spec) for spec in config["warmup_shapes"]]
     start = time.perf_counter()
-    for step, total, what in warmup.warm_up(servicer, shapes):
+    steps = warmup.warm_up(servicer, shapes)
+    step = total = 0
+    for step, total, what in steps:
         conn.send(("progress", f"warm-up {step}/{total}: {what} "
                                f"({time.perf_counter() - start:.1f} s)"))
+        if step == warmup.COMMON_STEPS and step < total and _compiled() == 0:
+            break  # a warm cache: the rest loads while no job waits
+    else:
+        steps = None
     conn.send(("ready", dict(seconds=time.perf_counter() - start, device=str(servicer.device),
-                             torch_version=str(torch.__version__))))
+                             torch_version=str(torch.__version__),
+                             steps_later=0 if steps is None else total - step)))
     while True:
+        if steps is not None and not conn.poll(0):
+            steps = _next_step(steps)
+            continue
         try:
             method, data = conn.recv()
         except EOFError:
@@ -69,6 +79,26 @@ def serve(conn: Connection, config: dict):
             outcome = Outcome("error", violations=[(type(e).__name__, traceback.format_exc())])
         conn.send(outcome)
 
+
+def _compiled() -> int:
+    """How many kernel signatures this process compiled rather than loaded from numba's cache."""
+    from numba.core.dispatcher import Dispatcher
+
+    return sum(sum(kernel.stats.cache_misses.values())
+               for name, module in list(sys.modules.items()) if name.startswith("eplb_server.")
+               for kernel in vars(module).values() if isinstance(kernel, Dispatcher))
+
+
+def _next_step(steps):
+    """One more warm-up request between jobs; None when there are no more (or one failed)."""
+    try:
+        next(steps)
+        return steps
+    except StopIteration:
+        return None
+    except Exception:  # the service runs on; the request that needs this kernel compiles it
+        traceback.print_exc()
+        return None
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv

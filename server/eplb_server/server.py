@@ -242,7 +242,9 @@ class PlacementServer:
             "torch_version": ready["torch_version"],
             "isolation": "process" if isinstance(self._worker, ProcessEngine) else "thread"})
         await self._set_health(SERVING)
-        log.info("serving (warm-up %.1f s)", time.perf_counter() - start)
+        later = ready.get("steps_later", 0)
+        log.info("serving (warm-up %.1f s%s)", time.perf_counter() - start,
+                 f"; {later} more steps load from the cache between requests" if later else "")
 
     async def wait_until_warm(self):
         """Returns once warm-up has finished (or failed: see warmup_error)."""

@@ -115,6 +115,11 @@ _FOLLOW_UPS = (
 )
 
 
+# The first shape's default-policy requests (plan, the follow-ups, evaluate): what most callers
+# send. On a warm cache the worker serves after these and loads the rest between jobs.
+COMMON_STEPS = 2 + len(_FOLLOW_UPS)
+
+
 def _keeping(base, answer, migration=None):
     """The base request with the answer's plan as its current mapping."""
     follow = pb.RebalanceRequest()

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import signal
 import stat
 import time
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from eplb_client.tensors import from_tensor
+from eplb_client.v1 import placement_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .servicekit import (SMALL, ServerProcess, free_port, loads, rebalance_request, scrape,
@@ -63,6 +65,23 @@ def test_the_server_process_loads_no_torch_the_worker_does(process):
         return pathlib.Path(f"/proc/{pid}/maps").read_text()
     assert "libtorch" not in libraries(server.proc.pid)
     assert "libtorch" in libraries(worker)
+
+
+def test_a_warm_cache_serves_after_the_common_requests_and_loads_the_rest_later(process):
+    """Kernels are in numba's cache (compiled at session start): health says SERVING after the
+    default policy's warm-up requests, the rest load between requests, and a request of a later
+    warm-up kind (a history with the robust objective) is answered."""
+    server, tcp, _, _ = process
+    assert re.search(r"serving \(warm-up [\d.]+ s; \d+ more steps load", server.log()), \
+        server.log()
+    request = rebalance_request(loads(windows=3))
+    request.history.objective = pb.OBJECTIVE_ROBUST
+    request.history.robust_k = 1.0
+    channel, client = stub(tcp)
+    response = client.Rebalance(request, timeout=60)
+    channel.close()
+    assert response.objective == pb.OBJECTIVE_ROBUST
+    assert from_tensor(response.phy2log).shape == (4, 32)
 
 
 def test_unix_socket_is_private_by_default(process):
