@@ -28,3 +28,10 @@ def call_times(fn, repeats: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def fully_warm(log_text: str) -> bool:
+    """Whether a server's log says it serves and has loaded all its warm-up kernels (on a warm
+    cache it serves first and loads the rest between requests: timings wait for that)."""
+    return "serving (warm-up" in log_text and (
+        "more steps load" not in log_text or "warm-up finished" in log_text)

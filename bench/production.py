@@ -31,7 +31,7 @@ import urllib.request
 import grpc
 import numpy as np
 
-from .common import real_snapshots
+from .common import fully_warm, real_snapshots
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EP32 = dict(num_replicas=288, num_groups=8, num_nodes=4, num_gpus=32)
@@ -256,7 +256,7 @@ def storm_rows():
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     try:
         deadline = time.monotonic() + 1200
-        while "serving (warm-up" not in pathlib.Path(log.name).read_text():
+        while not fully_warm(pathlib.Path(log.name).read_text()):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(pathlib.Path(log.name).read_text())
             time.sleep(0.1)

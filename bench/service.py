@@ -35,7 +35,7 @@ from eplb_client.v1 import placement_pb2 as pb
 from eplb_client.v1 import placement_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .common import call_times, real_snapshots
+from .common import call_times, fully_warm, real_snapshots
 from .docs import write_section
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -157,7 +157,7 @@ def start_server(socket_path):
             sys.exit(f"eplb_server exited:\n{pathlib.Path(log.name).read_text()}")
         text = pathlib.Path(log.name).read_text()
         found = re.search(r" on (127\.0\.0\.1:\d+)", text)
-        if found and _serving(found.group(1)):
+        if found and fully_warm(text) and _serving(found.group(1)):
             return proc, found.group(1), re.search(r"metrics (127\.0\.0\.1:\d+)", text).group(1)
         time.sleep(0.2)
     proc.kill()

@@ -12,7 +12,8 @@ import sys
 # misconfigured client floods the log. ERROR keeps real faults; set GRPC_VERBOSITY to see more.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from .limits import Limits  # noqa: E402 (after GRPC_VERBOSITY)
+from .engine_main import LOG_FORMAT  # noqa: E402 (after GRPC_VERBOSITY)
+from .limits import Limits  # noqa: E402
 from .server import Config, resolve_device, serve  # noqa: E402
 from .warmup import Shape
 
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
     if not args.coalesce_seconds >= 0:
         p.error("--coalesce-seconds must be zero or positive")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=LOG_FORMAT)
     try:
         config = config_from(args)
         if config.device == "cuda":  # fail fast; auto and cpu need no torch in this process

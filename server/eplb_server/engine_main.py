@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -17,6 +18,8 @@ import traceback
 from multiprocessing.connection import Connection
 
 _PR_SET_PDEATHSIG = 1
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the server's, for both processes
+log = logging.getLogger("eplb_server")
 
 
 def _die_with_parent():
@@ -68,6 +71,8 @@ def serve(conn: Connection, config: dict):
     while True:
         if steps is not None and not conn.poll(0):
             steps = _next_step(steps)
+            if steps is None:
+                log.info("warm-up finished (%.1f s)", time.perf_counter() - start)
             continue
         try:
             method, data = conn.recv()
@@ -97,13 +102,15 @@ def _next_step(steps):
     except StopIteration:
         return None
     except Exception:  # the service runs on; the request that needs this kernel compiles it
-        traceback.print_exc()
+        log.exception("warm-up step failed")
         return None
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     fd, config = int(argv[0]), json.loads(argv[1])
     _die_with_parent()
+    logging.basicConfig(level=config.get("log_level", logging.INFO), stream=sys.stderr,
+                        format=LOG_FORMAT)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when this process ends
     _limit_threads(config["threads"])
     conn = Connection(fd)

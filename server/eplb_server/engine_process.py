@@ -104,8 +104,9 @@ class ProcessEngine(EngineHost):
 
     def _launch(self):
         parent, child = socket.socketpair()
+        settings = dict(self.settings, log_level=log.getEffectiveLevel())
         command = [sys.executable, "-m", "eplb_server.engine_main", str(child.fileno()),
-                   json.dumps(self.settings)]
+                   json.dumps(settings)]
         proc = subprocess.Popen(command, pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
         child.close()
         conn = Connection(parent.detach())

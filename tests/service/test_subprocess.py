@@ -82,6 +82,11 @@ def test_a_warm_cache_serves_after_the_common_requests_and_loads_the_rest_later(
     channel.close()
     assert response.objective == pb.OBJECTIVE_ROBUST
     assert from_tensor(response.phy2log).shape == (4, 32)
+    deadline = time.monotonic() + 120
+    while "warm-up finished" not in server.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "warm-up finished" in server.log()
+    assert "warm-up step failed" not in server.log()
 
 
 def test_unix_socket_is_private_by_default(process):
