@@ -19,6 +19,7 @@ from .validation import InvalidRequest
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["PlacementService"].full_name
 _POLICY_ENUM = {"hierarchical": pb.POLICY_HIERARCHICAL, "global": pb.POLICY_GLOBAL,
                 "deepseek": pb.POLICY_DEEPSEEK}
+_MIGRATION_FIELD = pb.RebalanceResponse.DESCRIPTOR.fields_by_name["migration"].number
 _OBJECTIVE_ENUM = {name: value for value, name in validation.OBJECTIVES.items() if value}
 # Engine argument names (as its ValueError messages name them) -> request field paths.
 _ENGINE_FIELDS = {
@@ -79,17 +80,16 @@ def score_message(score) -> pb.Score:
     return message
 
 
-def migration_message(m) -> pb.Migration:
-    """Fills a Migration message (one SlotTransfer per copy, encoded in bulk) from the engine's."""
+def migration_message(m) -> tuple[pb.Migration, bytes]:
+    """A Migration message from the engine's, less its transfers, and the transfers' wire bytes
+    (one SlotTransfer per copy, encoded in bulk): parsed, the two make the whole message."""
     message = pb.Migration(
         slots_changed=int(m.slots_changed), cross_node_copies=int(m.cross_node_copies),
         layer_slots_changed=m.layer_slots_changed.tolist(), layer_changed=m.layer_changed.tolist(),
         layers_kept_for_lack_of_gain=int(m.layers_kept_for_lack_of_gain),
         layer_balancedness_before=m.layer_balancedness_before.tolist(),
         layer_balancedness_after=m.layer_balancedness_after.tolist())
-    transfers = wire.encode_transfers(_numpy(m.transfers), _numpy(m.transfer_cross_node))
-    message.MergeFromString(transfers)
-    return message
+    return message, wire.encode_transfers(_numpy(m.transfers), _numpy(m.transfer_cross_node))
 
 
 def _bound_policy(policy: str) -> str:
@@ -142,14 +142,14 @@ class PlacementServicer:
         try:
             args = parse(request, self.limits)
             timings["validate"] = lap()
-            response = job(self, args)
+            response, tail = job(self, args)
         except InvalidRequest as e:
             return Outcome("invalid", violations=e.violations)
         except validation.ResponseTooLarge as e:
             return Outcome("too_large", violations=[("", str(e))])
         except EngineRejected as e:
             return Outcome("invalid", violations=[(_engine_field(str(e), method), str(e))])
-        encoded = response.SerializeToString()
+        encoded = response.SerializeToString() + tail
         total = lap()
         compute = getattr(response, "compute_seconds", 0.0) if method == "Rebalance" else total
         timings.update(compute=compute, encode=max(total - compute, 0.0))
@@ -195,11 +195,14 @@ class PlacementServicer:
                                 .astype(a.mapping_dtype, copy=False)))
         if current_score is not None:
             response.current.CopyFrom(score_message(current_score))
+        tail = b""
         if plan.migration is not None:
-            response.migration.CopyFrom(migration_message(plan.migration))
+            migration, transfers = migration_message(plan.migration)
+            response.migration.CopyFrom(migration)
+            tail = wire.embedded(_MIGRATION_FIELD, transfers) if transfers else b""
         if plan.backtest is not None:
             response.backtest.CopyFrom(backtest_message(plan.backtest))
-        return response
+        return response, tail
 
     def evaluate(self, a: validation.EvaluateArgs) -> pb.EvaluateResponse:
         """Scores the given mapping."""
@@ -208,7 +211,7 @@ class PlacementServicer:
         policy = resolve_policy(_bound_policy(a.policy), a.num_groups, a.num_nodes)
         score = _engine_call(self.engine.evaluate, weight, phy2log, a.num_groups, a.num_nodes,
                              a.num_gpus, policy=policy)
-        return pb.EvaluateResponse(score=score_message(score), policy=_POLICY_ENUM[policy])
+        return pb.EvaluateResponse(score=score_message(score), policy=_POLICY_ENUM[policy]), b""
 
 
 PlacementServicer._methods = {

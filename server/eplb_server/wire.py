@@ -23,6 +23,22 @@ def encode_transfers(transfers: np.ndarray, cross_node: np.ndarray) -> bytes:
     return _encode(v, cross).tobytes()
 
 
+def embedded(field_number: int, payload: bytes) -> bytes:
+    """Wire bytes of a message field holding `payload` (a message's encoding). Appended to an
+    encoded message that has the field already, parsers merge the two (the protobuf rule for a
+    message field seen twice): this is how transfers join a response without being parsed."""
+    return _varint((field_number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 @numba.njit(cache=True, nogil=True)
 def _encode(v, cross):
     """v: [M, 4] values in [0, MAX_VALUE], cross: [M] -> the bytes as uint8 (each message at
