@@ -12,10 +12,11 @@ import sys
 # misconfigured client floods the log. ERROR keeps real faults; set GRPC_VERBOSITY to see more.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
-from .engine_main import LOG_FORMAT  # noqa: E402 (after GRPC_VERBOSITY)
+# Light imports only: the engine worker starts before the gRPC server's modules load.
+from .config import Config, resolve_device  # noqa: E402 (after GRPC_VERBOSITY)
+from .engine_main import LOG_FORMAT  # noqa: E402
 from .limits import Limits  # noqa: E402
-from .server import Config, resolve_device, serve  # noqa: E402
-from .warmup import Shape
+from .warmup import Shape  # noqa: E402
 
 
 def _env(name, default):
@@ -167,7 +168,14 @@ def main(argv=None) -> int:
         p.error(str(e))
     if args.compile_only:
         return compile_only(config)
-    code = asyncio.run(serve(config))
+    worker = None
+    if config.isolation == "process":  # its imports and warm-up overlap ours and the binding
+        from .engine_process import default_settings, spawn_worker
+
+        worker = spawn_worker(default_settings(config))
+    from .server import serve
+
+    code = asyncio.run(serve(config, worker=worker))
     # Drained and stopped: leave at once instead of waiting seconds for gRPC's and the
     # executors' threads to wind down (past a pod's grace period on a busy node).
     logging.shutdown()

@@ -43,10 +43,10 @@ def serve(conn: Connection, config: dict):
     import torch
 
     from . import warmup
+    from .config import resolve_device
     from .engine.threads import set_max_threads
     from .limits import Limits
     from .outcome import Outcome
-    from .server import resolve_device
     from .service import PlacementServicer
 
     torch.set_num_threads(1)

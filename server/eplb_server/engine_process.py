@@ -41,12 +41,14 @@ class ProcessEngine(EngineHost):
 
     `settings` (JSON-able) reaches engine_main: engine_module, device, limits, warmup_shapes,
     threads. `on_state(up)` is called from the engine thread when the worker becomes ready or
-    goes away (the server maps it to health).
+    goes away (the server maps it to health). `worker`: one already started by spawn_worker
+    with the same settings (the CLI starts it first thing, so that its imports overlap ours).
     """
 
     def __init__(self, settings: dict, max_pending: int, time_limit: float, metrics=None,
-                 on_state=None):
+                 on_state=None, worker=None):
         super().__init__(max_pending)
+        self._first_worker = worker  # (process, connection) from spawn_worker, started early
         self.settings = settings
         self.time_limit = time_limit
         self.metrics = metrics
@@ -62,6 +64,9 @@ class ProcessEngine(EngineHost):
     def shutdown(self):
         """Ends the worker now (a running job fails with Stopped) and drops queued jobs."""
         self._stopping.set()
+        if self._first_worker is not None:  # started early, never launched
+            self._proc, self._conn = self._first_worker
+            self._first_worker = None
         self._kill()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
@@ -103,13 +108,8 @@ class ProcessEngine(EngineHost):
                     raise Stopped("the server is shutting down") from e
 
     def _launch(self):
-        parent, child = socket.socketpair()
-        settings = dict(self.settings, log_level=log.getEffectiveLevel())
-        command = [sys.executable, "-m", "eplb_server.engine_main", str(child.fileno()),
-                   json.dumps(settings)]
-        proc = subprocess.Popen(command, pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
-        child.close()
-        conn = Connection(parent.detach())
+        proc, conn = self._first_worker or spawn_worker(self.settings)
+        self._first_worker = None
         self._proc = proc
         try:
             self.ready_info = self._await_ready(conn, proc)
@@ -160,6 +160,17 @@ class ProcessEngine(EngineHost):
             self.on_state(False)
         if conn is not None:
             conn.close()
+
+
+def spawn_worker(settings: dict):
+    """Starts an engine worker process (it warms up on its own): -> (Popen, Connection)."""
+    parent, child = socket.socketpair()
+    settings = dict(settings, log_level=log.getEffectiveLevel())
+    command = [sys.executable, "-m", "eplb_server.engine_main", str(child.fileno()),
+               json.dumps(settings)]
+    proc = subprocess.Popen(command, pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
+    child.close()
+    return proc, Connection(parent.detach())
 
 
 def default_settings(config) -> dict:

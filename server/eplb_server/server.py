@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from typing import Optional
 
 import grpc
@@ -17,9 +16,9 @@ from grpc_reflection.v1alpha import reflection
 
 from . import __version__
 from .coalescing import Coalescer
+from .config import Config, resolve_device  # noqa: F401 (resolve_device: re-exported)
 from .engine_process import EngineFailed, ProcessEngine, Stopped, default_settings
 from .metrics import Metrics, MetricsInterceptor
-from .limits import Limits
 from .metrics_http import MetricsHTTPServer
 from .transport import SERVICE_NAME, PlacementTransport
 from .warmup import Shape
@@ -28,56 +27,6 @@ from .worker import ThreadEngine
 log = logging.getLogger("eplb_server")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@dataclass
-class Config:
-    """Everything the server can be told; the CLI fills it from flags and EPLB_* variables."""
-
-    listen: list = field(default_factory=lambda: ["127.0.0.1:50051"])
-    metrics_host: str = "127.0.0.1"
-    metrics_port: Optional[int] = 9090  # None: no metrics endpoint; 0: an ephemeral port
-    device: str = "auto"
-    max_concurrent: int = 16
-    limits: Limits = field(default_factory=Limits)
-    tls_cert: Optional[str] = None
-    tls_key: Optional[str] = None
-    tls_client_ca: Optional[str] = None
-    reflection: bool = True
-    grace_period: float = 10.0
-    warmup_shapes: list = field(default_factory=lambda: ["2x16:32:8:2:4"])
-    unix_socket_mode: int = 0o600
-    isolation: str = "process"  # "process": the engine in a supervised worker; "thread": here
-    engine_module: str = "eplb_server"  # what the worker process imports as its engine
-    threads: int = 1  # the most threads one plan uses (parallel only for large requests)
-    plan_time_limit: float = 120.0  # seconds; a worker still busy then is killed and restarted
-    coalesce_seconds: float = 5.0  # identical requests within this time share one answer
-    # Connections (issue 22, case 6): idle ones are closed (GOAWAY), every one is recycled after
-    # its maximum age (in-flight RPCs get the grace to finish), at most max_connections are
-    # accepted per listener and max_streams RPCs run on one at a time; keepalive pings find
-    # peers that vanished without closing.
-    max_connection_idle: float = 300.0  # seconds
-    max_connection_age: float = 1800.0
-    max_connection_age_grace: float = 60.0
-    max_connections: int = 256
-    max_streams: int = 64
-    keepalive_time: float = 60.0
-    keepalive_timeout: float = 20.0
-
-
-def resolve_device(name: str):
-    """auto: the first CUDA device when torch sees one, else the CPU."""
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError("--device cuda: torch sees no CUDA device")
-        return torch.device(name if ":" in name else "cuda:0")
-    if name != "cpu":
-        raise ValueError(f"unknown device {name!r}: use auto, cpu or cuda")
-    return torch.device("cpu")
 
 
 def grpc_options(cfg: Config) -> list:
@@ -114,9 +63,10 @@ class PlacementServer:
     """The running service. `engine` (an object with plan and evaluate) runs in this process on
     an engine thread; by default the eplb_server engine runs in a supervised worker process."""
 
-    def __init__(self, config: Config, engine=None):
+    def __init__(self, config: Config, engine=None, worker=None):
         self.config = config
         self.engine = engine
+        self.worker = worker  # an engine worker process already started (engine_process)
         self.addresses = []  # bound targets a client can dial, e.g. "127.0.0.1:50051"
         self.metrics_port = None
         self.warmup_error = None
@@ -167,7 +117,7 @@ class PlacementServer:
         cfg = self.config
         if self.engine is None and cfg.isolation == "process":
             return ProcessEngine(default_settings(cfg), cfg.max_concurrent, cfg.plan_time_limit,
-                                 self.metrics, self._engine_state)
+                                 self.metrics, self._engine_state, self.worker)
         from . import warmup
         from .engine.threads import set_max_threads
         from .service import PlacementServicer
@@ -266,9 +216,9 @@ class PlacementServer:
         log.info("stopped")
 
 
-async def serve(config: Config, engine=None) -> int:
+async def serve(config: Config, engine=None, worker=None) -> int:
     """Runs until SIGTERM or SIGINT, then drains; returns the process exit status."""
-    server = PlacementServer(config, engine)
+    server = PlacementServer(config, engine, worker)
     await server.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
