@@ -83,8 +83,8 @@ def _run(planner, weights, replicas, groups, nodes, gpus, policy, repeats):
     for weight in weights:
         times += call_times(lambda: planner(weight), repeats)  # noqa: B023
         score = evaluate(weight, planner(weight), groups, nodes, gpus, policy=policy)
-        peak += float(np.sum(score.layer_max_load))
-        mean_load += score.balancedness * float(np.sum(score.layer_max_load))
+        peak += float(score.layer_max_load.sum())
+        mean_load += score.balancedness * float(score.layer_max_load.sum())
         gaps.append(score.mean_gap)
     return statistics.median(times) * 1e3, mean_load / peak, float(np.mean(gaps)) * 100
 
@@ -146,7 +146,7 @@ def _aggregate(weights, results, groups, nodes, gpus, policy) -> float:
     mean_load, peak = 0.0, 0.0
     for index, weight in enumerate(weights):
         score = evaluate(weight, results[index].phy2log, groups, nodes, gpus, policy=policy)
-        layer_peak = float(np.sum(score.layer_max_load))
+        layer_peak = float(score.layer_max_load.sum())
         peak += layer_peak
         mean_load += score.balancedness * layer_peak
     return mean_load / peak
