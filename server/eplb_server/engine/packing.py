@@ -797,7 +797,13 @@ def _replicas_packed(weight, weight32, by_weight, counts, num_packs, max_moves, 
     pair_partners = num_packs if cap <= PAIR_SWAP_ALL_MAX_CAP \
         else 1 if cap <= SMALL_PACK_MAX_CAP else 0
     best_expert, best_peak = np.empty((num_packs, cap), np.int64), np.inf
+    # A later start is refined only where the earlier ones stay above this; without refinement
+    # (max_moves 0) the first, the lower, is the plan.
+    good = max(max(item_weight.sum() / num_packs, item_weight[0]) * (1.0 + BALANCE_PAIRS_GAP),
+               enough) if max_moves > 0 else 1.7976931348623157e308
     for pack_items in starts:
+        if best_peak <= good:  # best_peak is inf before the first
+            break
         pack_weight, pack_expert, loads = _packed(item_weight, item_expert, pack_items)
         if cap > 2:  # two per pack are already paired optimally
             bound = max(loads.sum() / num_packs, pack_weight[:, 0].max())
@@ -818,11 +824,13 @@ def _replicas_packed(weight, weight32, by_weight, counts, num_packs, max_moves, 
 @numba.njit(cache=True, nogil=True)
 def _first_packings(item_weight, item_weight32, num_packs, enough):
     """Packings to refine, as item ids [m, c] each: at one or two per pack, the reference's
-    (largest with smallest: optimal for given counts); at up to PAIR_SWAP_ALL_MAX_CAP per pack,
-    its LPT alone (2-for-2 refinement against every pack makes the start matter little: issue
-    23 measured, on the real snapshots at 4 per GPU, LPT 0.060% mean gap, `differencing`
-    0.061%, the better of both refined 0.054% in twice the time); else LPT or `differencing`,
-    whichever peaks lower, LPT alone if it peaks at or below `enough` (see `solve_one`).
+    (largest with smallest: optimal for given counts); else its LPT or `differencing`,
+    whichever peaks lower, LPT alone if it peaks at or below `enough` (see `solve_one`). Up to
+    PAIR_SWAP_ALL_MAX_CAP per pack, where refinement is strong, both, the lower first:
+    `_replicas_packed` refines the second only where the first stays BALANCE_PAIRS_GAP above
+    its bound (issue 23: refining both everywhere took twice the time for 0.054% instead of
+    0.060% mean gap on the real snapshots at 4 per GPU; some problems need the second, see
+    tests/engine/test_packing.py).
     item_weight(32): [n], heaviest first -> list of [m, c] item ids"""
     num_slots = item_weight.size
     cap = num_slots // num_packs
@@ -834,12 +842,13 @@ def _first_packings(item_weight, item_weight32, num_packs, enough):
                 pack_items[p, 1] = num_slots - 1 - p
         return [pack_items]
     pack_items = lpt(item_weight32, num_packs)
-    if cap <= PAIR_SWAP_ALL_MAX_CAP:
-        return [pack_items]
     lpt_peak = _peak(item_weight, pack_items)
     if lpt_peak <= enough:
         return [pack_items]
     other = differencing(item_weight, num_packs)
+    if cap <= PAIR_SWAP_ALL_MAX_CAP:  # the lower first
+        return [other, pack_items] if _peak(item_weight, other) < lpt_peak \
+            else [pack_items, other]
     return [other if _peak(item_weight, other) <= lpt_peak else pack_items]
 
 
