@@ -79,7 +79,8 @@ def rebalance_request(loads, *, num_replicas, num_groups, num_nodes, num_gpus, p
                       current_phy2log=None, num_logical_experts=None, slot_loads=False,
                       max_moved_slots_per_layer=0, max_moved_slots_total=0,
                       min_balancedness_gain=0.0, from_scratch=False, objective=None,
-                      half_life=0.0, robust_k=0.0, model="") -> pb.RebalanceRequest:
+                      half_life=0.0, robust_k=0.0, model="",
+                      time_budget_ms=0.0) -> pb.RebalanceRequest:
     """The request for EplbClient.rebalance (see its docstring)."""
     req = pb.RebalanceRequest(
         model=str(model or ""),
@@ -97,6 +98,7 @@ def rebalance_request(loads, *, num_replicas, num_groups, num_nodes, num_gpus, p
             half_life=float(half_life), robust_k=float(robust_k)),
         mapping_dtype=pb.DTYPE_INT32,  # half the response; results are int64 (see results.py)
         log2phy_format=pb.LOG2PHY_FORMAT_COMPACT,  # [L, P], not [L, E, W]: see results.py
+        time_budget_ms=float(time_budget_ms),
     )
     field = "slot_loads" if slot_loads else "expert_loads"
     getattr(req, field).CopyFrom(_tensor(field, loads))

@@ -61,7 +61,8 @@ class AsyncEplbClient:
                         policy="auto", current_phy2log=None, num_logical_experts=None,
                         slot_loads=False, max_moved_slots_per_layer=0, max_moved_slots_total=0,
                         min_balancedness_gain=0.0, from_scratch=False, objective=None,
-                        half_life=0.0, robust_k=0.0, model="", timeout=None) -> RebalanceResult:
+                        half_life=0.0, robust_k=0.0, model="", time_budget_ms=0.0,
+                        timeout=None) -> RebalanceResult:
         """As EplbClient.rebalance."""
         req = _request.rebalance_request(
             loads, num_replicas=num_replicas, num_groups=num_groups, num_nodes=num_nodes,
@@ -70,7 +71,8 @@ class AsyncEplbClient:
             max_moved_slots_per_layer=max_moved_slots_per_layer,
             max_moved_slots_total=max_moved_slots_total,
             min_balancedness_gain=min_balancedness_gain, from_scratch=from_scratch,
-            objective=objective, half_life=half_life, robust_k=robust_k, model=model)
+            objective=objective, half_life=half_life, robust_k=robust_k, model=model,
+            time_budget_ms=time_budget_ms)
         return RebalanceResult.from_proto(await self.rebalance_raw(req, timeout=timeout))
 
     async def rebalance_raw(self, request: pb.RebalanceRequest, *,

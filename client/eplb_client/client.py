@@ -69,11 +69,14 @@ class EplbClient:
                   current_phy2log=None, num_logical_experts=None, slot_loads=False,
                   max_moved_slots_per_layer=0, max_moved_slots_total=0,
                   min_balancedness_gain=0.0, from_scratch=False, objective=None,
-                  half_life=0.0, robust_k=0.0, model="", timeout=None) -> RebalanceResult:
+                  half_life=0.0, robust_k=0.0, model="", time_budget_ms=0.0,
+                  timeout=None) -> RebalanceResult:
         """Plans a placement for `loads` [L, E] (or a history [T, L, E]; with `slot_loads=True`,
         per-slot loads [L, P] that need `current_phy2log`). With `current_phy2log` [L, P] the plan
         moves few experts (limits: `max_moved_slots_*`, `min_balancedness_gain`) and the result
-        scores the current mapping and lists the migration. Raises EplbError."""
+        scores the current mapping and lists the migration. `time_budget_ms` > 0 bounds the
+        server's refinement (result.refinement_finished says whether it ran out). Raises
+        EplbError."""
         req = _request.rebalance_request(
             loads, num_replicas=num_replicas, num_groups=num_groups, num_nodes=num_nodes,
             num_gpus=num_gpus, policy=policy, current_phy2log=current_phy2log,
@@ -81,7 +84,8 @@ class EplbClient:
             max_moved_slots_per_layer=max_moved_slots_per_layer,
             max_moved_slots_total=max_moved_slots_total,
             min_balancedness_gain=min_balancedness_gain, from_scratch=from_scratch,
-            objective=objective, half_life=half_life, robust_k=robust_k, model=model)
+            objective=objective, half_life=half_life, robust_k=robust_k, model=model,
+            time_budget_ms=time_budget_ms)
         return RebalanceResult.from_proto(self.rebalance_raw(req, timeout=timeout))
 
     def rebalance_raw(self, request: pb.RebalanceRequest, *, timeout=None) -> pb.RebalanceResponse:

@@ -194,6 +194,8 @@ class RebalanceResult(_AsDict):
     current_mapping: str = ""
     current_empty_slots: int = 0
     backtest: Backtest | None = None  # for the adaptive objective
+    # False when the request's time_budget_ms ran out before every layer was refined.
+    refinement_finished: bool = True
 
     @classmethod
     def from_proto(cls, r: pb.RebalanceResponse) -> "RebalanceResult":
@@ -211,6 +213,7 @@ class RebalanceResult(_AsDict):
             current_mapping=_current_mapping_name(r.current_mapping),
             current_empty_slots=r.current_empty_slots,
             backtest=Backtest.from_proto(r.backtest) if r.HasField("backtest") else None,
+            refinement_finished=not r.time_budget_ran_out,
         )
 
 

@@ -171,7 +171,7 @@ class PlacementServicer:
             max_moved_slots_total=a.max_moved_slots_total,
             min_balancedness_gain=a.min_balancedness_gain, from_scratch=a.from_scratch,
             objective=a.objective, half_life=a.half_life, robust_k=a.robust_k,
-            with_log2phy=a.log2phy)
+            with_log2phy=a.log2phy, time_budget_ms=a.time_budget_ms)
         topology = (a.num_groups, a.num_nodes, a.num_gpus)
         bound = _bound_policy(plan.policy)
         plan_score = _engine_call(self.engine.evaluate, weight, plan.phy2log, *topology,
@@ -189,7 +189,8 @@ class PlacementServicer:
             objective=_OBJECTIVE_ENUM[plan.objective], compute_seconds=seconds,
             device=str(self.device), current_mapping=a.current_mapping,
             current_empty_slots=a.current_empty_slots,
-            log2phy_format=pb.LOG2PHY_FORMAT_PADDED if a.log2phy else pb.LOG2PHY_FORMAT_COMPACT)
+            log2phy_format=pb.LOG2PHY_FORMAT_PADDED if a.log2phy else pb.LOG2PHY_FORMAT_COMPACT,
+            time_budget_ran_out=not getattr(plan, "refinement_finished", True))
         log2phy = response.log2phy if a.log2phy else response.replica_rank
         log2phy.CopyFrom(encode(_numpy(plan.log2phy if a.log2phy else plan.replica_rank)
                                 .astype(a.mapping_dtype, copy=False)))

@@ -103,6 +103,7 @@ class RebalanceArgs:
     current_mapping: int = pb.CURRENT_MAPPING_UNSPECIFIED  # what became of current_phy2log
     current_empty_slots: int = 0  # its -1 entries
     log2phy: bool = True  # send the padded log2phy (LOG2PHY_FORMAT_PADDED), else replica_rank
+    time_budget_ms: float = 0.0  # refinement's time limit (0: none)
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,8 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
     if len(request.model) > MAX_MODEL_NAME:
         violations.append(("model", f"longer than {MAX_MODEL_NAME} characters"))
     violations += _migration_options(request.migration) + _history_options(request.history)
+    if not math.isfinite(request.time_budget_ms) or request.time_budget_ms < 0:
+        violations.append(("time_budget_ms", "must be finite and non-negative (0: no limit)"))
     _raise_any(violations)
     policy = _policy(request.policy)
     mapping_dtype = _mapping_dtype(request.mapping_dtype)
@@ -409,7 +412,7 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
         min_balancedness_gain=m.min_balancedness_gain, objective=OBJECTIVES[h.objective],
         half_life=h.half_life, robust_k=h.robust_k, packed=packed,
         mapping_dtype=mapping_dtype, log2phy=padded, current_mapping=current_mapping,
-        current_empty_slots=empty_slots)
+        current_empty_slots=empty_slots, time_budget_ms=request.time_budget_ms)
 
 
 def parse_evaluate(request: pb.EvaluateRequest, limits: Limits) -> EvaluateArgs:

@@ -118,7 +118,7 @@ class HistoryOptions(_message.Message):
     def __init__(self, objective: _Optional[_Union[Objective, str]] = ..., half_life: _Optional[float] = ..., robust_k: _Optional[float] = ...) -> None: ...
 
 class RebalanceRequest(_message.Message):
-    __slots__ = ("model", "topology", "policy", "expert_loads", "slot_loads", "current_phy2log", "migration", "history", "mapping_dtype", "log2phy_format")
+    __slots__ = ("model", "topology", "policy", "expert_loads", "slot_loads", "current_phy2log", "migration", "history", "mapping_dtype", "log2phy_format", "time_budget_ms")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class RebalanceRequest(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     MAPPING_DTYPE_FIELD_NUMBER: _ClassVar[int]
     LOG2PHY_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    TIME_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     model: str
     topology: Topology
     policy: Policy
@@ -139,7 +140,8 @@ class RebalanceRequest(_message.Message):
     history: HistoryOptions
     mapping_dtype: DType
     log2phy_format: Log2PhyFormat
-    def __init__(self, model: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., expert_loads: _Optional[_Union[Tensor, _Mapping]] = ..., slot_loads: _Optional[_Union[Tensor, _Mapping]] = ..., current_phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., migration: _Optional[_Union[MigrationOptions, _Mapping]] = ..., history: _Optional[_Union[HistoryOptions, _Mapping]] = ..., mapping_dtype: _Optional[_Union[DType, str]] = ..., log2phy_format: _Optional[_Union[Log2PhyFormat, str]] = ...) -> None: ...
+    time_budget_ms: float
+    def __init__(self, model: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., expert_loads: _Optional[_Union[Tensor, _Mapping]] = ..., slot_loads: _Optional[_Union[Tensor, _Mapping]] = ..., current_phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., migration: _Optional[_Union[MigrationOptions, _Mapping]] = ..., history: _Optional[_Union[HistoryOptions, _Mapping]] = ..., mapping_dtype: _Optional[_Union[DType, str]] = ..., log2phy_format: _Optional[_Union[Log2PhyFormat, str]] = ..., time_budget_ms: _Optional[float] = ...) -> None: ...
 
 class Score(_message.Message):
     __slots__ = ("balancedness", "layer_balancedness", "layer_max_load", "layer_lower_bound", "mean_gap", "max_gap", "window_balancedness")
@@ -194,7 +196,7 @@ class Migration(_message.Message):
     def __init__(self, slots_changed: _Optional[int] = ..., cross_node_copies: _Optional[int] = ..., layer_slots_changed: _Optional[_Iterable[int]] = ..., layer_changed: _Optional[_Iterable[bool]] = ..., layers_kept_for_lack_of_gain: _Optional[int] = ..., transfers: _Optional[_Iterable[_Union[SlotTransfer, _Mapping]]] = ..., layer_balancedness_before: _Optional[_Iterable[float]] = ..., layer_balancedness_after: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RebalanceResponse(_message.Message):
-    __slots__ = ("phy2log", "log2phy", "logcnt", "policy", "plan", "current", "migration", "objective", "compute_seconds", "device", "current_mapping", "current_empty_slots", "log2phy_format", "replica_rank", "backtest")
+    __slots__ = ("phy2log", "log2phy", "logcnt", "policy", "plan", "current", "migration", "objective", "compute_seconds", "device", "current_mapping", "current_empty_slots", "log2phy_format", "replica_rank", "backtest", "time_budget_ran_out")
     PHY2LOG_FIELD_NUMBER: _ClassVar[int]
     LOG2PHY_FIELD_NUMBER: _ClassVar[int]
     LOGCNT_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +212,7 @@ class RebalanceResponse(_message.Message):
     LOG2PHY_FORMAT_FIELD_NUMBER: _ClassVar[int]
     REPLICA_RANK_FIELD_NUMBER: _ClassVar[int]
     BACKTEST_FIELD_NUMBER: _ClassVar[int]
+    TIME_BUDGET_RAN_OUT_FIELD_NUMBER: _ClassVar[int]
     phy2log: Tensor
     log2phy: Tensor
     logcnt: Tensor
@@ -225,7 +228,8 @@ class RebalanceResponse(_message.Message):
     log2phy_format: Log2PhyFormat
     replica_rank: Tensor
     backtest: Backtest
-    def __init__(self, phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., log2phy: _Optional[_Union[Tensor, _Mapping]] = ..., logcnt: _Optional[_Union[Tensor, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., plan: _Optional[_Union[Score, _Mapping]] = ..., current: _Optional[_Union[Score, _Mapping]] = ..., migration: _Optional[_Union[Migration, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., compute_seconds: _Optional[float] = ..., device: _Optional[str] = ..., current_mapping: _Optional[_Union[CurrentMapping, str]] = ..., current_empty_slots: _Optional[int] = ..., log2phy_format: _Optional[_Union[Log2PhyFormat, str]] = ..., replica_rank: _Optional[_Union[Tensor, _Mapping]] = ..., backtest: _Optional[_Union[Backtest, _Mapping]] = ...) -> None: ...
+    time_budget_ran_out: bool
+    def __init__(self, phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., log2phy: _Optional[_Union[Tensor, _Mapping]] = ..., logcnt: _Optional[_Union[Tensor, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., plan: _Optional[_Union[Score, _Mapping]] = ..., current: _Optional[_Union[Score, _Mapping]] = ..., migration: _Optional[_Union[Migration, _Mapping]] = ..., objective: _Optional[_Union[Objective, str]] = ..., compute_seconds: _Optional[float] = ..., device: _Optional[str] = ..., current_mapping: _Optional[_Union[CurrentMapping, str]] = ..., current_empty_slots: _Optional[int] = ..., log2phy_format: _Optional[_Union[Log2PhyFormat, str]] = ..., replica_rank: _Optional[_Union[Tensor, _Mapping]] = ..., backtest: _Optional[_Union[Backtest, _Mapping]] = ..., time_budget_ran_out: bool = ...) -> None: ...
 
 class Backtest(_message.Message):
     __slots__ = ("candidates", "balancedness", "layer_choice", "chosen", "steps", "adaptive_balancedness", "layers")

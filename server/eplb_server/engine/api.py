@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .budget import Budget
 from .history import history_planner
 from .loads import checked_copy
 from .mapping import build_log2phy, expert_counts, ranks_and_counts
@@ -41,6 +42,9 @@ class Plan:
     # log2phy[l, phy2log[l, p], replica_rank[l, p]] = p.
     replica_rank: torch.Tensor | None = None
     backtest: object | None = None  # engine.backtest.Backtest, for the adaptive objective
+    # False when time_budget_ms ran out before every layer was refined (those layers keep their
+    # start packing, never worse than the reference's); True otherwise.
+    refinement_finished: bool = True
 
 
 def check_topology(num_experts: int, num_replicas: int, num_groups: int, num_nodes: int,
@@ -101,8 +105,8 @@ def _constraint(policy: str, num_groups: int, num_nodes: int) -> tuple[int, int]
 
 
 def _plan_arrays(load: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
-                 num_gpus: int, policy: str, current: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 num_gpus: int, policy: str, current: np.ndarray | None = None,
+                 budget: Budget | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """current [L, P]: a hierarchical plan keeps its group-to-node assignment where that costs
     no balance (issue 5), so that migration need not move whole groups between nodes."""
     if policy == "deepseek":
@@ -110,9 +114,9 @@ def _plan_arrays(load: np.ndarray, num_replicas: int, num_groups: int, num_nodes
     groups, nodes = _constraint(policy, num_groups, num_nodes)
     if current is not None and nodes > 1:
         phy2log = plan_keeping_nodes(load, num_replicas, groups, nodes, num_gpus, current,
-                                     NODE_TOLERANCE)
+                                     NODE_TOLERANCE, budget=budget)
     else:
-        phy2log = refined_plan(load, num_replicas, groups, nodes, num_gpus)
+        phy2log = refined_plan(load, num_replicas, groups, nodes, num_gpus, budget=budget)
     num_experts = load.shape[1]
     return (phy2log, *ranks_and_counts(phy2log, num_experts))
 
@@ -136,13 +140,19 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
          policy: str = "auto", current_phy2log=None, from_scratch: bool = False,
          max_moved_slots_per_layer: int = 0, max_moved_slots_total: int = 0,
          min_balancedness_gain: float = 0.0, objective: str = "default",
-         half_life: float = 0.0, robust_k: float = 0.0, with_log2phy: bool = True) -> Plan:
+         half_life: float = 0.0, robust_k: float = 0.0, with_log2phy: bool = True,
+         time_budget_ms: float = 0.0) -> Plan:
     """Plans a placement. weight: [L, E] (or a history [T, L, E], reduced by `objective`).
 
     With current_phy2log [L, P], keeps what can stay of it (unless from_scratch).
     with_log2phy=False leaves Plan.log2phy None: the padded tensor can take L * E * (P - E + 1)
     entries, and Plan.replica_rank (with phy2log) determines it.
+    time_budget_ms > 0: refinement stops that long after the call began; layers not refined by
+    then keep their start packing (the reference's or better) and Plan.refinement_finished is
+    False. 0: no limit (every layer refined, the default plan). The start packings are always
+    made, so a tiny budget still costs about the reference's time.
     """
+    budget = Budget(time_budget_ms)
     load = _loads(weight)
     num_layers, num_experts = load.shape[-2:]
     num_groups = num_groups or 1  # None or 0: a model without expert groups (SGLang passes None)
@@ -152,7 +162,7 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     current = None if current_phy2log is None else _current_mapping(
         current_phy2log, num_layers, num_replicas, num_experts)
     keep = current is not None and not from_scratch
-    planner = functools.partial(_plan_arrays, current=current) if keep else _plan_arrays
+    planner = functools.partial(_plan_arrays, current=current if keep else None, budget=budget)
     objective_used, backtest, migration = "sum", None, None
     with _ENGINE_LOCK, engine_threads(work):
         if load.ndim == 3:  # issue 6: the objective picks the load and, for some, the planner
@@ -177,7 +187,8 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     to = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)  # noqa: E731
     return Plan(phy2log=to(phy2log), log2phy=None if log2phy is None else to(log2phy),
                 logcnt=to(logcnt), policy=resolved, objective=objective_used,
-                migration=migration, replica_rank=to(rank), backtest=backtest)
+                migration=migration, replica_rank=to(rank), backtest=backtest,
+                refinement_finished=budget.finished)
 
 
 def rebalance_experts(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,

@@ -1088,13 +1088,15 @@ def _node_of_group(current, num_groups, num_nodes, group_size):
 
 
 def plan_keeping_nodes(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
-                       num_gpus: int, current_phy2log: np.ndarray, tolerance: float) -> np.ndarray:
+                       num_gpus: int, current_phy2log: np.ndarray, tolerance: float,
+                       budget=None) -> np.ndarray:
     """The refined hierarchical plan, except that a layer keeps the current mapping's
     group-to-node assignment when its heaviest node is within tolerance of the best
     assignment's (then whole groups need not move between nodes).
 
     weight: [L, E] float64; current_phy2log: [L, P] -> phy2log [L, P] int64.
+    budget: a budget.Budget for refinement, as `refined_plan` takes it.
     """
     kept = current_node_of_group(current_phy2log, num_groups, num_nodes, weight.shape[1])
     return refined_plan(weight, num_replicas, num_groups, num_nodes, num_gpus,
-                        current_node_of_group=kept, keep_tolerance=tolerance)
+                        current_node_of_group=kept, keep_tolerance=tolerance, budget=budget)

@@ -22,6 +22,10 @@ from .sorting import ascending_into, descending_into, descending_order, resort
 # (twice the refinement time), 3e-4 0.028%, 5e-4 0.045% (0.83x), 1e-3 0.073% (0.74x).
 REFINE_TOLERANCE = 5e-4
 PAIR_SWAP_ALL_MAX_CAP = 5  # most slots per pack at which 2-for-2 swaps try every pack
+# ... and at which a refined packing still this far above its bound gets `balance_pairs` and more
+# refinement (measured, issue 23, real snapshots at 4 per GPU: mean gap 0.060% -> 0.068%, worst
+# 0.148% either way, in 0.75x the time of balancing every packing above the target).
+BALANCE_PAIRS_GAP = 1e-3
 # Above this many slots per pack, 2-for-2 swaps (O(c^2) pair sums per move) and the spreading
 # pass (O(m c^2)) are skipped: they would dominate, and such packs hold many experts anyway.
 SMALL_PACK_MAX_CAP = 32
@@ -132,11 +136,11 @@ def _items_of(weight, weight32, counts, by_weight):
     return item_weight, item_weight32, item_expert
 
 
-_FULL = np.uint64(0xFFFFFFFFFFFFFFFF)  # the key of a pack that takes no more items
+FULL = np.uint64(0xFFFFFFFFFFFFFFFF)  # the key of a pack that takes no more items
 
 
 @numba.njit(cache=True, nogil=True)
-def _pack_tree(num_packs):
+def pack_tree(num_packs):
     """A tournament tree over num_packs empty packs for `lpt` and `distinct_lpt`: each node
     holds the least key below it, a pack's key being (float32 load bits << 32 | pack), so the
     root names the lightest pack, lowest index among equals (non-negative floats order as
@@ -144,7 +148,7 @@ def _pack_tree(num_packs):
     leaves = 1
     while leaves < num_packs:
         leaves *= 2
-    tree = np.full(2 * leaves, _FULL, np.uint64)
+    tree = np.full(2 * leaves, FULL, np.uint64)
     for pack in range(num_packs):
         tree[leaves + pack] = pack
     for i in range(leaves - 1, 0, -1):
@@ -153,12 +157,12 @@ def _pack_tree(num_packs):
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
-def _pack_key(load_bits, pack):
+def pack_key(load_bits, pack):
     return (np.uint64(load_bits[pack]) << np.uint64(32)) | np.uint64(pack)
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
-def _set_key(tree, leaves, pack, key):
+def set_key(tree, leaves, pack, key):
     """Sets a pack's key and the minima above it, each from its sibling (not re-read)."""
     i = leaves + pack
     tree[i] = key
@@ -181,15 +185,15 @@ def lpt(item_weight32, num_packs):
     loads = np.zeros(num_packs, np.float32)
     load_bits = loads.view(np.uint32)
     filled = np.zeros(num_packs, np.int64)
-    tree, leaves = _pack_tree(num_packs)
+    tree, leaves = pack_tree(num_packs)
     for item in range(n):
         pack = np.int64(tree[1] & np.uint64(0xFFFFFFFF))
         pack_items[pack, filled[pack]] = item
         filled[pack] += 1
         loads[pack] += item_weight32[item]
-        # `_set_key`, written out: as calls, it and `_pack_key` cost lpt 8% (measured)
+        # `set_key`, written out: as calls, it and `pack_key` cost lpt 8% (measured)
         i = leaves + pack
-        key = _FULL if filled[pack] == cap \
+        key = FULL if filled[pack] == cap \
             else (np.uint64(load_bits[pack]) << np.uint64(32)) | np.uint64(pack)
         tree[i] = key
         while i > 1:
@@ -218,14 +222,14 @@ def distinct_lpt(item_weight, item_weight32, item_expert, num_packs, enough):
     filled = np.zeros(num_packs, np.int64)
     taken = np.empty(num_packs, np.int64)  # the packs given the current expert's replicas
     num_taken = 0
-    tree, leaves = _pack_tree(num_packs)
+    tree, leaves = pack_tree(num_packs)
     for item in range(n):
         if item > 0 and item_expert[item] != item_expert[item - 1]:  # reopen those packs
             for t in range(num_taken):
                 if filled[taken[t]] < cap:
-                    _set_key(tree, leaves, taken[t], _pack_key(load_bits, taken[t]))
+                    set_key(tree, leaves, taken[t], pack_key(load_bits, taken[t]))
             num_taken = 0
-        if tree[1] == _FULL:
+        if tree[1] == FULL:
             return np.empty((0, cap), np.int64)
         pack = np.int64(tree[1] & np.uint64(0xFFFFFFFF))
         pack_expert[pack, filled[pack]] = item_expert[item]
@@ -236,7 +240,7 @@ def distinct_lpt(item_weight, item_weight32, item_expert, num_packs, enough):
         loads32[pack] += item_weight32[item]
         taken[num_taken] = pack
         num_taken += 1
-        _set_key(tree, leaves, pack, _FULL)
+        set_key(tree, leaves, pack, FULL)
     return pack_expert
 
 
@@ -682,7 +686,7 @@ def solve_one(weight, num_slots, num_packs, max_moves, count_steps, enough=0.0):
                                                  max_moves, enough)
             if peak < best_peak:
                 best_expert, best_peak, counts = pack_expert, peak, capped
-    if num_slots > 2 * num_packs:
+    if num_slots > 2 * num_packs and max_moves > 0:
         best_expert = _count_moves(weight, weight32, by_weight, counts, num_packs, max_moves,
                                    enough, best_expert, best_peak)
     return _slots_by_pack(best_expert, weight.size)
@@ -793,13 +797,20 @@ def _replicas_packed(weight, weight32, by_weight, counts, num_packs, max_moves, 
     pair_partners = num_packs if cap <= PAIR_SWAP_ALL_MAX_CAP \
         else 1 if cap <= SMALL_PACK_MAX_CAP else 0
     best_expert, best_peak = np.empty((num_packs, cap), np.int64), np.inf
+    # A later start is refined only where the earlier ones stay above this; without refinement
+    # (max_moves 0) the first, the lower, is the plan.
+    good = max(max(item_weight.sum() / num_packs, item_weight[0]) * (1.0 + BALANCE_PAIRS_GAP),
+               enough) if max_moves > 0 else 1.7976931348623157e308
     for pack_items in starts:
+        if best_peak <= good:  # best_peak is inf before the first
+            break
         pack_weight, pack_expert, loads = _packed(item_weight, item_expert, pack_items)
         if cap > 2:  # two per pack are already paired optimally
             bound = max(loads.sum() / num_packs, pack_weight[:, 0].max())
             target = max(bound * (1.0 + REFINE_TOLERANCE), enough)
             refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners, target)
-            if cap <= PAIR_SWAP_ALL_MAX_CAP and loads.max() > target:
+            if cap <= PAIR_SWAP_ALL_MAX_CAP and max_moves > 0 \
+                    and loads.max() > max(bound * (1.0 + BALANCE_PAIRS_GAP), target):
                 balance_pairs(pack_weight, pack_expert, limit, loads)
                 refine(pack_weight, pack_expert, limit, loads, max_moves, pair_partners, target)
         if cap <= SMALL_PACK_MAX_CAP:
@@ -813,10 +824,13 @@ def _replicas_packed(weight, weight32, by_weight, counts, num_packs, max_moves, 
 @numba.njit(cache=True, nogil=True)
 def _first_packings(item_weight, item_weight32, num_packs, enough):
     """Packings to refine, as item ids [m, c] each: at one or two per pack, the reference's
-    (largest with smallest: optimal for given counts); else its LPT and `differencing`, both
-    where refinement is strong (few per pack: measured, the better of the two refined cut the
-    worst layer 1.02% -> 0.55% at 4 per GPU), else whichever peaks lower; LPT alone if it
-    peaks at or below `enough` (see `solve_one`).
+    (largest with smallest: optimal for given counts); else its LPT or `differencing`,
+    whichever peaks lower, LPT alone if it peaks at or below `enough` (see `solve_one`). Up to
+    PAIR_SWAP_ALL_MAX_CAP per pack, where refinement is strong, both, the lower first:
+    `_replicas_packed` refines the second only where the first stays BALANCE_PAIRS_GAP above
+    its bound (issue 23: refining both everywhere took twice the time for 0.054% instead of
+    0.060% mean gap on the real snapshots at 4 per GPU; some problems need the second, see
+    tests/engine/test_packing.py).
     item_weight(32): [n], heaviest first -> list of [m, c] item ids"""
     num_slots = item_weight.size
     cap = num_slots // num_packs
@@ -832,8 +846,9 @@ def _first_packings(item_weight, item_weight32, num_packs, enough):
     if lpt_peak <= enough:
         return [pack_items]
     other = differencing(item_weight, num_packs)
-    if cap <= PAIR_SWAP_ALL_MAX_CAP:
-        return [pack_items, other]
+    if cap <= PAIR_SWAP_ALL_MAX_CAP:  # the lower first
+        return [other, pack_items] if _peak(item_weight, other) < lpt_peak \
+            else [pack_items, other]
     return [other if _peak(item_weight, other) <= lpt_peak else pack_items]
 
 

@@ -6,6 +6,7 @@ import numba
 import numpy as np
 
 from . import packing
+from .budget import Budget, refine_in_chunks
 from .hierarchy import assignment_peak, best_node_loads
 from .reference import reference_group_packing
 from .scoring import gpu_loads
@@ -19,17 +20,23 @@ LIGHT_NODE_MARGIN = 0.01
 
 
 def _plan_nodes(weight: np.ndarray, node_groups: np.ndarray, num_replicas: int,
-                num_gpus: int) -> np.ndarray:
+                num_gpus: int, budget: Budget | None = None) -> np.ndarray:
     """weight: [L, E], node_groups: [L, N, K/N] groups of each node in order -> phy2log [L, P].
 
     Node n owns slots [n * P/N, (n + 1) * P/N); every replica of a group stays on its node.
+    Layers left when `budget` runs out keep their start packing (no refinement, no count search).
     """
     num_nodes = node_groups.shape[1]
     slots = num_replicas // num_nodes
     margin = LIGHT_NODE_MARGIN if num_nodes > 1 else 1.0  # one node: no floor
-    return _solve_nodes(np.ascontiguousarray(weight), np.ascontiguousarray(node_groups), slots,
-                        num_gpus // num_nodes, min(MAX_MOVES_PER_ITEM * slots, MAX_MOVES),
-                        COUNT_SEARCH_STEPS, margin)
+    weight, node_groups = np.ascontiguousarray(weight), np.ascontiguousarray(node_groups)
+    moves = min(MAX_MOVES_PER_ITEM * slots, MAX_MOVES)
+
+    def layers(start: int, stop: int, refine: bool) -> np.ndarray:
+        return _solve_nodes(weight[start:stop], node_groups[start:stop], slots,
+                            num_gpus // num_nodes, moves if refine else 0,
+                            COUNT_SEARCH_STEPS if refine else 0, margin)
+    return refine_in_chunks(layers, weight.shape[0], budget)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -84,7 +91,7 @@ def _groups_by_node(node_of_group: np.ndarray, order_key: np.ndarray, num_nodes:
 
 def refined_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
                  num_gpus: int, current_node_of_group: np.ndarray | None = None,
-                 keep_tolerance: float = 0.0) -> np.ndarray:
+                 keep_tolerance: float = 0.0, budget: Budget | None = None) -> np.ndarray:
     """Hierarchical plan (num_nodes == 1 and num_groups == 1 give the global one).
 
     weight: [L, E] float64 -> phy2log [L, P] int64. Groups go to nodes as the reference puts
@@ -93,11 +100,13 @@ def refined_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nod
     current_node_of_group: [L, K], the current mapping's node of each group (rows of -1:
     none); a layer keeps it where its heaviest node is within keep_tolerance of the exact
     assignment's, and such layers are not compared with the reference.
+    budget: refinement stops when it runs out (then budget.finished is False); the layers left
+    keep their start packings, the reference's or better.
     """
     num_layers, num_experts = weight.shape
     if num_groups == 1:  # global; with groups, even one node orders them as the reference does
         return _plan_nodes(weight, np.zeros((num_layers, 1, 1), np.int64), num_replicas,
-                           num_gpus)
+                           num_gpus, budget)
     group_load = weight.reshape(num_layers, num_groups, -1).sum(-1)
     node, rank = reference_group_packing(weight.astype(np.float32), num_groups, num_nodes)
     exact_node, exact_peak = best_node_loads(group_load, num_nodes)
@@ -108,11 +117,12 @@ def refined_plan(weight: np.ndarray, num_replicas: int, num_groups: int, num_nod
                                       <= exact_peak * (1.0 + keep_tolerance))
         node = np.where(fixed[:, None], kept, node)
         rank = np.where(fixed[:, None], _load_rank(group_load), rank)
-    phy2log = _plan_nodes(weight, _groups_by_node(node, rank, num_nodes), num_replicas, num_gpus)
+    phy2log = _plan_nodes(weight, _groups_by_node(node, rank, num_nodes), num_replicas, num_gpus,
+                          budget)
     differ = np.flatnonzero((exact_peak < assignment_peak(group_load, node, num_nodes)) & ~fixed)
     if differ.size:
         by_node = _groups_by_node(exact_node[differ], _load_rank(group_load[differ]), num_nodes)
-        other = _plan_nodes(weight[differ], by_node, num_replicas, num_gpus)
+        other = _plan_nodes(weight[differ], by_node, num_replicas, num_gpus, budget)
         better = gpu_loads(weight[differ], other, num_gpus).max(1) \
             < gpu_loads(weight[differ], phy2log[differ], num_gpus).max(1)
         phy2log[differ[better]] = other[better]
