@@ -1,0 +1,114 @@
+"""The GPU plan: groups to nodes, replication, LPT and swap refinement as Triton kernels (one
+program per layer or layer x node), torch ops between them; no host sync inside a plan."""
+
+from __future__ import annotations
+
+import torch
+
+from ..packing import PAIR_SWAP_ALL_MAX_CAP, REFINE_TOLERANCE, SMALL_PACK_MAX_CAP
+from ..refined import LIGHT_NODE_MARGIN, MAX_MOVES, MAX_MOVES_PER_ITEM
+from . import kernels
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _warps(elements: int) -> int:
+    return 4 if elements <= 4096 else 8 if elements <= 16384 else 16
+
+
+def _lpt(items: torch.Tensor, num_packs: int):
+    """items [B, n] float32, each row descending -> (pack, rank) [B, n] int32"""
+    rows, n = items.shape
+    pack = torch.empty((rows, n), dtype=torch.int32, device=items.device)
+    rank = torch.empty_like(pack)
+    kernels._lpt[(rows,)](items, pack, rank, n, num_packs, n // num_packs,
+                          BLOCK_M=_pow2(num_packs))
+    return pack, rank
+
+
+def _node_experts(weight32: torch.Tensor, num_groups: int, num_nodes: int) -> torch.Tensor:
+    """The reference's groups-to-nodes LPT. weight32 [L, E] -> experts [L, N, E/N] of each node,
+    groups in the order the reference numbers them (by node, then by arrival)."""
+    layers, experts = weight32.shape
+    arange = torch.arange(experts, device=weight32.device)
+    if num_groups == 1:
+        return arange.expand(layers, 1, experts)
+    size = experts // num_groups
+    group_load = weight32.view(layers, num_groups, size).sum(-1)
+    loads, order = group_load.sort(dim=-1, descending=True, stable=True)
+    pack, rank = _lpt(loads.contiguous(), num_nodes)
+    key = torch.empty_like(order).scatter_(1, order, pack.long() * num_groups + rank.long())
+    groups = key.argsort(-1)
+    return (groups[..., None] * size + arange[:size]).view(layers, num_nodes, -1)
+
+
+def plan_tensors(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int,
+                 num_gpus: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """weight: [L, E] on a CUDA device (or the CPU under TRITON_INTERPRET=1); num_groups and
+    num_nodes are the constraint (1, 1: global). -> (phy2log [L, P], replica_rank [L, P],
+    logcnt [L, E]) int64 on weight's device.
+
+    Replica counts and the LPT start make the reference's decisions (float32, lowest index among
+    equals; groups to nodes as it puts them); refinement only lowers a pack's peak.
+    """
+    layers, num_experts = weight.shape
+    device = weight.device
+    weight64 = weight.to(torch.float64)
+    weight32 = weight64.to(torch.float32)
+    experts = _node_experts(weight32, num_groups, num_nodes)  # [L, N, n]
+    rows, n = layers * num_nodes, num_experts // num_nodes
+    slots, packs = num_replicas // num_nodes, num_gpus // num_nodes
+    cap = slots // packs
+    flat = experts.reshape(layers, num_experts)
+    w32 = weight32.gather(1, flat).view(rows, n)
+    w64 = weight64.gather(1, flat).view(rows, n)
+
+    counts = torch.empty((rows, n), dtype=torch.int32, device=device)
+    kernels._replicate[(rows,)](w32, counts, n, slots - n, BLOCK_E=_pow2(n),
+                                num_warps=_warps(n))
+    positions = torch.arange(slots, device=device).expand(rows, slots).contiguous()
+    item = torch.searchsorted(counts.long().cumsum(1), positions, right=True)  # [B, S] expert
+    item_count = counts.gather(1, item)
+    piece32 = w32.gather(1, item) / item_count.to(torch.float32)
+    piece64 = w64.gather(1, item) / item_count.to(torch.float64)
+    piece32, order = piece32.sort(dim=1, descending=True, stable=True)
+    item, piece64 = item.gather(1, order), piece64.gather(1, order)
+    pack, _ = _lpt(piece32.contiguous(), packs)
+    by_pack = (pack.long() * slots + positions).argsort(1)
+    pack_expert = item.gather(1, by_pack).view(rows, packs, cap).to(torch.int32).contiguous()
+    if cap > 2:  # two per pack: LPT already pairs largest with smallest, optimal for the counts
+        pack_weight = piece64.gather(1, by_pack).view(rows, packs, cap).contiguous()
+        limit = ((counts + packs - 1) // packs).gather(1, pack_expert.view(rows, -1).long())
+        bound = torch.maximum(w64.sum(1) / packs, (w64 / counts).max(1).values)
+        target = bound * (1.0 + REFINE_TOLERANCE)
+        if num_nodes > 1:  # a lighter node need not go far below the heaviest node's mean
+            heaviest = w64.sum(1).view(layers, num_nodes).max(1).values / packs
+            enough = (heaviest * (1.0 - LIGHT_NODE_MARGIN)).repeat_interleave(num_nodes)
+            target = torch.maximum(target, enough)
+        pair_loops = packs if cap <= PAIR_SWAP_ALL_MAX_CAP else 1 if cap <= SMALL_PACK_MAX_CAP \
+            else 0
+        moves = torch.empty(rows, dtype=torch.int32, device=device)
+        block_m, block_c = _pow2(packs), _pow2(cap)
+        kernels._refine[(rows,)](
+            pack_weight, pack_expert, limit.view(rows, packs, cap).to(torch.int32).contiguous(),
+            target.contiguous(), moves, packs, cap, min(MAX_MOVES_PER_ITEM * slots, MAX_MOVES),
+            pair_loops, int(cap <= PAIR_SWAP_ALL_MAX_CAP), BLOCK_M=block_m, BLOCK_C=block_c,
+            num_warps=_warps(block_m * block_c * block_c))
+    local = pack_expert.long().sort(-1).values.view(rows, slots)  # a pack's experts ascending
+    phy2log = experts.reshape(rows, n).gather(1, local).view(layers, num_replicas)
+    logcnt = torch.zeros((layers, num_experts), dtype=torch.int64, device=device)
+    logcnt.scatter_(1, flat, counts.view(layers, num_experts).long())
+    return phy2log, replica_ranks(phy2log, logcnt), logcnt
+
+
+def replica_ranks(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
+    """phy2log [L, P], logcnt [L, E] -> each slot's rank among its expert's replicas [L, P],
+    in slot order."""
+    layers, slots = phy2log.shape
+    positions = torch.arange(slots, device=phy2log.device).expand(layers, slots)
+    order = (phy2log * slots + positions).argsort(1)
+    expert = phy2log.gather(1, order)
+    start = (logcnt.cumsum(1) - logcnt).gather(1, expert)
+    return torch.empty_like(phy2log).scatter_(1, order, positions - start)
