@@ -187,7 +187,7 @@ class PlacementServicer:
             phy2log=encode(phy2log), logcnt=encode(logcnt),
             policy=_POLICY_ENUM[plan.policy], plan=score_message(plan_score),
             objective=_OBJECTIVE_ENUM[plan.objective], compute_seconds=seconds,
-            device=str(self.device), current_mapping=a.current_mapping,
+            device=plan.device, current_mapping=a.current_mapping,
             current_empty_slots=a.current_empty_slots,
             log2phy_format=pb.LOG2PHY_FORMAT_PADDED if a.log2phy else pb.LOG2PHY_FORMAT_COMPACT)
         log2phy = response.log2phy if a.log2phy else response.replica_rank

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .gpu.device import graph_planner, planning_device
 from .history import history_planner
 from .loads import checked_copy
 from .mapping import build_log2phy, expert_counts, ranks_and_counts
@@ -41,6 +42,7 @@ class Plan:
     # log2phy[l, phy2log[l, p], replica_rank[l, p]] = p.
     replica_rank: torch.Tensor | None = None
     backtest: object | None = None  # engine.backtest.Backtest, for the adaptive objective
+    device: str = "cpu"  # where the plan was computed: "cpu" or a CUDA device, e.g. "cuda:0"
 
 
 def check_topology(num_experts: int, num_replicas: int, num_groups: int, num_nodes: int,
@@ -117,6 +119,23 @@ def _plan_arrays(load: np.ndarray, num_replicas: int, num_groups: int, num_nodes
     return (phy2log, *ranks_and_counts(phy2log, num_experts))
 
 
+def _gpu_plan_arrays(load: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
+                     num_gpus: int, policy: str, current: np.ndarray | None = None, *,
+                     gpu: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_plan_arrays` by the GPU planner (engine.gpu), one CUDA graph per shape; the reference
+    and keeping a hierarchical mapping's nodes stay on the CPU."""
+    groups, nodes = _constraint(policy, num_groups, num_nodes)
+    if not _gpu_plans(policy, current is not None, nodes):
+        return _plan_arrays(load, num_replicas, num_groups, num_nodes, num_gpus, policy, current)
+    weight = torch.from_numpy(np.ascontiguousarray(load)).to(gpu)
+    outputs = graph_planner()(weight, num_replicas, groups, nodes, num_gpus)
+    return tuple(t.cpu().numpy() for t in outputs)
+
+
+def _gpu_plans(policy: str, keep: bool, nodes: int) -> bool:
+    return policy != "deepseek" and not (keep and nodes > 1)
+
+
 def _current_mapping(current_phy2log, num_layers: int, num_replicas: int,
                      num_experts: int) -> np.ndarray:
     mapping = current_phy2log.detach().cpu().numpy() if isinstance(current_phy2log, torch.Tensor) \
@@ -136,8 +155,12 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
          policy: str = "auto", current_phy2log=None, from_scratch: bool = False,
          max_moved_slots_per_layer: int = 0, max_moved_slots_total: int = 0,
          min_balancedness_gain: float = 0.0, objective: str = "default",
-         half_life: float = 0.0, robust_k: float = 0.0, with_log2phy: bool = True) -> Plan:
+         half_life: float = 0.0, robust_k: float = 0.0, with_log2phy: bool = True,
+         device: str = "auto") -> Plan:
     """Plans a placement. weight: [L, E] (or a history [T, L, E], reduced by `objective`).
+
+    device: "cpu" (the numba engine), "cuda" (the Triton planner, engine.gpu) or "auto" (cuda
+    when weight is a CUDA tensor and triton is installed); Plan.device says which ran.
 
     With current_phy2log [L, P], keeps what can stay of it (unless from_scratch).
     with_log2phy=False leaves Plan.log2phy None: the padded tensor can take L * E * (P - E + 1)
@@ -152,7 +175,13 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     current = None if current_phy2log is None else _current_mapping(
         current_phy2log, num_layers, num_replicas, num_experts)
     keep = current is not None and not from_scratch
-    planner = functools.partial(_plan_arrays, current=current) if keep else _plan_arrays
+    gpu = planning_device(device, weight)
+    if gpu is not None and _gpu_plans(resolved, keep, _constraint(resolved, num_groups,
+                                                                  num_nodes)[1]):
+        base, planned_on = functools.partial(_gpu_plan_arrays, gpu=gpu), str(gpu)
+    else:
+        base, planned_on = _plan_arrays, "cpu"
+    planner = functools.partial(base, current=current) if keep else base
     objective_used, backtest, migration = "sum", None, None
     with _ENGINE_LOCK, engine_threads(work):
         if load.ndim == 3:  # issue 6: the objective picks the load and, for some, the planner
@@ -177,7 +206,8 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     to = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)  # noqa: E731
     return Plan(phy2log=to(phy2log), log2phy=None if log2phy is None else to(log2phy),
                 logcnt=to(logcnt), policy=resolved, objective=objective_used,
-                migration=migration, replica_rank=to(rank), backtest=backtest)
+                migration=migration, replica_rank=to(rank), backtest=backtest,
+                device=planned_on)
 
 
 def rebalance_experts(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,
