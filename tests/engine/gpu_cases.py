@@ -11,14 +11,14 @@ from tests.engine.hard_cases import hard_loads
 # continuous lognormal (tie-free), "hard" the engine tests' families (ties, zeros, hot experts).
 CASES = [
     ("global 6/GPU", 3, 16, 24, 1, 1, 4, "global", "smooth"),
-    ("global 4/GPU", 3, 16, 32, 1, 1, 8, "global", "smooth"),
+    ("global 4/GPU", 2, 16, 32, 1, 1, 8, "global", "smooth"),
     ("global 3/GPU", 3, 24, 36, 1, 1, 12, "global", "smooth"),
     ("global 2/GPU", 2, 16, 32, 1, 1, 16, "global", "smooth"),
     ("global 1/GPU", 2, 16, 16, 1, 1, 16, "global", "smooth"),
-    ("hierarchical K4 N2 G8", 3, 32, 48, 4, 2, 8, "hierarchical", "smooth"),
+    ("hierarchical K4 N2 G8", 2, 32, 48, 4, 2, 8, "hierarchical", "smooth"),
     ("hierarchical K4 N4 G8", 2, 16, 32, 4, 4, 8, "hierarchical", "smooth"),
-    ("global hard", 10, 16, 24, 4, 2, 4, "global", "hard"),
-    ("hierarchical hard", 10, 16, 24, 4, 2, 4, "hierarchical", "hard"),
+    ("global hard", 5, 16, 24, 4, 2, 4, "global", "hard"),
+    ("hierarchical hard", 5, 16, 24, 4, 2, 4, "hierarchical", "hard"),
 ]
 
 

@@ -7,38 +7,46 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
-def _replicate(weight_ptr, count_ptr, num_experts, extra, BLOCK_E: tl.constexpr):
+@triton.jit(do_not_specialize=["num_experts", "extra", "num_packs"])
+def _replicate(weight_ptr, count_ptr, capped_ptr, num_experts, extra, num_packs,
+               BLOCK_E: tl.constexpr):
     """Adams apportionment as the reference does it: each of `extra` replicas goes to the expert
-    with the largest float32 load per replica, the lowest index among equals.
+    with the largest float32 load per replica, the lowest index among equals; and the same with
+    no expert above num_packs replicas while one is below (more than one per pack never lowers
+    an expert's load on its heaviest pack; engine.packing.capped_counts).
 
-    weight: [B, n] float32 -> count: [B, n] int32
+    weight: [B, n] float32 -> count, capped: [B, n] int32
     """
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_E)
     mask = offs < num_experts
     w = tl.load(weight_ptr + row * num_experts + offs, mask=mask, other=0.0)
     count = tl.full([BLOCK_E], 1, tl.int32)
+    capped = tl.full([BLOCK_E], 1, tl.int32)
     for _ in range(extra):
         piece = tl.where(mask, tl.div_rn(w, count.to(tl.float32)), -1.0)
-        best = tl.argmax(piece, 0)
-        count += (offs == best).to(tl.int32)
+        count += (offs == tl.argmax(piece, 0)).to(tl.int32)
+        piece = tl.where(mask & (capped < num_packs), tl.div_rn(w, capped.to(tl.float32)), -1.0)
+        capped += (offs == tl.argmax(piece, 0)).to(tl.int32)
     tl.store(count_ptr + row * num_experts + offs, count, mask=mask)
+    tl.store(capped_ptr + row * num_experts + offs, capped, mask=mask)
 
 
-@triton.jit
-def _lpt(item_ptr, pack_ptr, rank_ptr, num_items, num_packs, cap, BLOCK_M: tl.constexpr):
+@triton.jit(do_not_specialize=["num_items", "num_packs", "cap"])
+def _lpt(item_ptr, skip_ptr, pack_ptr, rank_ptr, num_items, num_packs, cap,
+         BLOCK_M: tl.constexpr):
     """Greedy LPT with cardinality as the reference packs: each item, heaviest first, to the
     lightest pack with room (float32 loads, the lowest index among equals).
 
-    item: [B, n] float32, sorted descending per row -> pack, rank (order of arrival): [B, n] int32
+    item: [B, n] float32, sorted descending per row; skip: [B] int32 (rows left as they are)
+    -> pack, rank (order of arrival): [B, n] int32
     """
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_M)
     valid = offs < num_packs
     loads = tl.zeros([BLOCK_M], tl.float32)
     counts = tl.zeros([BLOCK_M], tl.int32)
-    for i in range(num_items):
+    for i in range(num_items * (1 - tl.load(skip_ptr + row))):
         w = tl.load(item_ptr + row * num_items + i)
         key = tl.where(valid & (counts < cap), loads, float("inf"))
         pack = tl.argmin(key, 0)
@@ -50,7 +58,7 @@ def _lpt(item_ptr, pack_ptr, rank_ptr, num_items, num_packs, cap, BLOCK_M: tl.co
         tl.store(rank_ptr + row * num_items + i, rank)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_packs", "cap", "max_moves", "pair_loops", "pair_all"])
 def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs, cap, max_moves,
             pair_loops, pair_all, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """Swap refinement of one packing: while the heaviest pack is above the target, the 1-for-1

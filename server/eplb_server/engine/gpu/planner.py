@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..hierarchy import node_partitions
 from ..packing import PAIR_SWAP_ALL_MAX_CAP, REFINE_TOLERANCE, SMALL_PACK_MAX_CAP
 from ..refined import LIGHT_NODE_MARGIN, MAX_MOVES, MAX_MOVES_PER_ITEM
 from . import kernels
@@ -18,12 +19,15 @@ def _warps(elements: int) -> int:
     return 4 if elements <= 4096 else 8 if elements <= 16384 else 16
 
 
-def _lpt(items: torch.Tensor, num_packs: int):
-    """items [B, n] float32, each row descending -> (pack, rank) [B, n] int32"""
+def _lpt(items: torch.Tensor, num_packs: int, skip: torch.Tensor | None = None):
+    """items [B, n] float32, each row descending; skip [B] bool: rows left unpacked (all in pack
+    0) -> (pack, rank) [B, n] int32"""
     rows, n = items.shape
-    pack = torch.empty((rows, n), dtype=torch.int32, device=items.device)
-    rank = torch.empty_like(pack)
-    kernels._lpt[(rows,)](items, pack, rank, n, num_packs, n // num_packs,
+    pack = torch.zeros((rows, n), dtype=torch.int32, device=items.device)
+    rank = torch.zeros_like(pack)
+    skip = torch.zeros(rows, dtype=torch.int32, device=items.device) if skip is None \
+        else skip.to(torch.int32)
+    kernels._lpt[(rows,)](items, skip, pack, rank, n, num_packs, n // num_packs,
                           BLOCK_M=_pow2(num_packs))
     return pack, rank
 
@@ -40,8 +44,36 @@ def _node_experts(weight32: torch.Tensor, num_groups: int, num_nodes: int) -> to
     loads, order = group_load.sort(dim=-1, descending=True, stable=True)
     pack, rank = _lpt(loads.contiguous(), num_nodes)
     key = torch.empty_like(order).scatter_(1, order, pack.long() * num_groups + rank.long())
-    groups = key.argsort(-1)
-    return (groups[..., None] * size + arange[:size]).view(layers, num_nodes, -1)
+    return _experts_of(key.argsort(-1), size, num_nodes)
+
+
+def _experts_of(groups: torch.Tensor, size: int, num_nodes: int) -> torch.Tensor:
+    """groups [L, K] ordered by node (K/N each) -> experts [L, N, E/N]"""
+    arange = torch.arange(size, device=groups.device)
+    return (groups[..., None] * size + arange).view(groups.shape[0], num_nodes, -1)
+
+
+def _exact_node_experts(weight64: torch.Tensor, num_groups: int, num_nodes: int):
+    """The group-to-node assignment with the lightest heaviest node (as engine.hierarchy: the
+    i-th heaviest group with the i-th lightest at two per node, else every partition when there
+    are few enough), groups heaviest first within a node -> experts [L, N, E/N], or None."""
+    layers, experts = weight64.shape
+    size = experts // num_groups
+    group_load = weight64.view(layers, num_groups, size).sum(-1)
+    by_load = group_load.sort(dim=-1, descending=True, stable=True).indices
+    if num_groups == 2 * num_nodes:
+        groups = torch.stack([by_load[:, :num_nodes], by_load.flip(-1)[:, :num_nodes]], -1)
+        return _experts_of(groups.reshape(layers, num_groups), size, num_nodes)
+    parts = node_partitions(num_groups, num_nodes)
+    if parts is None:
+        return None
+    parts = torch.from_numpy(parts).to(weight64.device)  # [A, K]
+    one_hot = torch.nn.functional.one_hot(parts, num_nodes).to(torch.float64)  # [A, K, N]
+    peak = torch.einsum("lk,akn->lan", group_load, one_hot).amax(-1)  # [L, A]
+    node = parts[peak.argmin(-1)]  # [L, K]
+    rank = torch.empty_like(by_load).scatter_(
+        1, by_load, torch.arange(num_groups, device=node.device).expand(layers, -1))
+    return _experts_of((node * num_groups + rank).argsort(-1), size, num_nodes)
 
 
 def plan_tensors(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int,
@@ -53,54 +85,91 @@ def plan_tensors(weight: torch.Tensor, num_replicas: int, num_groups: int, num_n
     Replica counts and the LPT start make the reference's decisions (float32, lowest index among
     equals; groups to nodes as it puts them); refinement only lowers a pack's peak.
     """
-    layers, num_experts = weight.shape
-    device = weight.device
+    layers = weight.shape[0]
     weight64 = weight.to(torch.float64)
     weight32 = weight64.to(torch.float32)
     experts = _node_experts(weight32, num_groups, num_nodes)  # [L, N, n]
-    rows, n = layers * num_nodes, num_experts // num_nodes
+    exact = _exact_node_experts(weight64, num_groups, num_nodes) if num_nodes > 1 else None
+    if exact is None:
+        phy2log, logcnt, _ = _plan_nodes(weight64, weight32, experts, num_replicas, num_gpus)
+    else:  # both assignments in one batch; the exact one where its plan peaks lower
+        skip = _node_peak(weight64, exact) >= _node_peak(weight64, experts)  # nothing to gain
+        phy2log, logcnt, peak = _plan_nodes(
+            weight64.repeat(2, 1), weight32.repeat(2, 1), torch.cat([experts, exact]),
+            num_replicas, num_gpus, torch.cat([torch.zeros_like(skip), skip]))
+        better = (peak[layers:] < peak[:layers])[:, None]
+        phy2log = torch.where(better, phy2log[layers:], phy2log[:layers])
+        logcnt = torch.where(better, logcnt[layers:], logcnt[:layers])
+    return phy2log, replica_ranks(phy2log, logcnt), logcnt
+
+
+def _node_peak(weight64, experts):
+    """[L, E], each node's experts [L, N, n] -> [L] heaviest node's load"""
+    layers = experts.shape[0]
+    return weight64.gather(1, experts.reshape(layers, -1)).view(experts.shape).sum(-1).amax(-1)
+
+
+def _plan_nodes(weight64, weight32, experts, num_replicas, num_gpus, skip=None):
+    """Replicates and packs each node's experts [L, N, n]; layers where skip [L] is set are not
+    planned (their peak is inf). -> (phy2log [L, P], logcnt [L, E], peak [L] heaviest GPU)"""
+    layers, num_nodes, n = experts.shape
+    num_experts = num_nodes * n
+    device = weight64.device
+    rows = layers * num_nodes
     slots, packs = num_replicas // num_nodes, num_gpus // num_nodes
     cap = slots // packs
     flat = experts.reshape(layers, num_experts)
     w32 = weight32.gather(1, flat).view(rows, n)
     w64 = weight64.gather(1, flat).view(rows, n)
 
-    counts = torch.empty((rows, n), dtype=torch.int32, device=device)
-    kernels._replicate[(rows,)](w32, counts, n, slots - n, BLOCK_E=_pow2(n),
-                                num_warps=_warps(n))
-    positions = torch.arange(slots, device=device).expand(rows, slots).contiguous()
-    item = torch.searchsorted(counts.long().cumsum(1), positions, right=True)  # [B, S] expert
+    skip = torch.zeros(rows, dtype=torch.bool, device=device) if skip is None \
+        else skip.repeat_interleave(num_nodes)
+    counts = torch.empty((2 * rows, n), dtype=torch.int32, device=device)
+    kernels._replicate[(rows,)](w32, counts, counts[rows:], n, slots - n,
+                                packs, BLOCK_E=_pow2(n), num_warps=_warps(n))
+    # rows: the reference's counts, then the capped ones (packed too where they differ)
+    same = (counts[:rows] == counts[rows:]).all(1) | skip
+    w32, w64 = w32.repeat(2, 1), w64.repeat(2, 1)
+    positions = torch.arange(slots, device=device).expand(2 * rows, slots).contiguous()
+    item = torch.searchsorted(counts.long().cumsum(1), positions, right=True)  # [2B, S] expert
     item_count = counts.gather(1, item)
     piece32 = w32.gather(1, item) / item_count.to(torch.float32)
     piece64 = w64.gather(1, item) / item_count.to(torch.float64)
     piece32, order = piece32.sort(dim=1, descending=True, stable=True)
     item, piece64 = item.gather(1, order), piece64.gather(1, order)
-    pack, _ = _lpt(piece32.contiguous(), packs)
+    pack, _ = _lpt(piece32.contiguous(), packs, torch.cat([skip, same]))
     by_pack = (pack.long() * slots + positions).argsort(1)
-    pack_expert = item.gather(1, by_pack).view(rows, packs, cap).to(torch.int32).contiguous()
+    pack_expert = item.gather(1, by_pack).view(2 * rows, packs, cap).to(torch.int32).contiguous()
+    pack_weight = piece64.gather(1, by_pack).view(2 * rows, packs, cap).contiguous()
     if cap > 2:  # two per pack: LPT already pairs largest with smallest, optimal for the counts
-        pack_weight = piece64.gather(1, by_pack).view(rows, packs, cap).contiguous()
-        limit = ((counts + packs - 1) // packs).gather(1, pack_expert.view(rows, -1).long())
+        limit = ((counts + packs - 1) // packs).gather(1, pack_expert.view(2 * rows, -1).long())
         bound = torch.maximum(w64.sum(1) / packs, (w64 / counts).max(1).values)
         target = bound * (1.0 + REFINE_TOLERANCE)
         if num_nodes > 1:  # a lighter node need not go far below the heaviest node's mean
-            heaviest = w64.sum(1).view(layers, num_nodes).max(1).values / packs
+            heaviest = w64[:rows].sum(1).view(layers, num_nodes).max(1).values / packs
             enough = (heaviest * (1.0 - LIGHT_NODE_MARGIN)).repeat_interleave(num_nodes)
-            target = torch.maximum(target, enough)
+            target = torch.maximum(target, enough.repeat(2))
+        target = torch.where(torch.cat([skip, same]), torch.inf, target)  # nothing to refine
         pair_loops = packs if cap <= PAIR_SWAP_ALL_MAX_CAP else 1 if cap <= SMALL_PACK_MAX_CAP \
             else 0
-        moves = torch.empty(rows, dtype=torch.int32, device=device)
+        moves = torch.empty(2 * rows, dtype=torch.int32, device=device)
         block_m, block_c = _pow2(packs), _pow2(cap)
-        kernels._refine[(rows,)](
-            pack_weight, pack_expert, limit.view(rows, packs, cap).to(torch.int32).contiguous(),
-            target.contiguous(), moves, packs, cap, min(MAX_MOVES_PER_ITEM * slots, MAX_MOVES),
-            pair_loops, int(cap <= PAIR_SWAP_ALL_MAX_CAP), BLOCK_M=block_m, BLOCK_C=block_c,
+        kernels._refine[(2 * rows,)](
+            pack_weight, pack_expert,
+            limit.view(2 * rows, packs, cap).to(torch.int32).contiguous(), target.contiguous(),
+            moves, packs, cap, min(MAX_MOVES_PER_ITEM * slots, MAX_MOVES), pair_loops,
+            int(cap <= PAIR_SWAP_ALL_MAX_CAP), BLOCK_M=block_m, BLOCK_C=block_c,
             num_warps=_warps(block_m * block_c * block_c))
+    peak = pack_weight.sum(-1).amax(-1)
+    capped = (~same & (peak[rows:] < peak[:rows]))[:, None]
+    pack_expert = torch.where(capped[..., None], pack_expert[rows:], pack_expert[:rows])
+    counts = torch.where(capped, counts[rows:], counts[:rows])
     local = pack_expert.long().sort(-1).values.view(rows, slots)  # a pack's experts ascending
     phy2log = experts.reshape(rows, n).gather(1, local).view(layers, num_replicas)
     logcnt = torch.zeros((layers, num_experts), dtype=torch.int64, device=device)
     logcnt.scatter_(1, flat, counts.view(layers, num_experts).long())
-    return phy2log, replica_ranks(phy2log, logcnt), logcnt
+    peak = torch.where(skip, torch.inf, torch.where(capped[:, 0], peak[rows:], peak[:rows]))
+    return phy2log, logcnt, peak.view(layers, num_nodes).amax(1)
 
 
 def replica_ranks(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
