@@ -72,11 +72,13 @@ def test_never_worse_than_reference(interpreted, index):
     assert (ours <= theirs * (1 + TOLERANCE)).all(), (ours / theirs).max()
 
 
-@pytest.mark.parametrize("index", [i for i, c in enumerate(CASES) if c[7] == "global"],
-                         ids=[c[0] for c in CASES if c[7] == "global"])
+@pytest.mark.parametrize("index", [i for i, c in enumerate(CASES)
+                                   if c[7] == "global" and c[3] // c[6] != 2],
+                         ids=[c[0] for c in CASES if c[7] == "global" and c[3] // c[6] != 2])
 def test_replica_counts_are_the_references(interpreted, index):
     """The replication kernel makes the reference's choices (float32, lowest index first); where
-    those give an expert more replicas than GPUs, the capped counts may plan lower instead."""
+    those give an expert more replicas than GPUs, the capped counts may plan lower instead. (At
+    two slots per GPU the counts are searched: test_never_worse_than_reference holds them.)"""
     case, weight, _, _, logcnt = _answers(interpreted, index)
     gpus = case[6]
     reference = plan(torch.from_numpy(weight), case[3], 1, 1, gpus, policy="deepseek")
@@ -133,3 +135,13 @@ def test_refinement_ends_in_a_local_optimum(interpreted, index):
 
 def test_same_request_same_plan(interpreted):
     assert (interpreted["again_3"] == interpreted["phy2log_3"]).all()
+
+
+def test_count_search_at_two_slots_per_gpu_beats_the_reference(interpreted):
+    """At two slots per GPU only the counts can improve on the reference's pairing: on skewed
+    tie-free loads the search finds a lower peak on every layer here."""
+    index = CASE_IDS.index("global 2/GPU")
+    case, weight, phy2log, _, _ = _answers(interpreted, index)
+    reference = plan(torch.from_numpy(weight), case[3], 1, 1, case[6], policy="deepseek")
+    ours = gpu_peaks(weight, phy2log, case[6])
+    assert (ours < gpu_peaks(weight, reference.phy2log.numpy(), case[6]) * (1 - 1e-6)).all()
