@@ -11,6 +11,19 @@ import time
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class _Ops(TorchDispatchMode):
+    """Records the name of every aten op called inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
 
 
 def main(path: str) -> None:
@@ -30,6 +43,10 @@ def main(path: str) -> None:
             t.numpy() for t in (phy2log, rank, logcnt))
         if i == 3:  # determinism: the same request, the same plan
             out["again_3"] = plan_tensors(weight, replicas, *constraint(case), gpus)[0].numpy()
+        if case[7] == "hierarchical" or case[3] == 2 * case[6]:  # every torch op a plan calls
+            with _Ops() as ops:
+                plan_tensors(weight, replicas, *constraint(case), gpus)
+            out[f"ops_{i}"] = np.array(sorted(ops.names))
     np.savez(path, **out)
 
 

@@ -145,3 +145,21 @@ def test_count_search_at_two_slots_per_gpu_beats_the_reference(interpreted):
     reference = plan(torch.from_numpy(weight), case[3], 1, 1, case[6], policy="deepseek")
     ours = gpu_peaks(weight, phy2log, case[6])
     assert (ours < gpu_peaks(weight, reference.phy2log.numpy(), case[6]) * (1 - 1e-6)).all()
+
+
+# aten ops that read a device tensor's values on the host (a sync on CUDA), or whose output size
+# depends on values (nonzero, masked_select, unique, tensor repeats): none may run in a plan.
+SYNCING_OPS = {"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select",
+               "unique", "_unique", "_unique2", "unique_consecutive", "unique_dim",
+               "repeat_interleave", "allclose", "tolist"}
+
+
+def test_no_op_of_a_plan_waits_on_the_device(interpreted):
+    """Structural check of 'no host sync inside a plan' on the CPU (torch's sync debug mode
+    checks it on CUDA): the torch ops of hierarchical and 2-per-GPU plans."""
+    recorded = [key for key in interpreted if key.startswith("ops_")]
+    assert len(recorded) >= 3
+    for key in recorded:
+        names = set(interpreted[key].tolist())
+        assert {"sort", "searchsorted", "gather"} <= names, names  # it saw the plan's ops
+        assert not names & SYNCING_OPS, names & SYNCING_OPS

@@ -3,14 +3,17 @@ program per layer or layer x node), torch ops between them; no host sync inside 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..hierarchy import node_partitions
 from ..packing import PAIR_SWAP_ALL_MAX_CAP, REFINE_TOLERANCE, SMALL_PACK_MAX_CAP
 from ..refined import COUNT_SEARCH_STEPS, LIGHT_NODE_MARGIN, MAX_MOVES, MAX_MOVES_PER_ITEM
 
-COUNT_SEARCH_WIDTH = 4  # at two slots per GPU: donors and receivers tried per replica move
 from . import kernels
+
+COUNT_SEARCH_WIDTH = 4  # at two slots per GPU: donors and receivers tried per replica move
 
 
 def _pow2(n: int) -> int:
@@ -66,16 +69,28 @@ def _exact_node_experts(weight64: torch.Tensor, num_groups: int, num_nodes: int)
     if num_groups == 2 * num_nodes:
         groups = torch.stack([by_load[:, :num_nodes], by_load.flip(-1)[:, :num_nodes]], -1)
         return _experts_of(groups.reshape(layers, num_groups), size, num_nodes)
-    parts = node_partitions(num_groups, num_nodes)
-    if parts is None:
+    cached = _partitions(num_groups, num_nodes, weight64.device)
+    if cached is None:
         return None
-    parts = torch.from_numpy(parts).to(weight64.device)  # [A, K]
-    one_hot = torch.nn.functional.one_hot(parts, num_nodes).to(torch.float64)  # [A, K, N]
+    parts, one_hot = cached  # [A, K], [A, K, N]
     peak = torch.einsum("lk,akn->lan", group_load, one_hot).amax(-1)  # [L, A]
     node = parts[peak.argmin(-1)]  # [L, K]
     rank = torch.empty_like(by_load).scatter_(
         1, by_load, torch.arange(num_groups, device=node.device).expand(layers, -1))
     return _experts_of((node * num_groups + rank).argsort(-1), size, num_nodes)
+
+
+@functools.lru_cache(maxsize=16)
+def _partitions(num_groups: int, num_nodes: int, device: torch.device):
+    """engine.hierarchy.node_partitions on the device, made once (a host copy, and one_hot's
+    range check, would wait on the device inside a plan) -> ([A, K] int64, [A, K, N] float64
+    one-hot) or None."""
+    parts = node_partitions(num_groups, num_nodes)
+    if parts is None:
+        return None
+    parts = torch.from_numpy(parts)
+    one_hot = torch.nn.functional.one_hot(parts, num_nodes).to(torch.float64)
+    return parts.to(device), one_hot.to(device)
 
 
 def plan_tensors(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int,
@@ -111,6 +126,11 @@ def _node_peak(weight64, experts):
     return weight64.gather(1, experts.reshape(layers, -1)).view(experts.shape).sum(-1).amax(-1)
 
 
+def _per_node(values: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """[L] -> [L * N], each layer's value for each of its nodes (repeat_interleave, no sync)"""
+    return values[:, None].expand(-1, num_nodes).reshape(-1)
+
+
 def _plan_nodes(weight64, weight32, experts, num_replicas, num_gpus, skip=None):
     """Replicates and packs each node's experts [L, N, n]; layers where skip [L] is set are not
     planned (their peak is inf). -> (phy2log [L, P], logcnt [L, E], peak [L] heaviest GPU)"""
@@ -125,7 +145,7 @@ def _plan_nodes(weight64, weight32, experts, num_replicas, num_gpus, skip=None):
     w64 = weight64.gather(1, flat).view(rows, n)
 
     skip = torch.zeros(rows, dtype=torch.bool, device=device) if skip is None \
-        else skip.repeat_interleave(num_nodes)
+        else _per_node(skip, num_nodes)
     counts = torch.empty((2 * rows, n), dtype=torch.int32, device=device)
     kernels._replicate[(rows,)](w32, counts, counts[rows:], n, slots - n,
                                 packs, BLOCK_E=_pow2(n), num_warps=_warps(n))
@@ -151,7 +171,7 @@ def _plan_nodes(weight64, weight32, experts, num_replicas, num_gpus, skip=None):
         target = bound * (1.0 + REFINE_TOLERANCE)
         if num_nodes > 1:  # a lighter node need not go far below the heaviest node's mean
             heaviest = w64[:rows].sum(1).view(layers, num_nodes).max(1).values / packs
-            enough = (heaviest * (1.0 - LIGHT_NODE_MARGIN)).repeat_interleave(num_nodes)
+            enough = _per_node(heaviest * (1.0 - LIGHT_NODE_MARGIN), num_nodes)
             target = torch.maximum(target, enough.repeat(2))
         target = torch.where(torch.cat([skip, same]), torch.inf, target)  # nothing to refine
         pair_loops = packs if cap <= PAIR_SWAP_ALL_MAX_CAP else 1 if cap <= SMALL_PACK_MAX_CAP \
@@ -210,7 +230,8 @@ def _pair_count_search(weight64: torch.Tensor, counts: torch.Tensor, slots: int,
         peaks = _pair_peaks(weight64[:, None, None, :].expand(moved.shape), moved, slots)
         best, where = peaks.view(rows, -1).min(1)
         take = (best < peak * (1.0 - 1e-6))[:, None]  # beyond float32 reordering of pieces
-        counts = torch.where(take, moved.view(rows, -1, n)[torch.arange(rows), where], counts)
+        chosen = moved.view(rows, -1, n).gather(1, where.view(rows, 1, 1).expand(rows, 1, n))
+        counts = torch.where(take, chosen[:, 0], counts)
         peak = torch.minimum(best, peak)
     return counts.to(torch.int32)
 
