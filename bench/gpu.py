@@ -154,11 +154,17 @@ def main() -> None:
                      f"| {r['gap_gpu']:.3f} | {r['gap_cpu']:.3f} | {r['worst_vs_cpu']:.3f} | "
                      f"{r['worse_than_ref']} of {r['layers']} |")
         print(lines[-1], flush=True)
+        if args.out:
+            args.out.write_text("\n".join(lines) + "\n")
     if not args.no_rpc:
         lines += ["", "| server | RPC p50 ms | server compute p50 ms | response device |",
                   "|---|---|---|---|"]
         for device in ("cuda", "cpu"):
-            result = rpc_p50(device)
+            try:
+                result = rpc_p50(device)
+            except Exception as e:  # e.g. a protobuf runtime older than the generated code
+                print(f"RPC {device}: failed: {type(e).__name__}: {e}")
+                result = None
             if result is not None:
                 lines.append(f"| --device {device} | {result[0]:.2f} | {result[1]:.2f} | "
                              f"{result[2]} |")
