@@ -158,8 +158,9 @@ class PlacementServicer:
 
     # Engine jobs: run where the engine runs (its process or thread); return the response message.
 
-    def rebalance(self, a: validation.RebalanceArgs) -> pb.RebalanceResponse:
-        """Plans, scores the plan (and the current mapping) and builds the response."""
+    def rebalance(self, a: validation.RebalanceArgs) -> tuple[pb.RebalanceResponse, bytes]:
+        """Plans, scores the plan (and the current mapping): (response, bytes to append to its
+        encoding: the migration's transfers)."""
         start = time.perf_counter()
         weight = torch.from_numpy(a.weight).to(self.device)
         current = (None if a.current_phy2log is None
@@ -187,7 +188,7 @@ class PlacementServicer:
             phy2log=encode(phy2log), logcnt=encode(logcnt),
             policy=_POLICY_ENUM[plan.policy], plan=score_message(plan_score),
             objective=_OBJECTIVE_ENUM[plan.objective], compute_seconds=seconds,
-            device=str(self.device), current_mapping=a.current_mapping,
+            device=plan.device, current_mapping=a.current_mapping,
             current_empty_slots=a.current_empty_slots,
             log2phy_format=pb.LOG2PHY_FORMAT_PADDED if a.log2phy else pb.LOG2PHY_FORMAT_COMPACT,
             time_budget_ran_out=not getattr(plan, "refinement_finished", True))
@@ -205,8 +206,8 @@ class PlacementServicer:
             response.backtest.CopyFrom(backtest_message(plan.backtest))
         return response, tail
 
-    def evaluate(self, a: validation.EvaluateArgs) -> pb.EvaluateResponse:
-        """Scores the given mapping."""
+    def evaluate(self, a: validation.EvaluateArgs) -> tuple[pb.EvaluateResponse, bytes]:
+        """Scores the given mapping: (response, b"")."""
         weight = torch.from_numpy(a.weight).to(self.device)
         phy2log = torch.from_numpy(a.phy2log).to(self.device)
         policy = resolve_policy(_bound_policy(a.policy), a.num_groups, a.num_nodes)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .budget import Budget
+from .gpu.device import graph_planner, planning_device
 from .history import history_planner
 from .loads import checked_copy
 from .mapping import build_log2phy, expert_counts, ranks_and_counts
@@ -45,6 +46,7 @@ class Plan:
     # False when time_budget_ms ran out before every layer was refined (those layers keep their
     # start packing, never worse than the reference's); True otherwise.
     refinement_finished: bool = True
+    device: str = "cpu"  # where the plan was computed: "cpu" or a CUDA device, e.g. "cuda:0"
 
 
 def check_topology(num_experts: int, num_replicas: int, num_groups: int, num_nodes: int,
@@ -121,6 +123,23 @@ def _plan_arrays(load: np.ndarray, num_replicas: int, num_groups: int, num_nodes
     return (phy2log, *ranks_and_counts(phy2log, num_experts))
 
 
+def _gpu_plan_arrays(load: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
+                     num_gpus: int, policy: str, current: np.ndarray | None = None, *,
+                     gpu: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_plan_arrays` by the GPU planner (engine.gpu), one CUDA graph per shape; the reference
+    and keeping a hierarchical mapping's nodes stay on the CPU."""
+    groups, nodes = _constraint(policy, num_groups, num_nodes)
+    if not _gpu_plans(policy, current is not None, nodes):
+        return _plan_arrays(load, num_replicas, num_groups, num_nodes, num_gpus, policy, current)
+    weight = torch.from_numpy(np.ascontiguousarray(load)).to(gpu)
+    outputs = graph_planner()(weight, num_replicas, groups, nodes, num_gpus)
+    return tuple(t.cpu().numpy() for t in outputs)
+
+
+def _gpu_plans(policy: str, keep: bool, nodes: int) -> bool:
+    return policy != "deepseek" and not (keep and nodes > 1)
+
+
 def _current_mapping(current_phy2log, num_layers: int, num_replicas: int,
                      num_experts: int) -> np.ndarray:
     mapping = current_phy2log.detach().cpu().numpy() if isinstance(current_phy2log, torch.Tensor) \
@@ -141,8 +160,11 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
          max_moved_slots_per_layer: int = 0, max_moved_slots_total: int = 0,
          min_balancedness_gain: float = 0.0, objective: str = "default",
          half_life: float = 0.0, robust_k: float = 0.0, with_log2phy: bool = True,
-         time_budget_ms: float = 0.0) -> Plan:
+         time_budget_ms: float = 0.0, device: str = "auto") -> Plan:
     """Plans a placement. weight: [L, E] (or a history [T, L, E], reduced by `objective`).
+
+    device: "cpu" (the numba engine), "cuda" (the Triton planner, engine.gpu) or "auto" (cuda
+    when weight is a CUDA tensor and triton is installed); Plan.device says which ran.
 
     With current_phy2log [L, P], keeps what can stay of it (unless from_scratch).
     with_log2phy=False leaves Plan.log2phy None: the padded tensor can take L * E * (P - E + 1)
@@ -162,7 +184,14 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     current = None if current_phy2log is None else _current_mapping(
         current_phy2log, num_layers, num_replicas, num_experts)
     keep = current is not None and not from_scratch
-    planner = functools.partial(_plan_arrays, current=current if keep else None, budget=budget)
+    gpu = planning_device(device, weight)
+    if gpu is not None and _gpu_plans(resolved, keep, _constraint(resolved, num_groups,
+                                                                  num_nodes)[1]):
+        planner, planned_on = functools.partial(_gpu_plan_arrays, gpu=gpu), str(gpu)
+    else:  # the time budget bounds the CPU engine's refinement
+        planner, planned_on = functools.partial(_plan_arrays, budget=budget), "cpu"
+    if keep:
+        planner = functools.partial(planner, current=current)
     objective_used, backtest, migration = "sum", None, None
     with _ENGINE_LOCK, engine_threads(work):
         if load.ndim == 3:  # issue 6: the objective picks the load and, for some, the planner
@@ -183,12 +212,12 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
         elif current is not None:  # from scratch: still say what moving to the plan costs
             migration = migration_summary(current, phy2log, num_nodes, num_gpus, 0, load)
         log2phy = build_log2phy(phy2log, rank, logcnt) if with_log2phy else None  # parallel
-    device = weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
-    to = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)  # noqa: E731
+    home = weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
+    to = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(home)  # noqa: E731
     return Plan(phy2log=to(phy2log), log2phy=None if log2phy is None else to(log2phy),
                 logcnt=to(logcnt), policy=resolved, objective=objective_used,
                 migration=migration, replica_rank=to(rank), backtest=backtest,
-                refinement_finished=budget.finished)
+                refinement_finished=budget.finished, device=planned_on)
 
 
 def rebalance_experts(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: int,

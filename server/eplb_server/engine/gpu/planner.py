@@ -1,0 +1,247 @@
+"""The GPU plan: groups to nodes, replication, LPT and swap refinement as Triton kernels (one
+program per layer or layer x node), torch ops between them; no host sync inside a plan."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..hierarchy import node_partitions
+from ..packing import PAIR_SWAP_ALL_MAX_CAP, REFINE_TOLERANCE, SMALL_PACK_MAX_CAP
+from ..refined import COUNT_SEARCH_STEPS, LIGHT_NODE_MARGIN, MAX_MOVES, MAX_MOVES_PER_ITEM
+
+from . import kernels
+
+COUNT_SEARCH_WIDTH = 4  # at two slots per GPU: donors and receivers tried per replica move
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _warps(elements: int) -> int:
+    return 4 if elements <= 4096 else 8 if elements <= 16384 else 16
+
+
+def _lpt(items: torch.Tensor, num_packs: int, skip: torch.Tensor | None = None):
+    """items [B, n] float32, each row descending; skip [B] bool: rows left unpacked (all in pack
+    0) -> (pack, rank) [B, n] int32"""
+    rows, n = items.shape
+    pack = torch.zeros((rows, n), dtype=torch.int32, device=items.device)
+    rank = torch.zeros_like(pack)
+    skip = torch.zeros(rows, dtype=torch.int32, device=items.device) if skip is None \
+        else skip.to(torch.int32)
+    kernels._lpt[(rows,)](items, skip, pack, rank, n, num_packs, n // num_packs,
+                          BLOCK_M=_pow2(num_packs))
+    return pack, rank
+
+
+def _node_experts(weight32: torch.Tensor, num_groups: int, num_nodes: int) -> torch.Tensor:
+    """The reference's groups-to-nodes LPT. weight32 [L, E] -> experts [L, N, E/N] of each node,
+    groups in the order the reference numbers them (by node, then by arrival)."""
+    layers, experts = weight32.shape
+    arange = torch.arange(experts, device=weight32.device)
+    if num_groups == 1:
+        return arange.expand(layers, 1, experts)
+    size = experts // num_groups
+    group_load = weight32.view(layers, num_groups, size).sum(-1)
+    loads, order = group_load.sort(dim=-1, descending=True, stable=True)
+    pack, rank = _lpt(loads.contiguous(), num_nodes)
+    key = torch.empty_like(order).scatter_(1, order, pack.long() * num_groups + rank.long())
+    return _experts_of(key.argsort(-1), size, num_nodes)
+
+
+def _experts_of(groups: torch.Tensor, size: int, num_nodes: int) -> torch.Tensor:
+    """groups [L, K] ordered by node (K/N each) -> experts [L, N, E/N]"""
+    arange = torch.arange(size, device=groups.device)
+    return (groups[..., None] * size + arange).view(groups.shape[0], num_nodes, -1)
+
+
+def _exact_node_experts(weight64: torch.Tensor, num_groups: int, num_nodes: int):
+    """The group-to-node assignment with the lightest heaviest node (as engine.hierarchy: the
+    i-th heaviest group with the i-th lightest at two per node, else every partition when there
+    are few enough), groups heaviest first within a node -> experts [L, N, E/N], or None."""
+    layers, experts = weight64.shape
+    size = experts // num_groups
+    group_load = weight64.view(layers, num_groups, size).sum(-1)
+    by_load = group_load.sort(dim=-1, descending=True, stable=True).indices
+    if num_groups == 2 * num_nodes:
+        groups = torch.stack([by_load[:, :num_nodes], by_load.flip(-1)[:, :num_nodes]], -1)
+        return _experts_of(groups.reshape(layers, num_groups), size, num_nodes)
+    cached = _partitions(num_groups, num_nodes, weight64.device)
+    if cached is None:
+        return None
+    parts, one_hot = cached  # [A, K], [A, K, N]
+    peak = torch.einsum("lk,akn->lan", group_load, one_hot).amax(-1)  # [L, A]
+    node = parts[peak.argmin(-1)]  # [L, K]
+    rank = torch.empty_like(by_load).scatter_(
+        1, by_load, torch.arange(num_groups, device=node.device).expand(layers, -1))
+    return _experts_of((node * num_groups + rank).argsort(-1), size, num_nodes)
+
+
+@functools.lru_cache(maxsize=16)
+def _partitions(num_groups: int, num_nodes: int, device: torch.device):
+    """engine.hierarchy.node_partitions on the device, made once (a host copy, and one_hot's
+    range check, would wait on the device inside a plan) -> ([A, K] int64, [A, K, N] float64
+    one-hot) or None."""
+    parts = node_partitions(num_groups, num_nodes)
+    if parts is None:
+        return None
+    parts = torch.from_numpy(parts)
+    one_hot = torch.nn.functional.one_hot(parts, num_nodes).to(torch.float64)
+    return parts.to(device), one_hot.to(device)
+
+
+def plan_tensors(weight: torch.Tensor, num_replicas: int, num_groups: int, num_nodes: int,
+                 num_gpus: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """weight: [L, E] on a CUDA device (or the CPU under TRITON_INTERPRET=1); num_groups and
+    num_nodes are the constraint (1, 1: global). -> (phy2log [L, P], replica_rank [L, P],
+    logcnt [L, E]) int64 on weight's device.
+
+    Replica counts and the LPT start make the reference's decisions (float32, lowest index among
+    equals; groups to nodes as it puts them); refinement only lowers a pack's peak.
+    """
+    layers = weight.shape[0]
+    weight64 = weight.to(torch.float64)
+    weight32 = weight64.to(torch.float32)
+    experts = _node_experts(weight32, num_groups, num_nodes)  # [L, N, n]
+    exact = _exact_node_experts(weight64, num_groups, num_nodes) if num_nodes > 1 else None
+    if exact is None:
+        phy2log, logcnt, _ = _plan_nodes(weight64, weight32, experts, num_replicas, num_gpus)
+    else:  # both assignments in one batch; the exact one where its plan peaks lower
+        skip = _node_peak(weight64, exact) >= _node_peak(weight64, experts)  # nothing to gain
+        phy2log, logcnt, peak = _plan_nodes(
+            weight64.repeat(2, 1), weight32.repeat(2, 1), torch.cat([experts, exact]),
+            num_replicas, num_gpus, torch.cat([torch.zeros_like(skip), skip]))
+        better = (peak[layers:] < peak[:layers])[:, None]
+        phy2log = torch.where(better, phy2log[layers:], phy2log[:layers])
+        logcnt = torch.where(better, logcnt[layers:], logcnt[:layers])
+    return phy2log, replica_ranks(phy2log, logcnt), logcnt
+
+
+def _node_peak(weight64, experts):
+    """[L, E], each node's experts [L, N, n] -> [L] heaviest node's load"""
+    layers = experts.shape[0]
+    return weight64.gather(1, experts.reshape(layers, -1)).view(experts.shape).sum(-1).amax(-1)
+
+
+def _per_node(values: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """[L] -> [L * N], each layer's value for each of its nodes (repeat_interleave, no sync)"""
+    return values[:, None].expand(-1, num_nodes).reshape(-1)
+
+
+def _plan_nodes(weight64, weight32, experts, num_replicas, num_gpus, skip=None):
+    """Replicates and packs each node's experts [L, N, n]; layers where skip [L] is set are not
+    planned (their peak is inf). -> (phy2log [L, P], logcnt [L, E], peak [L] heaviest GPU)"""
+    layers, num_nodes, n = experts.shape
+    num_experts = num_nodes * n
+    device = weight64.device
+    rows = layers * num_nodes
+    slots, packs = num_replicas // num_nodes, num_gpus // num_nodes
+    cap = slots // packs
+    flat = experts.reshape(layers, num_experts)
+    w32 = weight32.gather(1, flat).view(rows, n)
+    w64 = weight64.gather(1, flat).view(rows, n)
+
+    skip = torch.zeros(rows, dtype=torch.bool, device=device) if skip is None \
+        else _per_node(skip, num_nodes)
+    counts = torch.empty((2 * rows, n), dtype=torch.int32, device=device)
+    kernels._replicate[(rows,)](w32, counts, counts[rows:], n, slots - n,
+                                packs, BLOCK_E=_pow2(n), num_warps=_warps(n))
+    if cap == 2:
+        counts[:rows] = _pair_count_search(w64, counts[:rows], slots, COUNT_SEARCH_STEPS)
+    # rows: the reference's counts, then the capped ones (packed too where they differ)
+    same = (counts[:rows] == counts[rows:]).all(1) | skip
+    w32, w64 = w32.repeat(2, 1), w64.repeat(2, 1)
+    positions = torch.arange(slots, device=device).expand(2 * rows, slots).contiguous()
+    item = torch.searchsorted(counts.long().cumsum(1), positions, right=True)  # [2B, S] expert
+    item_count = counts.gather(1, item)
+    piece32 = w32.gather(1, item) / item_count.to(torch.float32)
+    piece64 = w64.gather(1, item) / item_count.to(torch.float64)
+    piece32, order = piece32.sort(dim=1, descending=True, stable=True)
+    item, piece64 = item.gather(1, order), piece64.gather(1, order)
+    pack, _ = _lpt(piece32.contiguous(), packs, torch.cat([skip, same]))
+    by_pack = (pack.long() * slots + positions).argsort(1)
+    pack_expert = item.gather(1, by_pack).view(2 * rows, packs, cap).to(torch.int32).contiguous()
+    pack_weight = piece64.gather(1, by_pack).view(2 * rows, packs, cap).contiguous()
+    if cap > 2:  # two per pack: LPT already pairs largest with smallest, optimal for the counts
+        limit = ((counts + packs - 1) // packs).gather(1, pack_expert.view(2 * rows, -1).long())
+        bound = torch.maximum(w64.sum(1) / packs, (w64 / counts).max(1).values)
+        target = bound * (1.0 + REFINE_TOLERANCE)
+        if num_nodes > 1:  # a lighter node need not go far below the heaviest node's mean
+            heaviest = w64[:rows].sum(1).view(layers, num_nodes).max(1).values / packs
+            enough = _per_node(heaviest * (1.0 - LIGHT_NODE_MARGIN), num_nodes)
+            target = torch.maximum(target, enough.repeat(2))
+        target = torch.where(torch.cat([skip, same]), torch.inf, target)  # nothing to refine
+        pair_loops = packs if cap <= PAIR_SWAP_ALL_MAX_CAP else 1 if cap <= SMALL_PACK_MAX_CAP \
+            else 0
+        moves = torch.empty(2 * rows, dtype=torch.int32, device=device)
+        block_m, block_c = _pow2(packs), _pow2(cap)
+        kernels._refine[(2 * rows,)](
+            pack_weight, pack_expert,
+            limit.view(2 * rows, packs, cap).to(torch.int32).contiguous(), target.contiguous(),
+            moves, packs, cap, min(MAX_MOVES_PER_ITEM * slots, MAX_MOVES), pair_loops,
+            int(cap <= PAIR_SWAP_ALL_MAX_CAP), BLOCK_M=block_m, BLOCK_C=block_c,
+            num_warps=_warps(block_m * block_c * block_c))
+    peak = pack_weight.sum(-1).amax(-1)
+    capped = (~same & (peak[rows:] < peak[:rows]))[:, None]
+    pack_expert = torch.where(capped[..., None], pack_expert[rows:], pack_expert[:rows])
+    counts = torch.where(capped, counts[rows:], counts[:rows])
+    local = pack_expert.long().sort(-1).values.view(rows, slots)  # a pack's experts ascending
+    phy2log = experts.reshape(rows, n).gather(1, local).view(layers, num_replicas)
+    logcnt = torch.zeros((layers, num_experts), dtype=torch.int64, device=device)
+    logcnt.scatter_(1, flat, counts.view(layers, num_experts).long())
+    peak = torch.where(skip, torch.inf, torch.where(capped[:, 0], peak[rows:], peak[:rows]))
+    return phy2log, logcnt, peak.view(layers, num_nodes).amax(1)
+
+
+def _pair_peaks(weight64: torch.Tensor, counts: torch.Tensor, slots: int) -> torch.Tensor:
+    """weight64 [..., n], counts [..., n] summing to `slots` -> [...] the peak of pairing the
+    largest piece with the smallest (optimal for the counts at two slots per pack)."""
+    shape = counts.shape[:-1]
+    cum = counts.reshape(-1, counts.shape[-1]).cumsum(-1)
+    positions = torch.arange(slots, device=counts.device).expand(cum.shape[0], slots)
+    item = torch.searchsorted(cum, positions.contiguous(), right=True)
+    piece = (weight64.reshape(cum.shape) / counts.reshape(cum.shape)).gather(1, item)
+    piece = piece.sort(dim=1, descending=True).values
+    return (piece + piece.flip(1)).amax(1).view(shape)
+
+
+def _pair_count_search(weight64: torch.Tensor, counts: torch.Tensor, slots: int, steps: int):
+    """At two slots per pack, `steps` replica moves, each the best of COUNT_SEARCH_WIDTH donors
+    (the experts that lose least by giving up a replica) times as many receivers (the largest
+    pieces), taken where it lowers the pairing's peak; a fixed number of steps, no host sync
+    (the CPU engine also bisects on the peak, engine.pairing.threshold_counts: not here).
+    weight64 [B, n], counts [B, n] int32 summing to `slots` -> counts [B, n] int32"""
+    rows, n = counts.shape
+    width = min(COUNT_SEARCH_WIDTH, n)
+    counts = counts.long()
+    peak = _pair_peaks(weight64, counts, slots)
+    eye = torch.eye(n, dtype=torch.long, device=counts.device)
+    for _ in range(steps):
+        loss = torch.where(counts > 1, weight64 / (counts - 1).clamp(min=1), torch.inf)
+        donors = loss.topk(width, dim=1, largest=False).indices  # [B, w]
+        receivers = (weight64 / counts).topk(width, dim=1).indices  # [B, w]
+        moved = counts[:, None, None, :] - eye[donors][:, :, None, :] \
+            + eye[receivers][:, None, :, :]  # [B, w, w, n]
+        valid = (moved.amin(-1) >= 1) & (donors[:, :, None] != receivers[:, None, :])
+        moved = torch.where(valid[..., None], moved, counts[:, None, None, :])
+        peaks = _pair_peaks(weight64[:, None, None, :].expand(moved.shape), moved, slots)
+        best, where = peaks.view(rows, -1).min(1)
+        take = (best < peak * (1.0 - 1e-6))[:, None]  # beyond float32 reordering of pieces
+        chosen = moved.view(rows, -1, n).gather(1, where.view(rows, 1, 1).expand(rows, 1, n))
+        counts = torch.where(take, chosen[:, 0], counts)
+        peak = torch.minimum(best, peak)
+    return counts.to(torch.int32)
+
+
+def replica_ranks(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
+    """phy2log [L, P], logcnt [L, E] -> each slot's rank among its expert's replicas [L, P],
+    in slot order."""
+    layers, slots = phy2log.shape
+    positions = torch.arange(slots, device=phy2log.device).expand(layers, slots)
+    order = (phy2log * slots + positions).argsort(1)
+    expert = phy2log.gather(1, order)
+    start = (logcnt.cumsum(1) - logcnt).gather(1, expert)
+    return torch.empty_like(phy2log).scatter_(1, order, positions - start)

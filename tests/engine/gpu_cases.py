@@ -1,0 +1,37 @@
+"""Small problems for the GPU planner's tests, shared by the interpreter's child process, the
+tests that check its answers and the CUDA tests: (name, L, E, P, K, N, G, policy, loads)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.engine.hard_cases import hard_loads
+
+# (name, layers, experts, replicas, groups, nodes, gpus, policy, loads): loads "smooth" are
+# continuous lognormal (tie-free), "hard" the engine tests' families (ties, zeros, hot experts).
+CASES = [
+    ("global 6/GPU", 3, 16, 24, 1, 1, 4, "global", "smooth"),
+    ("global 4/GPU", 2, 16, 32, 1, 1, 8, "global", "smooth"),
+    ("global 3/GPU", 3, 24, 36, 1, 1, 12, "global", "smooth"),
+    ("global 2/GPU", 2, 16, 32, 1, 1, 16, "global", "smooth"),
+    ("global 1/GPU", 2, 16, 16, 1, 1, 16, "global", "smooth"),
+    ("hierarchical K4 N2 G8", 2, 32, 48, 4, 2, 8, "hierarchical", "smooth"),
+    ("hierarchical K4 N4 G8", 2, 16, 32, 4, 4, 8, "hierarchical", "smooth"),
+    ("global hard", 5, 16, 24, 4, 2, 4, "global", "hard"),
+    ("hierarchical hard", 5, 16, 24, 4, 2, 4, "hierarchical", "hard"),
+]
+
+
+def case_loads(case) -> np.ndarray:
+    """[L, E] float64 loads of a case, the same in every process."""
+    name, layers, experts, _, groups, *_, kind = case
+    rng = np.random.default_rng(list(name.encode()))
+    if kind == "hard":
+        return hard_loads(rng, layers, experts, groups)
+    return rng.lognormal(0.0, 1.2, (layers, experts)) * 1000.0
+
+
+def constraint(case) -> tuple[int, int]:
+    """(groups, nodes) the planner sees: (1, 1) for the global policy."""
+    _, _, _, _, groups, nodes, _, policy, _ = case
+    return (groups, nodes) if policy == "hierarchical" else (1, 1)
