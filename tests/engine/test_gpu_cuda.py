@@ -37,6 +37,19 @@ def test_auto_on_a_cpu_weight_plans_on_the_cpu():
 
 
 @cuda
+def test_auto_plans_few_slots_per_gpu_on_the_cpu_engine():
+    """Below GPU_AUTO_MIN_SLOTS_PER_GPU the CPU engine's plans peak lower: auto takes it there,
+    and the GPU from that many slots; an explicit cuda always takes the GPU."""
+    _triton()
+    from eplb_server.engine.api import GPU_AUTO_MIN_SLOTS_PER_GPU
+
+    weight = torch.rand(2, 16, generator=torch.Generator().manual_seed(0)).cuda() * 1000
+    assert plan(weight, 32, 1, 1, 16).device == "cpu"  # 2 slots per GPU
+    assert plan(weight, 32, 1, 1, 16, device="cuda").device.startswith("cuda")
+    assert plan(weight, 4 * GPU_AUTO_MIN_SLOTS_PER_GPU, 1, 1, 4).device.startswith("cuda")
+
+
+@cuda
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_cuda_plans_match_the_invariants(case):
     _triton()

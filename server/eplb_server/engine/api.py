@@ -25,6 +25,9 @@ NODE_TOLERANCE = 0.01  # issue 5: slack on the heaviest node for keeping the cur
 # computes: beyond it pieces and sums overflow to inf and the kernels' invariants break.
 MAX_LAYER_LOAD = float(np.finfo(np.float32).max)
 POLICIES = ("auto", "hierarchical", "global", "deepseek")
+# device="auto" plans on the GPU from this many slots per GPU: below, the Triton planner lacks
+# the CPU engine's count moves and differencing start, and its peaks trail (docs/gpu.md).
+GPU_AUTO_MIN_SLOTS_PER_GPU = 6
 # Numba's threading layers must not be entered from two threads at once.
 _ENGINE_LOCK = threading.Lock()
 
@@ -164,7 +167,8 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
     """Plans a placement. weight: [L, E] (or a history [T, L, E], reduced by `objective`).
 
     device: "cpu" (the numba engine), "cuda" (the Triton planner, engine.gpu) or "auto" (cuda
-    when weight is a CUDA tensor and triton is installed); Plan.device says which ran.
+    when weight is a CUDA tensor, triton is installed and a GPU holds at least
+    GPU_AUTO_MIN_SLOTS_PER_GPU slots); Plan.device says which ran.
 
     With current_phy2log [L, P], keeps what can stay of it (unless from_scratch).
     with_log2phy=False leaves Plan.log2phy None: the padded tensor can take L * E * (P - E + 1)
@@ -185,6 +189,8 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
         current_phy2log, num_layers, num_replicas, num_experts)
     keep = current is not None and not from_scratch
     gpu = planning_device(device, weight)
+    if device == "auto" and num_replicas // num_gpus < GPU_AUTO_MIN_SLOTS_PER_GPU:
+        gpu = None
     if gpu is not None and _gpu_plans(resolved, keep, _constraint(resolved, num_groups,
                                                                   num_nodes)[1]):
         planner, planned_on = functools.partial(_gpu_plan_arrays, gpu=gpu), str(gpu)
