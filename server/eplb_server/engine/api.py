@@ -27,7 +27,7 @@ MAX_LAYER_LOAD = float(np.finfo(np.float32).max)
 POLICIES = ("auto", "hierarchical", "global", "deepseek")
 # device="auto" plans on the GPU from this many slots per GPU: below, the Triton planner lacks
 # the CPU engine's count moves and differencing start, and its peaks trail (docs/gpu.md).
-GPU_AUTO_MIN_SLOTS_PER_GPU = 6
+GPU_AUTO_MIN_SLOTS_PER_GPU = 9  # where agreement was checked (real EP32 layers)
 # Numba's threading layers must not be entered from two threads at once.
 _ENGINE_LOCK = threading.Lock()
 
