@@ -21,7 +21,10 @@ def engine():
 
 @pytest.fixture(scope="session")
 def server(engine):
-    running = ServerThread(Config(listen=["127.0.0.1:0"], metrics_port=None), engine)
+    # No reuse of recent answers: a test's request must reach the engine even when an earlier
+    # test's identical call (abandoned at its deadline) was answered after it left.
+    running = ServerThread(Config(listen=["127.0.0.1:0"], metrics_port=None,
+                                  coalesce_seconds=0), engine)
     running.wait_warm()
     yield running
     running.close()
