@@ -92,7 +92,7 @@ def rpc_p50(device, requests=50):
     from eplb_client.v1 import placement_pb2 as pb
     from eplb_client.v1 import placement_pb2_grpc as pb_grpc
 
-    from .service import _free_port, _serving
+    from .service import _free_port, _serving, sequential
 
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
     proc = subprocess.Popen(
@@ -116,15 +116,10 @@ def rpc_p50(device, requests=50):
         reqs = [pb.RebalanceRequest(model="bench", topology=pb.Topology(**RPC_SHAPE[1]),
                                     expert_loads=to_tensor(w)) for w in loads]
         with grpc.insecure_channel(target) as channel:
-            stub = pb_grpc.PlacementServiceStub(channel)
-            answer = stub.Rebalance(reqs[0], timeout=120)
-            latency, compute = [], []
-            for i in range(requests):
-                start = time.perf_counter()
-                response = stub.Rebalance(reqs[i % len(reqs)], timeout=120)
-                latency.append(time.perf_counter() - start)
-                compute.append(response.compute_seconds)
-        return statistics.median(latency) * 1e3, statistics.median(compute) * 1e3, answer.device
+            device_used = pb_grpc.PlacementServiceStub(channel).Rebalance(
+                reqs[0], timeout=120).device
+        latency, compute = sequential(target, reqs, requests)
+        return statistics.median(latency) * 1e3, statistics.median(compute) * 1e3, device_used
     finally:
         proc.terminate()
         proc.wait(30)
