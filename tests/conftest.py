@@ -62,10 +62,38 @@ def sorted_pairing_peak(weight, counts):
     return (items + items[::-1]).max()
 
 
+INTERPRETED_PLANS = ROOT / "tests" / "engine" / "test_gpu_interpreter.py"
+early_children = {}  # test file -> (process, output path), started at session start
+
+
+def start_interpreter_child(output: pathlib.Path):
+    """The Triton interpreter's run of the GPU planner (tests/engine/gpu_interpret_child.py)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1", NUMBA_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "tests.engine.gpu_interpret_child",
+                             str(output)], cwd=ROOT, env=env)
+
+
+def _selected(config, path: pathlib.Path) -> bool:
+    """Whether the command line's test paths include `path` (none given: the whole suite)."""
+    targets = [pathlib.Path(arg.split("::")[0]).resolve() for arg in config.args] or [ROOT]
+    return any(path == t or t in path.parents for t in targets)
+
+
 def pytest_sessionstart(session):
     """Compiles the engine's kernels once, before any test, and says so: every later test and
-    every engine worker process the service tests start loads them from numba's cache."""
+    every engine worker process the service tests start loads them from numba's cache. The
+    Triton interpreter's minute runs meanwhile in a child process, on the other core."""
+    import importlib.util
+    import tempfile
     import time
+
+    if importlib.util.find_spec("triton") and _selected(session.config, INTERPRETED_PLANS):
+        output = pathlib.Path(tempfile.mkdtemp()) / "plans.npz"
+        early_children[INTERPRETED_PLANS] = (start_interpreter_child(output), output)
 
     import torch
     from eplb_server import warmup
@@ -84,3 +112,9 @@ def pytest_sessionstart(session):
         pass
     say(f"engine kernels ready in {time.perf_counter() - start:.1f} s (compiled on the first run "
         "on this machine, loaded from numba's cache after)")
+
+
+def pytest_sessionfinish(session):
+    """An early child whose tests did not run (deselected, or the session stopped) ends here."""
+    for child, _ in early_children.values():
+        child.kill()

@@ -8,9 +8,7 @@ one); the tests below check its plans. About 30 s of interpreter time here (cont
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import pathlib
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ import torch
 
 from eplb_server import evaluate, plan
 from eplb_server.engine.packing import REFINE_TOLERANCE
-from tests.conftest import ROOT
+from tests.conftest import early_children, start_interpreter_child
 from tests.engine.gpu_cases import CASES, case_loads, constraint
 from tests.engine.hard_cases import gpu_peaks, groups_stay_on_nodes
 
@@ -29,11 +27,16 @@ CASE_IDS = [case[0] for case in CASES]
 
 @pytest.fixture(scope="module")
 def interpreted(tmp_path_factory):
-    """{key: array} of the child's plans (phy2log_i, rank_i, logcnt_i, seconds_i, again_3)."""
-    path = tmp_path_factory.mktemp("gpu") / "plans.npz"
-    env = dict(os.environ, TRITON_INTERPRET="1", NUMBA_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "tests.engine.gpu_interpret_child", str(path)],
-                   cwd=ROOT, env=env, check=True, timeout=600)
+    """{key: array} of the child's plans (phy2log_i, rank_i, logcnt_i, seconds_i, again_3);
+    the child started at session start (tests/conftest.py) when this file was selected."""
+    child, path = early_children.pop(pathlib.Path(__file__).resolve(), (None, None))
+    if child is None:
+        path = tmp_path_factory.mktemp("gpu") / "plans.npz"
+        child = start_interpreter_child(path)
+    try:
+        assert child.wait(timeout=600) == 0, "the interpreter's child process failed"
+    finally:
+        child.kill()
     with np.load(path) as data:
         return dict(data)
 
