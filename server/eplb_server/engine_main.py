@@ -39,7 +39,8 @@ def _limit_threads(threads: int):
 
 
 def serve(conn: Connection, config: dict):
-    """Warm-up, then one job at a time until the socket closes."""
+    """Warm-up, then one job at a time until the socket closes. On a warm cache, ready comes
+    after the common warm-up steps and the others run while no job waits."""
     import torch
 
     from . import warmup
@@ -104,6 +105,7 @@ def _next_step(steps):
     except Exception:  # the service runs on; the request that needs this kernel compiles it
         log.exception("warm-up step failed")
         return None
+
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
