@@ -3,7 +3,7 @@
 A cached kernel holds the code of the kernels it calls, from other files too; numba checks only
 the caller's file, so after an edit of a callee's file the caller ran the old callee from the
 cache (a checkout updated in place). `install(directory)` makes every cached kernel defined under
-`directory` stale as soon as a .py file there that uses numba changes.
+`directory` stale as soon as a .py file there that defines kernels changes.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from numba.core import caching
 
 @functools.lru_cache(maxsize=None)
 def package_stamp(directory: str) -> str:
-    """sha256 over the names and contents of the .py files under `directory` that use numba
-    (read once per process; an edit elsewhere, say of api.py, recompiles nothing)."""
+    """sha256 over the names and contents of the .py files under `directory` that define
+    kernels (read once per process; an edit elsewhere, say of api.py, recompiles nothing)."""
     digest = hashlib.sha256()
     for path in sorted(pathlib.Path(directory).rglob("*.py")):
         text = path.read_bytes()
-        if b"numba" in text:
+        if b"njit" in text:
             digest.update(str(path.relative_to(directory)).encode() + b"\0" + text)
     return digest.hexdigest()
 

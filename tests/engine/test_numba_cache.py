@@ -1,5 +1,5 @@
 """A cached kernel is recompiled when a kernel it calls, in another file of its package, changes
-(numba alone checks only the kernel's own file: eplb_server.numba_cache)."""
+(numba alone checks only the kernel's own file: eplb_server.numba_cache), and only then."""
 
 import subprocess
 import sys
@@ -16,6 +16,9 @@ PACKAGE = {
         @numba.njit(cache=True)
         def value():
             return 1
+    """,
+    "plain.py": """
+        SCALE = 10  # no kernels here
     """,
     "caller.py": """
         import numba
@@ -46,3 +49,6 @@ def test_an_edit_of_a_callees_file_recompiles_its_cached_callers(tmp_path):
     callee.write_text(callee.read_text().replace("return 1", "return 2"))
     assert _run(tmp_path) == (20, 0)  # the caller's cache entry is stale: compiled again
     assert _run(tmp_path) == (20, 1)
+    plain = package / "plain.py"
+    plain.write_text(plain.read_text() + "# edited\n")
+    assert _run(tmp_path) == (20, 1)  # a file without kernels is not part of the stamp
