@@ -171,7 +171,7 @@ def evaluate_series(series, topo, policy, history, points):
         window, nxt = series[i - history + 1:i + 1], series[i + 1]
         for column, plan in PLANS.items():
             p = plan(window, topo, policy)
-            rows[column].append(balancedness(nxt, p.phy2log.numpy(), num_gpus))
+            rows[column].append(balancedness(nxt, np.asarray(p.phy2log), num_gpus))
             if column == "adaptive" and p.backtest is not None:
                 chosen.append(p.backtest.chosen)
         rows["oracle"].append(oracle(nxt, topo, policy == "hierarchical"))

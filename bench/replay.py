@@ -42,11 +42,11 @@ def make_trace(family: str, windows: int, layers: int, seed: int) -> np.ndarray:
 def planners(interval: int, history: int, budget: int, topo, policy: str, objective: str):
     """The two policies as replay planners: (reference, service)."""
     def reference(seen, current):
-        return api.plan(seen[-interval:].sum(0), *topo, policy="deepseek").phy2log.numpy()
+        return np.asarray(api.plan(seen[-interval:].sum(0), *topo, policy="deepseek").phy2log)
 
     def service(seen, current):
-        return api.plan(seen[-history:], *topo, policy=policy, current_phy2log=current,
-                        max_moved_slots_per_layer=budget, objective=objective).phy2log.numpy()
+        return np.asarray(api.plan(seen[-history:], *topo, policy=policy, current_phy2log=current,
+                                   max_moved_slots_per_layer=budget, objective=objective).phy2log)
 
     return reference, service
 

@@ -95,7 +95,6 @@ def pytest_sessionstart(session):
         output = pathlib.Path(tempfile.mkdtemp()) / "plans.npz"
         early_children[INTERPRETED_PLANS] = (start_interpreter_child(output), output)
 
-    import torch
     from eplb_server import warmup
     from eplb_server.limits import Limits
     from eplb_server.server import Config
@@ -106,7 +105,7 @@ def pytest_sessionstart(session):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     say = reporter.write_line if reporter is not None else print
     start = time.perf_counter()
-    servicer = PlacementServicer(eplb_server, torch.device("cpu"), Limits())
+    servicer = PlacementServicer(eplb_server, "cpu", Limits())
     shapes = [warmup.Shape.parse(spec) for spec in Config().warmup_shapes]
     for _ in warmup.warm_up(servicer, shapes):
         pass

@@ -3,6 +3,8 @@ to import, for the CLI before it starts the engine worker and for the worker its
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -44,16 +46,33 @@ class Config:
     keepalive_timeout: float = 20.0
 
 
-def resolve_device(name: str):
-    """auto: the first CUDA device when torch sees one, else the CPU."""
-    import torch
+# Files a host with a GPU driver has (NVIDIA's, or ROCm's, which torch also calls CUDA).
+GPU_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")
 
+
+def resolve_device(name: str) -> str:
+    """"cpu" or "cuda:N". auto: the first CUDA device when torch sees one, else the CPU. Torch
+    (seconds to import) is asked only where a GPU driver is present."""
     if name == "auto":
+        if not any(os.path.exists(path) for path in GPU_DRIVER_FILES):
+            return "cpu"
+        import torch
+
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
+        import torch
+
         if not torch.cuda.is_available():
             raise ValueError("--device cuda: torch sees no CUDA device")
-        return torch.device(name if ":" in name else "cuda:0")
+        return str(torch.device(name if ":" in name else "cuda:0"))
     if name != "cpu":
         raise ValueError(f"unknown device {name!r}: use auto, cpu or cuda")
-    return torch.device("cpu")
+    return "cpu"
+
+
+def torch_version() -> str:
+    """The installed torch's version, read without importing it."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return ""

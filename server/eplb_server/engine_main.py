@@ -40,21 +40,21 @@ def _limit_threads(threads: int):
 
 def serve(conn: Connection, config: dict):
     """Warm-up, then one job at a time until the socket closes. On a warm cache, ready comes
-    after the common warm-up steps and the others run while no job waits."""
-    import torch
-
+    after the common warm-up steps and the others run while no job waits. Torch is imported
+    only for a CUDA device (numpy arrays go to the engine on the CPU)."""
     from . import warmup
-    from .config import resolve_device
+    from .config import resolve_device, torch_version
     from .engine.threads import set_max_threads
     from .limits import Limits
     from .outcome import Outcome
     from .service import PlacementServicer
 
-    torch.set_num_threads(1)
     set_max_threads(config["threads"])
     engine = importlib.import_module(config["engine_module"])
     servicer = PlacementServicer(engine, resolve_device(config["device"]),
                                  Limits(**config["limits"]))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     shapes = [warmup.Shape.parse(spec) for spec in config["warmup_shapes"]]
     start = time.perf_counter()
     steps = warmup.warm_up(servicer, shapes)
@@ -67,7 +67,7 @@ def serve(conn: Connection, config: dict):
     else:
         steps = None
     conn.send(("ready", dict(seconds=time.perf_counter() - start, device=str(servicer.device),
-                             torch_version=str(torch.__version__),
+                             torch_version=torch_version(),
                              steps_later=0 if steps is None else total - step)))
     while True:
         if steps is not None and not conn.poll(0):

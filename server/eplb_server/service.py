@@ -6,12 +6,12 @@ import re
 import time
 
 import numpy as np
-import torch
 from eplb_client.tensors import to_tensor
 from eplb_client.v1 import placement_pb2 as pb
 
 from . import validation, wire
 from .engine.api import resolve_policy
+from .engine.arrays import as_numpy
 from .outcome import Outcome
 from .validation import InvalidRequest
 
@@ -89,7 +89,7 @@ def migration_message(m) -> tuple[pb.Migration, bytes]:
         layers_kept_for_lack_of_gain=int(m.layers_kept_for_lack_of_gain),
         layer_balancedness_before=m.layer_balancedness_before.tolist(),
         layer_balancedness_after=m.layer_balancedness_after.tolist())
-    return message, wire.encode_transfers(_numpy(m.transfers), _numpy(m.transfer_cross_node))
+    return message, wire.encode_transfers(as_numpy(m.transfers), as_numpy(m.transfer_cross_node))
 
 
 def _bound_policy(policy: str) -> str:
@@ -110,18 +110,22 @@ def _packed_tensor(array: np.ndarray) -> pb.Tensor:
     return pb.Tensor(dtype=dtype, shape=array.shape, int_values=array.ravel().tolist())
 
 
-def _numpy(tensor) -> np.ndarray:
-    return tensor.detach().cpu().numpy()
-
-
 class PlacementServicer:
     """Serves serialized requests with the engine; runs wherever the engine runs (transport.py
-    holds the gRPC side)."""
+    holds the gRPC side). device: "cpu" (numpy arrays to the engine: torch is not imported) or
+    a CUDA device ("cuda:0": tensors on it)."""
 
-    def __init__(self, engine, device: torch.device, limits: validation.Limits):
+    def __init__(self, engine, device: str, limits: validation.Limits):
         self.engine = engine
-        self.device = device
+        self.device = str(device)
         self.limits = limits
+
+    def _on_device(self, array: np.ndarray | None):
+        if array is None or self.device == "cpu":
+            return array
+        import torch
+
+        return torch.from_numpy(array).to(self.device)
 
     def execute(self, method: str, data: bytes) -> Outcome:
         """Decodes, validates and serves one serialized request; never raises for bad input.
@@ -162,9 +166,7 @@ class PlacementServicer:
         """Plans, scores the plan (and the current mapping): (response, bytes to append to its
         encoding: the migration's transfers)."""
         start = time.perf_counter()
-        weight = torch.from_numpy(a.weight).to(self.device)
-        current = (None if a.current_phy2log is None
-                   else torch.from_numpy(a.current_phy2log).to(self.device))
+        weight, current = self._on_device(a.weight), self._on_device(a.current_phy2log)
         plan = _engine_call(
             self.engine.plan, weight, a.num_replicas, a.num_groups, a.num_nodes, a.num_gpus,
             policy=a.policy, current_phy2log=current,
@@ -181,7 +183,7 @@ class PlacementServicer:
             self.engine.evaluate, weight, current, *topology, policy=bound,
             lower_bound=plan_score.layer_lower_bound))
         seconds = time.perf_counter() - start
-        phy2log, logcnt = (_numpy(t).astype(a.mapping_dtype, copy=False)
+        phy2log, logcnt = (as_numpy(t).astype(a.mapping_dtype, copy=False)
                            for t in (plan.phy2log, plan.logcnt))
         encode = _packed_tensor if a.packed else to_tensor
         response = pb.RebalanceResponse(
@@ -193,7 +195,7 @@ class PlacementServicer:
             log2phy_format=pb.LOG2PHY_FORMAT_PADDED if a.log2phy else pb.LOG2PHY_FORMAT_COMPACT,
             time_budget_ran_out=not getattr(plan, "refinement_finished", True))
         log2phy = response.log2phy if a.log2phy else response.replica_rank
-        log2phy.CopyFrom(encode(_numpy(plan.log2phy if a.log2phy else plan.replica_rank)
+        log2phy.CopyFrom(encode(as_numpy(plan.log2phy if a.log2phy else plan.replica_rank)
                                 .astype(a.mapping_dtype, copy=False)))
         if current_score is not None:
             response.current.CopyFrom(score_message(current_score))
@@ -208,8 +210,7 @@ class PlacementServicer:
 
     def evaluate(self, a: validation.EvaluateArgs) -> tuple[pb.EvaluateResponse, bytes]:
         """Scores the given mapping: (response, b"")."""
-        weight = torch.from_numpy(a.weight).to(self.device)
-        phy2log = torch.from_numpy(a.phy2log).to(self.device)
+        weight, phy2log = self._on_device(a.weight), self._on_device(a.phy2log)
         policy = resolve_policy(_bound_policy(a.policy), a.num_groups, a.num_nodes)
         score = _engine_call(self.engine.evaluate, weight, phy2log, a.num_groups, a.num_nodes,
                              a.num_gpus, policy=policy)

@@ -97,11 +97,11 @@ class ThreadEngine(EngineHost):
     """Runs servicer.execute on one thread of this process (no crash or hang containment)."""
 
     def __init__(self, servicer, max_pending: int, warm_up=None):
-        import torch
+        from .config import torch_version
 
         super().__init__(max_pending)
         self.servicer = servicer
-        self.ready_info = dict(device=str(servicer.device), torch_version=torch.__version__)
+        self.ready_info = dict(device=str(servicer.device), torch_version=torch_version())
         self.warm_up = warm_up
 
     async def start(self):

@@ -72,16 +72,16 @@ def test_the_default_is_adaptive_and_plans_with_the_chosen_forecast():
         chosen = p.backtest.chosen
         assert (p.backtest.layer_choice == NAMES.index(chosen)).all()
         if chosen in ("sum", "expected_peak"):
-            same = api.plan(history, *TOPO, policy="global", objective=chosen).phy2log.numpy()
+            same = api.plan(history, *TOPO, policy="global", objective=chosen).phy2log
         else:
             same = api.plan(forecast(history, chosen), *TOPO, policy="global")
             if chosen == "drift_peak":  # the last window's plan, swapped against drift
-                same = refine_layers(scenarios(history), same.phy2log.numpy(),
-                                     same.logcnt.numpy(), range(4), TOPO[0], TOPO[2], TOPO[3],
+                same = refine_layers(scenarios(history), np.asarray(same.phy2log),
+                                     np.asarray(same.logcnt), range(4), TOPO[0], TOPO[2], TOPO[3],
                                      "global")
             else:
-                same = same.phy2log.numpy()
-        np.testing.assert_array_equal(p.phy2log.numpy(), same, err_msg=chosen)
+                same = np.asarray(same.phy2log)
+        np.testing.assert_array_equal(np.asarray(p.phy2log), same, err_msg=chosen)
 
 
 def test_forecasts_match_the_objectives_reductions():

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import torch
 from eplb_client.tensors import to_tensor
 from eplb_client.v1 import placement_pb2 as pb
 from eplb_server import warmup
@@ -79,7 +78,7 @@ def battery(seed=0, count=60):
 def probe():
     """In a fresh process: warm up, then serve the battery; print the kernel signatures that
     the battery needed and the warm-up did not reach."""
-    servicer = PlacementServicer(eplb_server, torch.device("cpu"), Limits())
+    servicer = PlacementServicer(eplb_server, "cpu", Limits())
     shapes = [warmup.Shape.parse(spec) for spec in Config().warmup_shapes]
     for _ in warmup.warm_up(servicer, shapes):
         pass

@@ -1,14 +1,16 @@
-"""Public engine API: `plan`, `rebalance_experts` and `evaluate` over torch tensors."""
+"""Public engine API: `plan`, `rebalance_experts` and `evaluate` over torch tensors or numpy
+arrays (results come back as the loads came)."""
 
 from __future__ import annotations
 
 import functools
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
 
+from .arrays import as_numpy, is_tensor, like, record_like
 from .budget import Budget
 from .gpu.device import graph_planner, planning_device
 from .history import history_planner
@@ -19,6 +21,11 @@ from .migration import MigrationOptions, keep_current, migration_summary, plan_k
 from .refined import refined_plan
 from .scoring import Score, score
 from .threads import engine_threads
+
+if TYPE_CHECKING:
+    import torch
+
+    Tensor = Union[torch.Tensor, np.ndarray]
 
 NODE_TOLERANCE = 0.01  # issue 5: slack on the heaviest node for keeping the current assignment
 # A layer's total load (summed over windows too) must fit in float32, in which the reference
@@ -34,17 +41,18 @@ _ENGINE_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class Plan:
-    """A placement in deepseek-ai/EPLB's conventions, on the weight's device."""
+    """A placement in deepseek-ai/EPLB's conventions: tensors on the weight's device where the
+    weight was a torch tensor, else numpy arrays."""
 
-    phy2log: torch.Tensor  # [L, P] int64
-    log2phy: torch.Tensor | None  # [L, E, W] int64, -1 padded, W = max logcnt (None: not asked)
-    logcnt: torch.Tensor  # [L, E] int64
+    phy2log: Tensor  # [L, P] int64
+    log2phy: Tensor | None  # [L, E, W] int64, -1 padded, W = max logcnt (None: not asked)
+    logcnt: Tensor  # [L, E] int64
     policy: str  # the policy that ran: "hierarchical", "global" or "deepseek"
     objective: str = "sum"  # what a load history was reduced to
     migration: object | None = None
     # [L, P] int64: each slot's rank among its expert's replicas, the compact log2phy:
     # log2phy[l, phy2log[l, p], replica_rank[l, p]] = p.
-    replica_rank: torch.Tensor | None = None
+    replica_rank: Tensor | None = None
     backtest: object | None = None  # engine.backtest.Backtest, for the adaptive objective
     # False when time_budget_ms ran out before every layer was refined (those layers keep their
     # start packing, never worse than the reference's); True otherwise.
@@ -90,7 +98,7 @@ def resolve_policy(policy: str, num_groups: int, num_nodes: int, num_gpus: int |
 
 
 def _loads(weight) -> np.ndarray:
-    array = weight.detach().cpu().double().numpy() if isinstance(weight, torch.Tensor) \
+    array = weight.detach().cpu().double().numpy() if is_tensor(weight) \
         else np.asarray(weight, dtype=np.float64)
     if array.ndim not in (2, 3):
         raise ValueError(f"weight must be [L, E] or [T, L, E], got shape {list(array.shape)}")
@@ -128,12 +136,14 @@ def _plan_arrays(load: np.ndarray, num_replicas: int, num_groups: int, num_nodes
 
 def _gpu_plan_arrays(load: np.ndarray, num_replicas: int, num_groups: int, num_nodes: int,
                      num_gpus: int, policy: str, current: np.ndarray | None = None, *,
-                     gpu: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     gpu) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`_plan_arrays` by the GPU planner (engine.gpu), one CUDA graph per shape; the reference
     and keeping a hierarchical mapping's nodes stay on the CPU."""
     groups, nodes = _constraint(policy, num_groups, num_nodes)
     if not _gpu_plans(policy, current is not None, nodes):
         return _plan_arrays(load, num_replicas, num_groups, num_nodes, num_gpus, policy, current)
+    import torch
+
     weight = torch.from_numpy(np.ascontiguousarray(load)).to(gpu)
     outputs = graph_planner()(weight, num_replicas, groups, nodes, num_gpus)
     return tuple(t.cpu().numpy() for t in outputs)
@@ -145,8 +155,7 @@ def _gpu_plans(policy: str, keep: bool, nodes: int) -> bool:
 
 def _current_mapping(current_phy2log, num_layers: int, num_replicas: int,
                      num_experts: int) -> np.ndarray:
-    mapping = current_phy2log.detach().cpu().numpy() if isinstance(current_phy2log, torch.Tensor) \
-        else np.asarray(current_phy2log)
+    mapping = as_numpy(current_phy2log)
     if mapping.shape != (num_layers, num_replicas):
         raise ValueError(f"current_phy2log must be [{num_layers}, {num_replicas}], "
                          f"got shape {list(mapping.shape)}")
@@ -218,11 +227,11 @@ def plan(weight, num_replicas: int, num_groups: int, num_nodes: int, num_gpus: i
         elif current is not None:  # from scratch: still say what moving to the plan costs
             migration = migration_summary(current, phy2log, num_nodes, num_gpus, 0, load)
         log2phy = build_log2phy(phy2log, rank, logcnt) if with_log2phy else None  # parallel
-    home = weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
-    to = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(home)  # noqa: E731
+    to = lambda a: like(np.asarray(a, dtype=np.int64), weight)  # noqa: E731
     return Plan(phy2log=to(phy2log), log2phy=None if log2phy is None else to(log2phy),
                 logcnt=to(logcnt), policy=resolved, objective=objective_used,
-                migration=migration, replica_rank=to(rank), backtest=backtest,
+                migration=record_like(migration, weight), replica_rank=to(rank),
+                backtest=backtest,
                 refinement_finished=budget.finished, device=planned_on)
 
 
@@ -241,9 +250,7 @@ def evaluate(weight, phy2log, num_groups: int, num_nodes: int, num_gpus: int, *,
     policy, to skip recomputing it.
     """
     load = _loads(weight)
-    mapping = phy2log.detach().cpu().numpy() if isinstance(phy2log, torch.Tensor) \
-        else np.asarray(phy2log)
-    mapping = np.ascontiguousarray(mapping, dtype=np.int64)
+    mapping = np.ascontiguousarray(as_numpy(phy2log), dtype=np.int64)
     num_layers, num_experts = load.shape[-2:]
     if mapping.ndim != 2 or mapping.shape[0] != num_layers:
         raise ValueError(f"phy2log must be [{num_layers}, P], got shape {list(mapping.shape)}")
@@ -255,4 +262,5 @@ def evaluate(weight, phy2log, num_groups: int, num_nodes: int, num_gpus: int, *,
     if bound is not None and bound.shape != (num_layers,):
         raise ValueError(f"lower_bound must be [{num_layers}], got shape {list(bound.shape)}")
     with _ENGINE_LOCK, engine_threads(load.size // num_experts * mapping.shape[1]):
-        return score(load, mapping, num_groups, num_nodes, num_gpus, hierarchical, bound)
+        result = score(load, mapping, num_groups, num_nodes, num_gpus, hierarchical, bound)
+    return record_like(result, weight)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-import torch
 
 from .matching import sparse_max_weight_assignment
 from .refined import refined_plan
@@ -59,17 +58,18 @@ class MigrationOptions:
 
 @dataclass(frozen=True)
 class Migration:
-    """What moving from the current mapping to the returned one costs (tensors on CPU)."""
+    """What moving from the current mapping to the returned one costs: numpy arrays here, CPU
+    torch tensors where engine.plan was given torch tensors."""
 
     slots_changed: int
     cross_node_copies: int
-    layer_slots_changed: torch.Tensor  # [L] int64
-    layer_changed: torch.Tensor  # [L] bool
+    layer_slots_changed: np.ndarray  # [L] int64
+    layer_changed: np.ndarray  # [L] bool
     layers_kept_for_lack_of_gain: int
-    transfers: torch.Tensor  # [M, 4] int64: (layer, slot, expert, source_slot)
-    transfer_cross_node: torch.Tensor  # [M] bool
-    layer_balancedness_before: torch.Tensor  # [L] float64: mean / peak GPU load, current mapping
-    layer_balancedness_after: torch.Tensor  # [L] float64: the same for the returned mapping
+    transfers: np.ndarray  # [M, 4] int64: (layer, slot, expert, source_slot)
+    transfer_cross_node: np.ndarray  # [M] bool
+    layer_balancedness_before: np.ndarray  # [L] float64: mean / peak GPU load, current mapping
+    layer_balancedness_after: np.ndarray  # [L] float64: the same for the returned mapping
 
 
 # --------------------------------------------------------------------------- relabelling
@@ -1042,13 +1042,13 @@ def migration_summary(current_phy2log: np.ndarray, phy2log: np.ndarray, num_node
     return Migration(
         slots_changed=int(changed.sum()),
         cross_node_copies=int(cross.sum()),
-        layer_slots_changed=torch.from_numpy(changed.astype(np.int64)),
-        layer_changed=torch.from_numpy(changed > 0),
+        layer_slots_changed=changed.astype(np.int64),
+        layer_changed=changed > 0,
         layers_kept_for_lack_of_gain=int(kept_for_gain),
-        transfers=torch.from_numpy(moves),
-        transfer_cross_node=torch.from_numpy(np.asarray(cross, dtype=bool)),
-        layer_balancedness_before=torch.from_numpy(np.asarray(before, dtype=np.float64)),
-        layer_balancedness_after=torch.from_numpy(np.asarray(after, dtype=np.float64)),
+        transfers=moves,
+        transfer_cross_node=np.asarray(cross, dtype=bool),
+        layer_balancedness_before=np.asarray(before, dtype=np.float64),
+        layer_balancedness_after=np.asarray(after, dtype=np.float64),
     )
 
 

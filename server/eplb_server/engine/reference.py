@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-import torch
 
-from . import packing
+from . import packing, torch_order
 from .sorting import descending_order
 
 
@@ -89,7 +88,7 @@ def _replicate_float32(weight, num_phy):
 
 def _lpt(weight: np.ndarray, num_packs: int):
     # torch's (unstable) sort decides the order of equal replicas, as in the reference.
-    order = torch.from_numpy(weight).sort(-1, descending=True).indices.numpy()
+    order = torch_order.descending_orders(weight)
     return _lpt_float32(weight, order, num_packs)
 
 

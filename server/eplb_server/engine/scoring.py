@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-import torch
 
 from . import packing
 from .hierarchy import node_peak_bound
@@ -14,17 +13,18 @@ from .hierarchy import node_peak_bound
 
 @dataclass(frozen=True)
 class Score:
-    """How good a mapping is for the loads it is scored on (tensors are float64, on CPU)."""
+    """How good a mapping is for the loads it is scored on: float64 arrays (numpy here; CPU torch
+    tensors where engine.evaluate was given torch tensors)."""
 
-    gpu_load: torch.Tensor  # [L, G]
-    layer_balancedness: torch.Tensor  # [L], mean / max GPU load
+    gpu_load: np.ndarray  # [L, G]
+    layer_balancedness: np.ndarray  # [L], mean / max GPU load
     balancedness: float  # sum over layers of mean / sum of max
-    layer_max_load: torch.Tensor  # [L]
-    layer_lower_bound: torch.Tensor  # [L]
-    layer_gap: torch.Tensor  # [L], max / bound - 1
+    layer_max_load: np.ndarray  # [L]
+    layer_lower_bound: np.ndarray  # [L]
+    layer_gap: np.ndarray  # [L], max / bound - 1
     mean_gap: float
     max_gap: float
-    window_balancedness: torch.Tensor | None = None  # [T], for a load history
+    window_balancedness: np.ndarray | None = None  # [T], for a load history
 
 
 def gpu_loads(weight: np.ndarray, phy2log: np.ndarray, num_gpus: int) -> np.ndarray:
@@ -156,9 +156,8 @@ def score(weight: np.ndarray, phy2log: np.ndarray, num_groups: int, num_nodes: i
     window_balancedness = None
     if weight.ndim == 3:
         per_window = [gpu_loads(w, phy2log, num_gpus) for w in weight]
-        window_balancedness = torch.tensor(
-            [float(balance_ratio(g.mean(1).sum(), g.max(1).sum())) for g in per_window],
-            dtype=torch.float64)
+        window_balancedness = np.array(
+            [float(balance_ratio(g.mean(1).sum(), g.max(1).sum())) for g in per_window])
         weight = weight.sum(0)
     load = gpu_loads(weight, phy2log, num_gpus)
     peak, mean = load.max(1), load.mean(1)
@@ -166,14 +165,13 @@ def score(weight: np.ndarray, phy2log: np.ndarray, num_groups: int, num_nodes: i
         bound = lower_bound(weight, phy2log.shape[1], num_groups, num_nodes, num_gpus,
                             hierarchical)
     gap = balance_ratio(peak, bound) - 1.0
-    as_tensor = lambda a: torch.from_numpy(np.asarray(a, dtype=np.float64))  # noqa: E731
     return Score(
-        gpu_load=as_tensor(load),
-        layer_balancedness=as_tensor(balance_ratio(mean, peak)),
+        gpu_load=load,
+        layer_balancedness=balance_ratio(mean, peak),
         balancedness=float(balance_ratio(mean.sum(), peak.sum())),
-        layer_max_load=as_tensor(peak),
-        layer_lower_bound=as_tensor(bound),
-        layer_gap=as_tensor(gap),
+        layer_max_load=peak,
+        layer_lower_bound=np.asarray(bound, dtype=np.float64),
+        layer_gap=gap,
         mean_gap=float(gap.mean()) if gap.size else 0.0,
         max_gap=float(gap.max()) if gap.size else 0.0,
         window_balancedness=window_balancedness,

@@ -5,9 +5,9 @@ changing its thread count changes torch's."""
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import numba
-import torch
 
 # Layer-parallel kernels (relabelling, log2phy, window refinement) pay for a thread pool only on
 # large requests; below this many layer-slots (x windows) one thread is faster, and on a node
@@ -36,13 +36,15 @@ def threads_for(work: int) -> int:
 
 @contextlib.contextmanager
 def engine_threads(work: int):
-    """Runs the block with threads_for(work) numba threads; restores numba's and torch's counts."""
-    torch_threads = torch.get_num_threads()
+    """Runs the block with threads_for(work) numba threads; restores numba's and torch's counts
+    (torch's only where the process has imported it)."""
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if torch else None
     numba_threads = numba.get_num_threads()
     numba.set_num_threads(threads_for(work))
     try:
         yield
     finally:
         numba.set_num_threads(numba_threads)
-        if torch.get_num_threads() != torch_threads:
+        if torch and torch.get_num_threads() != torch_threads:
             torch.set_num_threads(torch_threads)

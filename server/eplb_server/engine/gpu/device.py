@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 
-import torch
+from ..arrays import is_tensor
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -15,7 +15,7 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def planning_device(device: str, weight) -> torch.device | None:
+def planning_device(device: str, weight):
     """The CUDA device the GPU planner runs on, or None for the CPU engine.
 
     auto: the weight's CUDA device when it is on one and triton is installed; cuda: the
@@ -23,9 +23,11 @@ def planning_device(device: str, weight) -> torch.device | None:
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    on_cuda = isinstance(weight, torch.Tensor) and weight.device.type == "cuda"
+    on_cuda = is_tensor(weight) and weight.device.type == "cuda"
     if device == "cpu" or (device == "auto" and not (on_cuda and triton_installed())):
         return None
+    import torch
+
     if not torch.cuda.is_available():
         raise ValueError("device 'cuda': torch sees no CUDA device")
     if not triton_installed():
