@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import grpc
+import numpy as np
 
 from .errors import EplbError, FieldViolation
 from .loaders import as_array, load_loads
@@ -46,16 +47,22 @@ def _array(name: str, value):
 
 
 def _tensor(name: str, value, *, integer: bool = False) -> pb.Tensor:
-    """integer: whole numbers, sent as int32 when they fit (half the bytes of int64)."""
+    """Sent in 4-byte elements where that loses nothing (half the bytes): integers that int32
+    holds, floats that float32 holds exactly (token counts do). integer: whole numbers only."""
     try:
         a = _array(name, value)
         if integer and a.dtype.kind == "f":
             if a.size and not (a == a.round()).all():
                 raise TensorError("must hold whole numbers")
             a = a.astype("int64")
-        if integer and a.dtype.kind in "iu" and a.size and a.dtype.itemsize > 4 \
+        if a.dtype.kind in "iu" and a.size and a.dtype.itemsize > 4 \
                 and -2**31 <= a.min() and a.max() < 2**31:
             a = a.astype("int32")
+        elif a.dtype == np.float64 and a.size:
+            with np.errstate(over="ignore"):
+                narrow = a.astype(np.float32)
+            if np.array_equal(narrow, a):  # never for NaN: sent as is, for the server to refuse
+                a = narrow
         return to_tensor(a)
     except (TensorError, ValueError, TypeError) as e:  # LoadError included
         raise invalid(name, str(e)) from None
@@ -98,6 +105,7 @@ def rebalance_request(loads, *, num_replicas, num_groups, num_nodes, num_gpus, p
             half_life=float(half_life), robust_k=float(robust_k)),
         mapping_dtype=pb.DTYPE_INT32,  # half the response; results are int64 (see results.py)
         log2phy_format=pb.LOG2PHY_FORMAT_COMPACT,  # [L, P], not [L, E, W]: see results.py
+        transfer_format=pb.TRANSFER_FORMAT_TABLE,  # one array: microseconds to decode
         time_budget_ms=float(time_budget_ms),
     )
     field = "slot_loads" if slot_loads else "expert_loads"

@@ -131,16 +131,21 @@ class Migration(_AsDict):
 
     @classmethod
     def from_proto(cls, m: pb.Migration) -> "Migration":
-        rows = [(t.layer, t.slot, t.expert, t.source_slot) for t in m.transfers]
+        if m.HasField("transfer_table"):  # TRANSFER_FORMAT_TABLE
+            table = from_tensor(m.transfer_table).astype(np.int64).reshape(-1, 5)
+            transfers, cross = table[:, :4], table[:, 4].astype(bool)
+        else:  # one SlotTransfer message each (servers older than the table answer so)
+            transfers = np.asarray([(t.layer, t.slot, t.expert, t.source_slot)
+                                    for t in m.transfers], dtype=np.int64).reshape(-1, 4)
+            cross = np.asarray([t.cross_node for t in m.transfers], dtype=bool)
         return cls(
             slots_changed=m.slots_changed,
             cross_node_copies=m.cross_node_copies,
             layer_slots_changed=_frozen(np.asarray(m.layer_slots_changed, dtype=np.int64)),
             layer_changed=_frozen(np.asarray(m.layer_changed, dtype=bool)),
             layers_kept_for_lack_of_gain=m.layers_kept_for_lack_of_gain,
-            transfers=_frozen(np.asarray(rows, dtype=np.int64).reshape(-1, 4)),
-            transfer_cross_node=_frozen(np.asarray([t.cross_node for t in m.transfers],
-                                                   dtype=bool)),
+            transfers=_frozen(np.ascontiguousarray(transfers)),
+            transfer_cross_node=_frozen(cross),
             layer_balancedness_before=_frozen(np.asarray(m.layer_balancedness_before,
                                                          dtype=np.float64)),
             layer_balancedness_after=_frozen(np.asarray(m.layer_balancedness_after,

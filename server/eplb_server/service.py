@@ -80,16 +80,22 @@ def score_message(score) -> pb.Score:
     return message
 
 
-def migration_message(m) -> tuple[pb.Migration, bytes]:
-    """A Migration message from the engine's, less its transfers, and the transfers' wire bytes
-    (one SlotTransfer per copy, encoded in bulk): parsed, the two make the whole message."""
+def migration_message(m, table=None) -> tuple[pb.Migration, bytes]:
+    """A Migration message from the engine's, and the wire bytes of its transfers as SlotTransfer
+    messages (encoded in bulk: parsed, the two make the whole message); with `table` (a Tensor
+    encoder), the transfers go in transfer_table instead and the bytes are empty."""
+    transfers, cross = as_numpy(m.transfers), as_numpy(m.transfer_cross_node)
     message = pb.Migration(
         slots_changed=int(m.slots_changed), cross_node_copies=int(m.cross_node_copies),
         layer_slots_changed=m.layer_slots_changed.tolist(), layer_changed=m.layer_changed.tolist(),
         layers_kept_for_lack_of_gain=int(m.layers_kept_for_lack_of_gain),
         layer_balancedness_before=m.layer_balancedness_before.tolist(),
         layer_balancedness_after=m.layer_balancedness_after.tolist())
-    return message, wire.encode_transfers(as_numpy(m.transfers), as_numpy(m.transfer_cross_node))
+    if table is not None:
+        rows = np.column_stack([transfers, cross]).astype(np.int32).reshape(-1, 5)
+        message.transfer_table.CopyFrom(table(rows))
+        return message, b""
+    return message, wire.encode_transfers(transfers, cross)
 
 
 def _bound_policy(policy: str) -> str:
@@ -201,7 +207,8 @@ class PlacementServicer:
             response.current.CopyFrom(score_message(current_score))
         tail = b""
         if plan.migration is not None:
-            migration, transfers = migration_message(plan.migration)
+            migration, transfers = migration_message(
+                plan.migration, encode if a.transfer_table else None)
             response.migration.CopyFrom(migration)
             tail = wire.embedded(_MIGRATION_FIELD, transfers) if transfers else b""
         if plan.backtest is not None:

@@ -39,6 +39,8 @@ MAX_MODEL_NAME = 256
 DEFAULT_PADDED_RESPONSE_BYTES = 4 << 20
 LOG2PHY_FORMATS = {pb.LOG2PHY_FORMAT_UNSPECIFIED: "auto", pb.LOG2PHY_FORMAT_PADDED: "padded",
                    pb.LOG2PHY_FORMAT_COMPACT: "compact"}
+TRANSFER_FORMATS = {pb.TRANSFER_FORMAT_UNSPECIFIED: "messages",
+                    pb.TRANSFER_FORMAT_MESSAGES: "messages", pb.TRANSFER_FORMAT_TABLE: "table"}
 
 
 class ResponseTooLarge(Exception):
@@ -104,6 +106,7 @@ class RebalanceArgs:
     current_empty_slots: int = 0  # its -1 entries
     log2phy: bool = True  # send the padded log2phy (LOG2PHY_FORMAT_PADDED), else replica_rank
     time_budget_ms: float = 0.0  # refinement's time limit (0: none)
+    transfer_table: bool = False  # the migration's transfers as one array (TRANSFER_FORMAT_TABLE)
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,12 @@ def _log2phy_format(value):
     return LOG2PHY_FORMATS[value]
 
 
+def _transfer_format(value):
+    if value not in TRANSFER_FORMATS:
+        _fail("transfer_format", f"unknown format {value}")
+    return TRANSFER_FORMATS[value]
+
+
 def _padded_log2phy(fmt, layers, experts, slots, windows, current, packed, itemsize, limits):
     """Whether to send the padded log2phy (else replica_rank); ResponseTooLarge when the
     chosen format's worst case exceeds the limit."""
@@ -340,6 +349,7 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
     policy = _policy(request.policy)
     mapping_dtype = _mapping_dtype(request.mapping_dtype)
     log2phy_format = _log2phy_format(request.log2phy_format)
+    transfer_format = _transfer_format(request.transfer_format)
     p = topo.num_replicas
 
     which = request.WhichOneof("loads")
@@ -412,7 +422,8 @@ def parse_rebalance(request: pb.RebalanceRequest, limits: Limits) -> RebalanceAr
         min_balancedness_gain=m.min_balancedness_gain, objective=OBJECTIVES[h.objective],
         half_life=h.half_life, robust_k=h.robust_k, packed=packed,
         mapping_dtype=mapping_dtype, log2phy=padded, current_mapping=current_mapping,
-        current_empty_slots=empty_slots, time_budget_ms=request.time_budget_ms)
+        current_empty_slots=empty_slots, time_budget_ms=request.time_budget_ms,
+        transfer_table=transfer_format == "table")
 
 
 def parse_evaluate(request: pb.EvaluateRequest, limits: Limits) -> EvaluateArgs:

@@ -12,7 +12,8 @@ import pytest
 
 from . import fake_server
 from eplb_client import AsyncEplbClient, EplbClient, EplbError, RetryPolicy
-from eplb_client.tensors import from_tensor
+from eplb_client.results import Migration
+from eplb_client.tensors import from_tensor, to_tensor
 from eplb_client.v1 import placement_pb2 as pb
 
 TOPO = dict(num_replicas=16, num_groups=4, num_nodes=2, num_gpus=4)
@@ -131,6 +132,7 @@ def test_request_carries_every_option(fake):
     np.testing.assert_array_equal(from_tensor(req.expert_loads), history)
     np.testing.assert_array_equal(from_tensor(req.current_phy2log), current)
     assert req.mapping_dtype == pb.DTYPE_INT32
+    assert req.transfer_format == pb.TRANSFER_FORMAT_TABLE
 
 
 @pytest.mark.parametrize("top, dtype", [(15, pb.DTYPE_INT32), (2**31, pb.DTYPE_INT64)])
@@ -145,6 +147,51 @@ def test_mappings_travel_as_int32_and_come_back_as_int64(fake, top, dtype):
     np.testing.assert_array_equal(from_tensor(req.current_phy2log), current)
     assert r.phy2log.dtype == r.log2phy.dtype == r.logcnt.dtype == np.int64
     np.testing.assert_array_equal(r.phy2log, np.tile(np.arange(16) % 12, (2, 1)))
+
+
+@pytest.mark.parametrize("loads, dtype", [
+    (np.full((2, 12), 1234.0), pb.DTYPE_FLOAT32),  # token counts: float32 holds them exactly
+    (np.full((2, 12), 0.1), pb.DTYPE_FLOAT64),  # float32 would round 0.1
+    (np.full((2, 12), 2.0**25 + 1), pb.DTYPE_FLOAT64),  # past float32's whole numbers
+    (np.full((2, 12), 1e300), pb.DTYPE_FLOAT64),  # past float32's range
+    (np.full((2, 12), 7, dtype=np.int64), pb.DTYPE_INT32),
+    (np.full((2, 12), 2**40, dtype=np.int64), pb.DTYPE_INT64),
+])
+def test_loads_travel_in_four_bytes_only_where_nothing_is_lost(fake, loads, dtype):
+    target, servicer = fake
+    with EplbClient(target) as c:
+        c.rebalance(loads, **TOPO)
+    sent = servicer.last_request.expert_loads
+    assert sent.dtype == dtype
+    assert np.array_equal(from_tensor(sent).astype(np.float64), loads.astype(np.float64))
+
+
+def test_nan_loads_reach_the_server_as_nan(fake):
+    """Narrowing never hides a bad value: NaN goes as float64 for the server to name."""
+    target, servicer = fake
+    loads = np.ones((2, 12))
+    loads[1, 3] = np.nan
+    with EplbClient(target) as c:
+        c.rebalance(loads, **TOPO)
+    sent = from_tensor(servicer.last_request.expert_loads)
+    assert sent.dtype == np.float64 and np.isnan(sent[1, 3])
+
+
+def test_migration_reads_the_transfer_table_and_the_messages_alike():
+    """A server that knows TRANSFER_FORMAT_TABLE sends one array; an older one, messages."""
+    rows, cross = np.array([[0, 3, 7, 1], [2, 5, 0, 9], [1, 0, 4, 4]]), np.array([1, 0, 1])
+    messages = pb.Migration(slots_changed=3)
+    for (layer, slot, expert, source), c in zip(rows.tolist(), cross.tolist()):
+        messages.transfers.add(layer=layer, slot=slot, expert=expert, source_slot=source,
+                               cross_node=bool(c))
+    table = pb.Migration(slots_changed=3, transfer_table=to_tensor(
+        np.column_stack([rows, cross]).astype(np.int32)))
+    for m in (Migration.from_proto(messages), Migration.from_proto(table)):
+        assert m.transfers.dtype == np.int64 and np.array_equal(m.transfers, rows)
+        assert m.transfer_cross_node.dtype == bool
+        assert m.transfer_cross_node.tolist() == [True, False, True]
+    empty = Migration.from_proto(pb.Migration())
+    assert empty.transfers.shape == (0, 4) and empty.transfer_cross_node.shape == (0,)
 
 
 def test_slot_loads_use_the_other_oneof_field(fake):

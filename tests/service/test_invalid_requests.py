@@ -90,6 +90,7 @@ REBALANCE_CASES = {
     "float mapping dtype": (lambda r: setattr(r, "mapping_dtype", pb.DTYPE_FLOAT32),
                             "mapping_dtype"),
     "unknown mapping dtype": (lambda r: setattr(r, "mapping_dtype", 17), "mapping_dtype"),
+    "unknown transfer format": (lambda r: setattr(r, "transfer_format", 9), "transfer_format"),
     # Size limits (the test server allows 64 layers, 512 experts, 1024 slots, 8 windows).
     "too many layers": (with_loads(loads(layers=65)), "expert_loads.shape"),
     "too many experts": (

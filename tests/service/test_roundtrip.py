@@ -95,6 +95,26 @@ def test_current_mapping_is_scored_and_migration_reported(client):
             m.transfer_cross_node.tolist()
 
 
+def test_transfer_table_holds_the_same_transfers_as_the_messages(client):
+    """TRANSFER_FORMAT_TABLE: one [M, 5] int32 array, the messages' rows and cross-node flags
+    in the same order, and no SlotTransfer messages; the rest of the response is unchanged."""
+    current = eplb_server.plan(loads(seed=1), **SMALL).phy2log
+    request = rebalance_request(loads(seed=2))
+    request.current_phy2log.CopyFrom(to_tensor(current))
+    messages = client.Rebalance(request, timeout=30)
+    request.transfer_format = pb.TRANSFER_FORMAT_TABLE
+    table = client.Rebalance(request, timeout=30)
+    rows = from_tensor(table.migration.transfer_table)
+    assert rows.dtype == np.int32 and rows.shape == (len(messages.migration.transfers), 5)
+    assert len(rows) > 0 and len(table.migration.transfers) == 0
+    assert rows.tolist() == [[t.layer, t.slot, t.expert, t.source_slot, int(t.cross_node)]
+                             for t in messages.migration.transfers]
+    table.migration.ClearField("transfer_table")
+    messages.migration.ClearField("transfers")
+    table.compute_seconds = messages.compute_seconds = 0
+    assert table == messages
+
+
 def test_slot_loads_are_summed_through_the_mapping(client):
     weight = loads(seed=3)
     mapping = eplb_server.plan(torch.from_numpy(weight), **SMALL).phy2log.numpy()

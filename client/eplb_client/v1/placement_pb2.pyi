@@ -37,6 +37,12 @@ class Log2PhyFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LOG2PHY_FORMAT_PADDED: _ClassVar[Log2PhyFormat]
     LOG2PHY_FORMAT_COMPACT: _ClassVar[Log2PhyFormat]
 
+class TransferFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSFER_FORMAT_UNSPECIFIED: _ClassVar[TransferFormat]
+    TRANSFER_FORMAT_MESSAGES: _ClassVar[TransferFormat]
+    TRANSFER_FORMAT_TABLE: _ClassVar[TransferFormat]
+
 class CurrentMapping(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CURRENT_MAPPING_UNSPECIFIED: _ClassVar[CurrentMapping]
@@ -62,6 +68,9 @@ OBJECTIVE_ADAPTIVE: Objective
 LOG2PHY_FORMAT_UNSPECIFIED: Log2PhyFormat
 LOG2PHY_FORMAT_PADDED: Log2PhyFormat
 LOG2PHY_FORMAT_COMPACT: Log2PhyFormat
+TRANSFER_FORMAT_UNSPECIFIED: TransferFormat
+TRANSFER_FORMAT_MESSAGES: TransferFormat
+TRANSFER_FORMAT_TABLE: TransferFormat
 CURRENT_MAPPING_UNSPECIFIED: CurrentMapping
 CURRENT_MAPPING_USED: CurrentMapping
 CURRENT_MAPPING_EMPTY_SLOTS_FILLED: CurrentMapping
@@ -118,7 +127,7 @@ class HistoryOptions(_message.Message):
     def __init__(self, objective: _Optional[_Union[Objective, str]] = ..., half_life: _Optional[float] = ..., robust_k: _Optional[float] = ...) -> None: ...
 
 class RebalanceRequest(_message.Message):
-    __slots__ = ("model", "topology", "policy", "expert_loads", "slot_loads", "current_phy2log", "migration", "history", "mapping_dtype", "log2phy_format", "time_budget_ms")
+    __slots__ = ("model", "topology", "policy", "expert_loads", "slot_loads", "current_phy2log", "migration", "history", "mapping_dtype", "log2phy_format", "time_budget_ms", "transfer_format")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +139,7 @@ class RebalanceRequest(_message.Message):
     MAPPING_DTYPE_FIELD_NUMBER: _ClassVar[int]
     LOG2PHY_FORMAT_FIELD_NUMBER: _ClassVar[int]
     TIME_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FORMAT_FIELD_NUMBER: _ClassVar[int]
     model: str
     topology: Topology
     policy: Policy
@@ -141,7 +151,8 @@ class RebalanceRequest(_message.Message):
     mapping_dtype: DType
     log2phy_format: Log2PhyFormat
     time_budget_ms: float
-    def __init__(self, model: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., expert_loads: _Optional[_Union[Tensor, _Mapping]] = ..., slot_loads: _Optional[_Union[Tensor, _Mapping]] = ..., current_phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., migration: _Optional[_Union[MigrationOptions, _Mapping]] = ..., history: _Optional[_Union[HistoryOptions, _Mapping]] = ..., mapping_dtype: _Optional[_Union[DType, str]] = ..., log2phy_format: _Optional[_Union[Log2PhyFormat, str]] = ..., time_budget_ms: _Optional[float] = ...) -> None: ...
+    transfer_format: TransferFormat
+    def __init__(self, model: _Optional[str] = ..., topology: _Optional[_Union[Topology, _Mapping]] = ..., policy: _Optional[_Union[Policy, str]] = ..., expert_loads: _Optional[_Union[Tensor, _Mapping]] = ..., slot_loads: _Optional[_Union[Tensor, _Mapping]] = ..., current_phy2log: _Optional[_Union[Tensor, _Mapping]] = ..., migration: _Optional[_Union[MigrationOptions, _Mapping]] = ..., history: _Optional[_Union[HistoryOptions, _Mapping]] = ..., mapping_dtype: _Optional[_Union[DType, str]] = ..., log2phy_format: _Optional[_Union[Log2PhyFormat, str]] = ..., time_budget_ms: _Optional[float] = ..., transfer_format: _Optional[_Union[TransferFormat, str]] = ...) -> None: ...
 
 class Score(_message.Message):
     __slots__ = ("balancedness", "layer_balancedness", "layer_max_load", "layer_lower_bound", "mean_gap", "max_gap", "window_balancedness")
@@ -176,7 +187,7 @@ class SlotTransfer(_message.Message):
     def __init__(self, layer: _Optional[int] = ..., slot: _Optional[int] = ..., expert: _Optional[int] = ..., source_slot: _Optional[int] = ..., cross_node: bool = ...) -> None: ...
 
 class Migration(_message.Message):
-    __slots__ = ("slots_changed", "cross_node_copies", "layer_slots_changed", "layer_changed", "layers_kept_for_lack_of_gain", "transfers", "layer_balancedness_before", "layer_balancedness_after")
+    __slots__ = ("slots_changed", "cross_node_copies", "layer_slots_changed", "layer_changed", "layers_kept_for_lack_of_gain", "transfers", "layer_balancedness_before", "layer_balancedness_after", "transfer_table")
     SLOTS_CHANGED_FIELD_NUMBER: _ClassVar[int]
     CROSS_NODE_COPIES_FIELD_NUMBER: _ClassVar[int]
     LAYER_SLOTS_CHANGED_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +196,7 @@ class Migration(_message.Message):
     TRANSFERS_FIELD_NUMBER: _ClassVar[int]
     LAYER_BALANCEDNESS_BEFORE_FIELD_NUMBER: _ClassVar[int]
     LAYER_BALANCEDNESS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_TABLE_FIELD_NUMBER: _ClassVar[int]
     slots_changed: int
     cross_node_copies: int
     layer_slots_changed: _containers.RepeatedScalarFieldContainer[int]
@@ -193,7 +205,8 @@ class Migration(_message.Message):
     transfers: _containers.RepeatedCompositeFieldContainer[SlotTransfer]
     layer_balancedness_before: _containers.RepeatedScalarFieldContainer[float]
     layer_balancedness_after: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, slots_changed: _Optional[int] = ..., cross_node_copies: _Optional[int] = ..., layer_slots_changed: _Optional[_Iterable[int]] = ..., layer_changed: _Optional[_Iterable[bool]] = ..., layers_kept_for_lack_of_gain: _Optional[int] = ..., transfers: _Optional[_Iterable[_Union[SlotTransfer, _Mapping]]] = ..., layer_balancedness_before: _Optional[_Iterable[float]] = ..., layer_balancedness_after: _Optional[_Iterable[float]] = ...) -> None: ...
+    transfer_table: Tensor
+    def __init__(self, slots_changed: _Optional[int] = ..., cross_node_copies: _Optional[int] = ..., layer_slots_changed: _Optional[_Iterable[int]] = ..., layer_changed: _Optional[_Iterable[bool]] = ..., layers_kept_for_lack_of_gain: _Optional[int] = ..., transfers: _Optional[_Iterable[_Union[SlotTransfer, _Mapping]]] = ..., layer_balancedness_before: _Optional[_Iterable[float]] = ..., layer_balancedness_after: _Optional[_Iterable[float]] = ..., transfer_table: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class RebalanceResponse(_message.Message):
     __slots__ = ("phy2log", "log2phy", "logcnt", "policy", "plan", "current", "migration", "objective", "compute_seconds", "device", "current_mapping", "current_empty_slots", "log2phy_format", "replica_rank", "backtest", "time_budget_ran_out")
