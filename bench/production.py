@@ -248,9 +248,46 @@ def _free_port():
         return s.getsockname()[1]
 
 
+# A gRPC server that answers every Rebalance with the same bytes and does nothing else: the
+# floor the storm rows are set against (same machine, same callers, same message sizes).
+ECHO_SERVER = """
+import asyncio, sys, grpc
+answer = open(sys.argv[1], "rb").read()
+async def main():
+    server = grpc.aio.server()
+    async def rebalance(request, context):
+        return answer
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "eplb.v1.PlacementService",
+        {"Rebalance": grpc.unary_unary_rpc_method_handler(rebalance)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+asyncio.run(main())
+"""
+
+
+def _single_p50(target, requests):
+    times = [t for r in requests for t, _ in asyncio.run(_storm(target, [r], 60))]
+    return float(np.median(times))
+
+
+def _storm_row(target, kind, batch, single_p50, metrics=None):
+    before = _metric(metrics, "eplb_engine_computations_total") if metrics else 0.0
+    results = _retrying_storm(target, batch, 60)
+    times = [t for t, _ in results]
+    ok = sum(code == "OK" for _, code in results)
+    computed = f"{_metric(metrics, 'eplb_engine_computations_total') - before:.0f}" \
+        if metrics else ""
+    p99 = np.percentile(times, 99)
+    return (kind, len(batch), f"{ok}/{len(batch)}", f"{np.median(times) * 1e3:.1f}",
+            f"{p99 * 1e3:.1f}", computed,
+            f"max {max(times):.2f} s" if kind == "distinct" else f"{p99 / single_p50:.2f}x")
+
+
 def storm_rows():
-    from eplb_client.tensors import to_tensor
-    from eplb_client.v1 import placement_pb2 as pb
+    from eplb_client._request import rebalance_request
 
     loads = ep32_loads()
     env = dict(os.environ)
@@ -269,43 +306,50 @@ def storm_rows():
         target = re.search(r" on (127\.0\.0\.1:\d+)", text).group(1)
         metrics = re.search(r"metrics (127\.0\.0\.1:\d+)", text).group(1)
 
-        def request(weight):
-            return pb.RebalanceRequest(model="storm", topology=pb.Topology(**EP32),
-                                       expert_loads=to_tensor(weight),
-                                       mapping_dtype=pb.DTYPE_INT32).SerializeToString()
+        def request(weight):  # as eplb_client sends it
+            return rebalance_request(weight, **EP32, model="storm").SerializeToString()
 
-        single = []
-        for i in range(15):  # distinct, so nothing is reused
-            single += [t for t, _ in asyncio.run(_storm(target, [request(loads[0] + 1000 + i)],
-                                                        60))]
-        single_p50 = np.median(single)
+        # distinct single calls, so nothing is reused
+        single_p50 = _single_p50(target, [request(loads[0] + 1000 + i) for i in range(15)])
         rows = [("single call", 1, "", f"{single_p50 * 1e3:.1f}", "", "1", "")]
         seed = 0
         for callers in (32, 64):
             for kind in ("identical", "distinct"):
                 seed += 1
-                before = _metric(metrics, "eplb_engine_computations_total")
-                if kind == "identical":
-                    batch = [request(loads[1] + seed)] * callers
-                else:
-                    batch = [request(loads[i % len(loads)] + seed * 100 + i)
-                             for i in range(callers)]
-                results = _retrying_storm(target, batch, 60)
-                times = [t for t, _ in results]
-                ok = sum(code == "OK" for _, code in results)
-                computed = _metric(metrics, "eplb_engine_computations_total") - before
-                p99 = np.percentile(times, 99)
-                rows.append((kind, callers, f"{ok}/{callers}", f"{np.median(times) * 1e3:.1f}",
-                             f"{p99 * 1e3:.1f}", f"{computed:.0f}",
-                             f"{p99 / single_p50:.2f}x" if kind == "identical" else
-                             f"max {max(times):.2f} s"))
+                batch = [request(loads[1] + seed)] * callers if kind == "identical" else \
+                    [request(loads[i % len(loads)] + seed * 100 + i) for i in range(callers)]
+                rows.append(_storm_row(target, kind, batch, single_p50, metrics))
                 time.sleep(6)  # past the recent-answer window
         retried = _metric(metrics, "eplb_retried_requests_total")
         rows.append(("retried attempts (all storms)", "", "", "", "", "", f"{retried:.0f}"))
-        return rows
+        with grpc.insecure_channel(target) as channel:
+            answer = channel.unary_unary("/eplb.v1.PlacementService/Rebalance")(
+                request(loads[2]), timeout=60)
     finally:
         proc.terminate()
         proc.wait(30)
+    return rows + _echo_rows(request(loads[2]), answer)
+
+
+def _echo_rows(request, answer):
+    """The single call and the identical storms against ECHO_SERVER answering `answer`."""
+    with tempfile.NamedTemporaryFile(suffix=".bin") as saved:
+        saved.write(answer)
+        saved.flush()
+        echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, saved.name],
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            target = f"127.0.0.1:{echo.stdout.readline().strip()}"
+            single_p50 = _single_p50(target, [request] * 15)
+            rows = [(f"floor: a bare gRPC server answering the same {len(answer) >> 10} KiB, "
+                     "single call", 1, "", f"{single_p50 * 1e3:.1f}", "", "", "")]
+            for callers in (32, 64):
+                rows.append(_storm_row(target, "floor: identical", [request] * callers,
+                                       single_p50))
+            return rows
+        finally:
+            echo.terminate()
+            echo.wait(30)
 
 
 # ---------------------------------------------------------------------------------- recovery
