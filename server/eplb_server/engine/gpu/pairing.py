@@ -7,45 +7,94 @@ import torch
 
 from ..pairing import SKIP_MARGIN, THRESHOLD_MAX_WORK, THRESHOLD_STEPS
 
-COUNT_SEARCH_WIDTH = 4  # donors and receivers tried per replica move
+COUNT_SEARCH_WIDTH = 4  # receivers per replica move: this many largest and smallest pieces
+LOOKAHEAD_EVERY = 8  # count search steps per two-move lookahead
+ACCEPT = 1e-6  # a move is taken where it lowers the peak by more than this (float32 LPT pairs)
+LOOKAHEAD_DONORS = 64  # first moves of a lookahead: from up to this many cheapest donors
+LOOKAHEAD_MAX_EXPERTS = 64  # as the CPU engine: the lookahead costs O(n^3) per problem
 
 
 def pair_peaks(weight64: torch.Tensor, counts: torch.Tensor, slots: int) -> torch.Tensor:
     """weight64 [..., n], counts [..., n] summing to `slots` -> [...] the peak of pairing the
-    largest piece with the smallest (optimal for the counts at two slots per pack)."""
-    shape = counts.shape[:-1]
-    cum = counts.reshape(-1, counts.shape[-1]).cumsum(-1)
-    positions = torch.arange(slots, device=counts.device).expand(cum.shape[0], slots)
-    item = torch.searchsorted(cum, positions.contiguous(), right=True)
-    piece = (weight64.reshape(cum.shape) / counts.reshape(cum.shape)).gather(1, item)
-    piece = piece.sort(dim=1, descending=True).values
-    return (piece + piece.flip(1)).amax(1).view(shape)
+    largest piece with the smallest (optimal for the counts at two slots per pack). In O(n):
+    with pieces ascending, an expert's pieces from position a on pair with positions
+    slots - 1 - a down, so its largest pair is its piece plus the piece at slots - 1 - a."""
+    shape, n = counts.shape[:-1], counts.shape[-1]
+    piece = (weight64 / counts).reshape(-1, n)
+    piece, order = piece.sort(dim=1)
+    held = counts.reshape(-1, n).gather(1, order)
+    cum = held.cumsum(1)
+    mirror = slots - 1 - (cum - held)  # the partner of each expert's first position
+    partner = torch.searchsorted(cum, mirror, right=True).clamp(max=n - 1)
+    return (piece + piece.gather(1, partner)).amax(1).view(shape)
+
+
+def _best_move(weight64: torch.Tensor, counts: torch.Tensor, slots: int):
+    """The best single replica move of each row, as engine.pairing._best_replica_move: donors
+    the 2 * COUNT_SEARCH_WIDTH experts whose pieces grow least, receivers the COUNT_SEARCH_WIDTH
+    largest and smallest pieces. weight64, counts [R, n] -> (peak [R], counts [R, n]); a row
+    with no move gets its own counts and peak."""
+    rows, n = counts.shape
+    width = min(COUNT_SEARCH_WIDTH, n // 2)
+    eye = torch.eye(n, dtype=torch.long, device=counts.device)
+    loss = torch.where(counts > 1, weight64 / (counts - 1).clamp(min=1), torch.inf)
+    donors = loss.topk(2 * width, dim=1, largest=False).indices  # [R, 2w]
+    piece = weight64 / counts
+    receivers = torch.cat([piece.topk(width, dim=1).indices,
+                           piece.topk(width, dim=1, largest=False).indices], 1)  # [R, 2w]
+    moved = counts[:, None, None, :] + eye[receivers][:, :, None, :] \
+        - eye[donors][:, None, :, :]  # [R, 2w receivers, 2w donors, n]: the CPU's order
+    valid = (moved.amin(-1) >= 1) & (receivers[:, :, None] != donors[:, None, :])
+    moved = torch.where(valid[..., None], moved, counts[:, None, None, :])
+    peaks = pair_peaks(weight64[:, None, None, :].expand(moved.shape), moved, slots)
+    best, where = peaks.view(rows, -1).min(1)
+    chosen = moved.view(rows, -1, n).gather(1, where.view(rows, 1, 1).expand(rows, 1, n))
+    return best, chosen[:, 0]
+
+
+def _best_two_moves(weight64: torch.Tensor, counts: torch.Tensor, slots: int):
+    """As the CPU engine's lookahead where no single move helps: a replica from any expert to
+    one of the COUNT_SEARCH_WIDTH largest pieces (which may raise the peak), then the best
+    single move. weight64, counts [R, n] -> (peak [R], counts [R, n])"""
+    rows, n = counts.shape
+    width = min(COUNT_SEARCH_WIDTH, n)
+    eye = torch.eye(n, dtype=torch.long, device=counts.device)
+    receivers = (weight64 / counts).topk(width, dim=1).indices  # [R, w]
+    loss = torch.where(counts > 1, weight64 / (counts - 1).clamp(min=1), torch.inf)
+    donors = loss.topk(min(LOOKAHEAD_DONORS, n), dim=1, largest=False).indices \
+        .sort(1).values  # [R, d], by index as the CPU engine tries them
+    first = counts[:, None, None, :] - eye[donors][:, None, :, :] \
+        + eye[receivers][:, :, None, :]  # [R, w, d, n]
+    valid = (first.amin(-1) >= 1) & (receivers[:, :, None] != donors[:, None, :])
+    first = torch.where(valid[..., None], first, counts[:, None, None, :]).view(-1, n)
+    many = valid.shape[1] * valid.shape[2]
+    peaks, second = _best_move(weight64[:, None].expand(-1, many, -1).reshape(-1, n), first,
+                               slots)
+    peaks = torch.where(valid.view(-1), peaks, torch.inf).view(rows, -1)
+    best, where = peaks.min(1)
+    chosen = second.view(rows, -1, n).gather(1, where.view(rows, 1, 1).expand(rows, 1, n))
+    return best, chosen[:, 0]
 
 
 def pair_count_search(weight64: torch.Tensor, counts: torch.Tensor, slots: int, steps: int):
-    """`steps` replica moves, each the best of COUNT_SEARCH_WIDTH donors (the experts that lose
-    least by giving up a replica) times as many receivers (the largest pieces), taken where it
-    lowers the pairing's peak. weight64 [B, n], counts [B, n] summing to `slots`
+    """`steps` replica moves (engine.pairing.count_search_pairs in fixed steps), each the best
+    single move (`_best_move`) taken where it lowers the pairing's peak; every
+    LOOKAHEAD_EVERY-th step, on problems of at most LOOKAHEAD_MAX_EXPERTS experts, two moves in a
+    row where no single one helps. weight64 [B, n], counts [B, n] summing to `slots`
     -> (counts [B, n] int64, peak [B])"""
-    rows, n = counts.shape
-    width = min(COUNT_SEARCH_WIDTH, n)
     counts = counts.long()
     peak = pair_peaks(weight64, counts, slots)
-    eye = torch.eye(n, dtype=torch.long, device=counts.device)
-    for _ in range(steps):
-        loss = torch.where(counts > 1, weight64 / (counts - 1).clamp(min=1), torch.inf)
-        donors = loss.topk(width, dim=1, largest=False).indices  # [B, w]
-        receivers = (weight64 / counts).topk(width, dim=1).indices  # [B, w]
-        moved = counts[:, None, None, :] - eye[donors][:, :, None, :] \
-            + eye[receivers][:, None, :, :]  # [B, w, w, n]
-        valid = (moved.amin(-1) >= 1) & (donors[:, :, None] != receivers[:, None, :])
-        moved = torch.where(valid[..., None], moved, counts[:, None, None, :])
-        peaks = pair_peaks(weight64[:, None, None, :].expand(moved.shape), moved, slots)
-        best, where = peaks.view(rows, -1).min(1)
-        take = (best < peak * (1.0 - 1e-6))[:, None]  # beyond float32 reordering of pieces
-        chosen = moved.view(rows, -1, n).gather(1, where.view(rows, 1, 1).expand(rows, 1, n))
-        counts = torch.where(take, chosen[:, 0], counts)
-        peak = torch.minimum(best, peak)
+    for step in range(steps):
+        best, chosen = _best_move(weight64, counts, slots)
+        take = best < peak * (1.0 - ACCEPT)  # beyond float32 reordering of pieces
+        if step % LOOKAHEAD_EVERY == LOOKAHEAD_EVERY - 1 and counts.shape[1] <= LOOKAHEAD_MAX_EXPERTS:
+            two, chosen_two = _best_two_moves(weight64, counts, slots)
+            two_take = ~take & (two < peak * (1.0 - ACCEPT))
+            chosen = torch.where(two_take[:, None], chosen_two, chosen)
+            best = torch.where(two_take, two, best)
+            take |= two_take
+        counts = torch.where(take[:, None], chosen, counts)
+        peak = torch.where(take, best, peak)
     return counts, peak
 
 
