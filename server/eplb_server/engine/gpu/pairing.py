@@ -35,15 +35,15 @@ def _best_move(weight64: torch.Tensor, counts: torch.Tensor, slots: int):
     largest and smallest pieces. weight64, counts [R, n] -> (peak [R], counts [R, n]); a row
     with no move gets its own counts and peak."""
     rows, n = counts.shape
-    width = min(COUNT_SEARCH_WIDTH, n // 2)
+    width = min(COUNT_SEARCH_WIDTH, n)
     eye = torch.eye(n, dtype=torch.long, device=counts.device)
     loss = torch.where(counts > 1, weight64 / (counts - 1).clamp(min=1), torch.inf)
-    donors = loss.topk(2 * width, dim=1, largest=False).indices  # [R, 2w]
+    donors = loss.topk(min(2 * width, n), dim=1, largest=False).indices  # [R, <= 2w]
     piece = weight64 / counts
     receivers = torch.cat([piece.topk(width, dim=1).indices,
                            piece.topk(width, dim=1, largest=False).indices], 1)  # [R, 2w]
     moved = counts[:, None, None, :] + eye[receivers][:, :, None, :] \
-        - eye[donors][:, None, :, :]  # [R, 2w receivers, 2w donors, n]: the CPU's order
+        - eye[donors][:, None, :, :]  # [R, receivers, donors, n]: the CPU's order
     valid = (moved.amin(-1) >= 1) & (receivers[:, :, None] != donors[:, None, :])
     moved = torch.where(valid[..., None], moved, counts[:, None, None, :])
     peaks = pair_peaks(weight64[:, None, None, :].expand(moved.shape), moved, slots)
