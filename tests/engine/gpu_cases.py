@@ -19,6 +19,10 @@ CASES = [
     ("hierarchical K4 N4 G8", 2, 16, 32, 4, 4, 8, "hierarchical", "smooth"),
     ("global hard", 5, 16, 24, 4, 2, 4, "global", "hard"),
     ("hierarchical hard", 5, 16, 24, 4, 2, 4, "hierarchical", "hard"),
+    ("global 2/GPU 32->64 a", 3, 32, 64, 1, 1, 32, "global", "smooth"),
+    ("global 2/GPU 32->64 b", 3, 32, 64, 1, 1, 32, "global", "smooth"),
+    ("global 2/GPU 64->128", 2, 64, 128, 1, 1, 64, "global", "smooth"),
+    ("hierarchical 2/GPU K4 N2 G16", 2, 24, 32, 4, 2, 16, "hierarchical", "smooth"),
 ]
 
 

@@ -12,8 +12,7 @@ from ..packing import PAIR_SWAP_ALL_MAX_CAP, REFINE_TOLERANCE, SMALL_PACK_MAX_CA
 from ..refined import COUNT_SEARCH_STEPS, LIGHT_NODE_MARGIN, MAX_MOVES, MAX_MOVES_PER_ITEM
 
 from . import kernels
-
-COUNT_SEARCH_WIDTH = 4  # at two slots per GPU: donors and receivers tried per replica move
+from .pairing import search_counts
 
 
 def _pow2(n: int) -> int:
@@ -150,7 +149,7 @@ def _plan_nodes(weight64, weight32, experts, num_replicas, num_gpus, skip=None):
     kernels._replicate[(rows,)](w32, counts, counts[rows:], n, slots - n,
                                 packs, BLOCK_E=_pow2(n), num_warps=_warps(n))
     if cap == 2:
-        counts[:rows] = _pair_count_search(w64, counts[:rows], slots, COUNT_SEARCH_STEPS)
+        counts[:rows] = search_counts(w64, counts[:rows], slots, packs, COUNT_SEARCH_STEPS)
     # rows: the reference's counts, then the capped ones (packed too where they differ)
     same = (counts[:rows] == counts[rows:]).all(1) | skip
     w32, w64 = w32.repeat(2, 1), w64.repeat(2, 1)
@@ -194,46 +193,6 @@ def _plan_nodes(weight64, weight32, experts, num_replicas, num_gpus, skip=None):
     logcnt.scatter_(1, flat, counts.view(layers, num_experts).long())
     peak = torch.where(skip, torch.inf, torch.where(capped[:, 0], peak[rows:], peak[:rows]))
     return phy2log, logcnt, peak.view(layers, num_nodes).amax(1)
-
-
-def _pair_peaks(weight64: torch.Tensor, counts: torch.Tensor, slots: int) -> torch.Tensor:
-    """weight64 [..., n], counts [..., n] summing to `slots` -> [...] the peak of pairing the
-    largest piece with the smallest (optimal for the counts at two slots per pack)."""
-    shape = counts.shape[:-1]
-    cum = counts.reshape(-1, counts.shape[-1]).cumsum(-1)
-    positions = torch.arange(slots, device=counts.device).expand(cum.shape[0], slots)
-    item = torch.searchsorted(cum, positions.contiguous(), right=True)
-    piece = (weight64.reshape(cum.shape) / counts.reshape(cum.shape)).gather(1, item)
-    piece = piece.sort(dim=1, descending=True).values
-    return (piece + piece.flip(1)).amax(1).view(shape)
-
-
-def _pair_count_search(weight64: torch.Tensor, counts: torch.Tensor, slots: int, steps: int):
-    """At two slots per pack, `steps` replica moves, each the best of COUNT_SEARCH_WIDTH donors
-    (the experts that lose least by giving up a replica) times as many receivers (the largest
-    pieces), taken where it lowers the pairing's peak; a fixed number of steps, no host sync
-    (the CPU engine also bisects on the peak, engine.pairing.threshold_counts: not here).
-    weight64 [B, n], counts [B, n] int32 summing to `slots` -> counts [B, n] int32"""
-    rows, n = counts.shape
-    width = min(COUNT_SEARCH_WIDTH, n)
-    counts = counts.long()
-    peak = _pair_peaks(weight64, counts, slots)
-    eye = torch.eye(n, dtype=torch.long, device=counts.device)
-    for _ in range(steps):
-        loss = torch.where(counts > 1, weight64 / (counts - 1).clamp(min=1), torch.inf)
-        donors = loss.topk(width, dim=1, largest=False).indices  # [B, w]
-        receivers = (weight64 / counts).topk(width, dim=1).indices  # [B, w]
-        moved = counts[:, None, None, :] - eye[donors][:, :, None, :] \
-            + eye[receivers][:, None, :, :]  # [B, w, w, n]
-        valid = (moved.amin(-1) >= 1) & (donors[:, :, None] != receivers[:, None, :])
-        moved = torch.where(valid[..., None], moved, counts[:, None, None, :])
-        peaks = _pair_peaks(weight64[:, None, None, :].expand(moved.shape), moved, slots)
-        best, where = peaks.view(rows, -1).min(1)
-        take = (best < peak * (1.0 - 1e-6))[:, None]  # beyond float32 reordering of pieces
-        chosen = moved.view(rows, -1, n).gather(1, where.view(rows, 1, 1).expand(rows, 1, n))
-        counts = torch.where(take, chosen[:, 0], counts)
-        peak = torch.minimum(best, peak)
-    return counts.to(torch.int32)
 
 
 def replica_ranks(phy2log: torch.Tensor, logcnt: torch.Tensor) -> torch.Tensor:
