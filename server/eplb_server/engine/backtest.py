@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from . import rows
 from .history import REFINE_PARTNERS, _refine_layer, refine_layers
 from .mapping import replica_ranks
 from .packing import ordered_adams_counts
@@ -212,17 +213,27 @@ def _peak_on(actual, phy2log, counts, num_gpus):
     return peak
 
 
-@numba.njit(cache=True, parallel=True)
 def backtest_peaks(history, kinds, params, num_steps, num_slots, num_groups, num_nodes, num_gpus,
                    refine_moves):
     """history: [T, L, E] float64 -> peaks [S, C, L]: the peak GPU load on window
     T - S + s of the fast plan fitted to forecast c of windows 0 .. T - S - 1 + s
-    (hierarchical where num_nodes > 1: swaps stay within a node)."""
+    (hierarchical where num_nodes > 1: swaps stay within a node). Layers in parallel where
+    numba's thread count allows (rows.run)."""
+    num_layers = history.shape[1]
+    peaks = np.zeros((num_steps, kinds.size, num_layers))
+    rows.run(_backtest_rows, num_layers, history, kinds, params, num_steps, num_slots,
+             num_groups, num_nodes, num_gpus, refine_moves, peaks)
+    return peaks
+
+
+@numba.njit(cache=True, nogil=True)
+def _backtest_rows(history, kinds, params, num_steps, num_slots, num_groups, num_nodes, num_gpus,
+                   refine_moves, peaks, start, stop):
+    """backtest_peaks' layers [start, stop), into peaks [S, C, L]."""
     gpus_per_node = num_gpus // num_nodes
     num_windows, num_layers, num_experts = history.shape
     num_candidates = kinds.size
-    peaks = np.zeros((num_steps, num_candidates, num_layers))
-    for layer in numba.prange(num_layers):
+    for layer in range(start, stop):
         windows = np.ascontiguousarray(history[:, layer])
         load = np.empty(num_experts)
         phy2log = np.empty(num_slots, np.int64)
@@ -242,7 +253,6 @@ def backtest_peaks(history, kinds, params, num_steps, num_slots, num_groups, num
                     _refine_layer(drift_scenarios(windows[:seen], params[c]), phy2log, counts,
                                   num_gpus, gpus_per_node, refine_moves, REFINE_PARTNERS)
                 peaks[s, c, layer] = _peak_on(actual, phy2log, counts, num_gpus)
-    return peaks
 
 
 def forecast(history: np.ndarray, name: str) -> np.ndarray:
