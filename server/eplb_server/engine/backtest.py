@@ -172,8 +172,8 @@ def _fast_plan(load, num_slots, num_groups, num_nodes, num_gpus, phy2log, counts
     num_experts = load.size
     per_gpu = num_slots // num_gpus
     if num_nodes == 1:
-        _pack(load, np.arange(num_experts), num_slots, 0, num_gpus, per_gpu, phy2log, counts,
-              piece)
+        _pack(load, np.arange(num_experts), num_slots, np.int64(0), num_gpus, per_gpu, phy2log,
+              counts, piece)
         return
     per_group = num_experts // num_groups
     groups_per_node = num_groups // num_nodes
@@ -233,6 +233,7 @@ def _backtest_rows(history, kinds, params, num_steps, num_slots, num_groups, num
     gpus_per_node = num_gpus // num_nodes
     num_windows, num_layers, num_experts = history.shape
     num_candidates = kinds.size
+    partners = np.int64(REFINE_PARTNERS)  # not a literal: _refine_layer compiles once
     for layer in range(start, stop):
         windows = np.ascontiguousarray(history[:, layer])
         load = np.empty(num_experts)
@@ -248,10 +249,10 @@ def _backtest_rows(history, kinds, params, num_steps, num_slots, num_groups, num
                            piece)
                 if kinds[c] == 4 and seen > 1:
                     _refine_layer(windows[:seen], phy2log, counts, num_gpus, gpus_per_node,
-                                  refine_moves, REFINE_PARTNERS)
+                                  refine_moves, partners)
                 elif kinds[c] == 5 and seen > 1:
                     _refine_layer(drift_scenarios(windows[:seen], params[c]), phy2log, counts,
-                                  num_gpus, gpus_per_node, refine_moves, REFINE_PARTNERS)
+                                  num_gpus, gpus_per_node, refine_moves, partners)
                 peaks[s, c, layer] = _peak_on(actual, phy2log, counts, num_gpus)
 
 

@@ -145,10 +145,11 @@ def _relabel_layer(new_row, cur_row, num_experts, num_nodes, num_gpus, hierarchi
     per_gpu = num_slots // num_gpus
     scratch = np.zeros(num_experts, np.int64)
     gpu_target = np.empty(num_gpus, np.int64)  # current GPU that each new GPU becomes
+    zero = np.int64(0)  # not the literal 0: _match_blocks compiles once
     if hierarchical and num_nodes > 1:
         gpus_per_node = num_gpus // num_nodes
-        node_target = _match_blocks(new_row, cur_row, 0, 0, num_nodes, num_slots // num_nodes,
-                                    scratch)
+        node_target = _match_blocks(new_row, cur_row, zero, zero, num_nodes,
+                                    num_slots // num_nodes, scratch)
         for node in range(num_nodes):
             inner = _match_blocks(new_row, cur_row, node * gpus_per_node,
                                   node_target[node] * gpus_per_node, gpus_per_node, per_gpu,
@@ -156,7 +157,7 @@ def _relabel_layer(new_row, cur_row, num_experts, num_nodes, num_gpus, hierarchi
             for k in range(gpus_per_node):
                 gpu_target[node * gpus_per_node + k] = inner[k]
     else:
-        gpu_target[:] = _match_blocks(new_row, cur_row, 0, 0, num_gpus, per_gpu, scratch)
+        gpu_target[:] = _match_blocks(new_row, cur_row, zero, zero, num_gpus, per_gpu, scratch)
     out = np.empty(num_slots, np.int64)
     placed = np.zeros(per_gpu, np.bool_)
     for gpu in range(num_gpus):

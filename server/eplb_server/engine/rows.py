@@ -1,4 +1,4 @@
-"""Layer-parallel kernels without numba's prange (a prange kernel compiles its call tree 3 times)."""
+"""Layer-parallel kernels without numba's prange (a prange kernel compiles its call tree 3x)."""
 
 from __future__ import annotations
 
