@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from . import rows
 from .history import REFINE_PARTNERS, _refine_layer, refine_layers
 from .mapping import replica_ranks
 from .packing import ordered_adams_counts
@@ -171,8 +172,8 @@ def _fast_plan(load, num_slots, num_groups, num_nodes, num_gpus, phy2log, counts
     num_experts = load.size
     per_gpu = num_slots // num_gpus
     if num_nodes == 1:
-        _pack(load, np.arange(num_experts), num_slots, 0, num_gpus, per_gpu, phy2log, counts,
-              piece)
+        _pack(load, np.arange(num_experts), num_slots, np.int64(0), num_gpus, per_gpu, phy2log,
+              counts, piece)
         return
     per_group = num_experts // num_groups
     groups_per_node = num_groups // num_nodes
@@ -212,17 +213,28 @@ def _peak_on(actual, phy2log, counts, num_gpus):
     return peak
 
 
-@numba.njit(cache=True, parallel=True)
 def backtest_peaks(history, kinds, params, num_steps, num_slots, num_groups, num_nodes, num_gpus,
                    refine_moves):
     """history: [T, L, E] float64 -> peaks [S, C, L]: the peak GPU load on window
     T - S + s of the fast plan fitted to forecast c of windows 0 .. T - S - 1 + s
-    (hierarchical where num_nodes > 1: swaps stay within a node)."""
+    (hierarchical where num_nodes > 1: swaps stay within a node). Layers in parallel where
+    numba's thread count allows (rows.run)."""
+    num_layers = history.shape[1]
+    peaks = np.zeros((num_steps, kinds.size, num_layers))
+    rows.run(_backtest_rows, num_layers, history, kinds, params, num_steps, num_slots,
+             num_groups, num_nodes, num_gpus, refine_moves, peaks)
+    return peaks
+
+
+@numba.njit(cache=True, nogil=True)
+def _backtest_rows(history, kinds, params, num_steps, num_slots, num_groups, num_nodes, num_gpus,
+                   refine_moves, peaks, start, stop):
+    """backtest_peaks' layers [start, stop), into peaks [S, C, L]."""
     gpus_per_node = num_gpus // num_nodes
     num_windows, num_layers, num_experts = history.shape
     num_candidates = kinds.size
-    peaks = np.zeros((num_steps, num_candidates, num_layers))
-    for layer in numba.prange(num_layers):
+    partners = np.int64(REFINE_PARTNERS)  # not a literal: _refine_layer compiles once
+    for layer in range(start, stop):
         windows = np.ascontiguousarray(history[:, layer])
         load = np.empty(num_experts)
         phy2log = np.empty(num_slots, np.int64)
@@ -237,12 +249,11 @@ def backtest_peaks(history, kinds, params, num_steps, num_slots, num_groups, num
                            piece)
                 if kinds[c] == 4 and seen > 1:
                     _refine_layer(windows[:seen], phy2log, counts, num_gpus, gpus_per_node,
-                                  refine_moves, REFINE_PARTNERS)
+                                  refine_moves, partners)
                 elif kinds[c] == 5 and seen > 1:
                     _refine_layer(drift_scenarios(windows[:seen], params[c]), phy2log, counts,
-                                  num_gpus, gpus_per_node, refine_moves, REFINE_PARTNERS)
+                                  num_gpus, gpus_per_node, refine_moves, partners)
                 peaks[s, c, layer] = _peak_on(actual, phy2log, counts, num_gpus)
-    return peaks
 
 
 def forecast(history: np.ndarray, name: str) -> np.ndarray:

@@ -28,6 +28,7 @@ from typing import Callable
 import numba
 import numpy as np
 
+from . import rows
 from .mapping import replica_ranks
 from .scoring import gpu_loads
 
@@ -293,10 +294,18 @@ def _top_three(load, t, top):
     top[t, 0], top[t, 1], top[t, 2] = a, b, c
 
 
-@numba.njit(cache=True, parallel=True)
 def refine_windows(history, phy2log, counts, num_gpus, gpus_per_node, max_moves, max_partners):
-    """[T, L, E], [L, P] (changed in place), [L, E] -> phy2log, refined layer by layer."""
-    for layer in numba.prange(phy2log.shape[0]):
+    """[T, L, E], [L, P] (changed in place), [L, E] -> phy2log, refined layer by layer (in
+    parallel where numba's thread count allows: rows.run)."""
+    rows.run(_refine_window_rows, phy2log.shape[0], history, phy2log, counts, num_gpus,
+             gpus_per_node, max_moves, max_partners)
+    return phy2log
+
+
+@numba.njit(cache=True, nogil=True)
+def _refine_window_rows(history, phy2log, counts, num_gpus, gpus_per_node, max_moves,
+                        max_partners, start, stop):
+    """refine_windows' layers [start, stop)."""
+    for layer in range(start, stop):
         _refine_layer(np.ascontiguousarray(history[:, layer]), phy2log[layer], counts[layer],
                       num_gpus, gpus_per_node, max_moves, max_partners)
-    return phy2log

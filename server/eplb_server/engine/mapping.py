@@ -5,6 +5,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import rows
+
 
 @numba.njit(cache=True, nogil=True)
 def _ranks_and_counts(phy2log, num_experts):
@@ -37,16 +39,17 @@ def expert_counts(phy2log: np.ndarray, num_experts: int) -> np.ndarray:
 def build_log2phy(phy2log: np.ndarray, rank: np.ndarray, logcnt: np.ndarray) -> np.ndarray:
     """log2phy [L, E, W] (W = max logcnt, -1 padded) from phy2log [L, P] and ranks [L, P]."""
     width = int(logcnt.max()) if logcnt.size else 1
-    return _log2phy(np.ascontiguousarray(phy2log, dtype=np.int64),
-                    np.ascontiguousarray(rank, dtype=np.int64), logcnt.shape[1], width)
-
-
-@numba.njit(cache=True, parallel=True)
-def _log2phy(phy2log, rank, num_experts, width):
-    num_layers, num_slots = phy2log.shape
-    log2phy = np.empty((num_layers, num_experts, width), np.int64)
-    for layer in numba.prange(num_layers):  # mostly padding to write: in parallel
-        log2phy[layer] = -1
-        for slot in range(num_slots):
-            log2phy[layer, phy2log[layer, slot], rank[layer, slot]] = slot
+    phy2log = np.ascontiguousarray(phy2log, dtype=np.int64)
+    log2phy = np.empty((phy2log.shape[0], logcnt.shape[1], width), np.int64)
+    rows.run(_log2phy_rows, phy2log.shape[0], phy2log,  # mostly padding to write: in parallel
+             np.ascontiguousarray(rank, dtype=np.int64), log2phy)
     return log2phy
+
+
+@numba.njit(cache=True, nogil=True)
+def _log2phy_rows(phy2log, rank, log2phy, start, stop):
+    """Layers [start, stop) of log2phy [L, E, W] from phy2log [L, P] and rank [L, P]."""
+    for layer in range(start, stop):
+        log2phy[layer] = -1
+        for slot in range(phy2log.shape[1]):
+            log2phy[layer, phy2log[layer, slot], rank[layer, slot]] = slot

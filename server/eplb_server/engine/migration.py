@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from . import rows
 from .matching import sparse_max_weight_assignment
 from .refined import refined_plan
 from .repairing import repair_pairs
@@ -144,10 +145,11 @@ def _relabel_layer(new_row, cur_row, num_experts, num_nodes, num_gpus, hierarchi
     per_gpu = num_slots // num_gpus
     scratch = np.zeros(num_experts, np.int64)
     gpu_target = np.empty(num_gpus, np.int64)  # current GPU that each new GPU becomes
+    zero = np.int64(0)  # not the literal 0: _match_blocks compiles once
     if hierarchical and num_nodes > 1:
         gpus_per_node = num_gpus // num_nodes
-        node_target = _match_blocks(new_row, cur_row, 0, 0, num_nodes, num_slots // num_nodes,
-                                    scratch)
+        node_target = _match_blocks(new_row, cur_row, zero, zero, num_nodes,
+                                    num_slots // num_nodes, scratch)
         for node in range(num_nodes):
             inner = _match_blocks(new_row, cur_row, node * gpus_per_node,
                                   node_target[node] * gpus_per_node, gpus_per_node, per_gpu,
@@ -155,7 +157,7 @@ def _relabel_layer(new_row, cur_row, num_experts, num_nodes, num_gpus, hierarchi
             for k in range(gpus_per_node):
                 gpu_target[node * gpus_per_node + k] = inner[k]
     else:
-        gpu_target[:] = _match_blocks(new_row, cur_row, 0, 0, num_gpus, per_gpu, scratch)
+        gpu_target[:] = _match_blocks(new_row, cur_row, zero, zero, num_gpus, per_gpu, scratch)
     out = np.empty(num_slots, np.int64)
     placed = np.zeros(per_gpu, np.bool_)
     for gpu in range(num_gpus):
@@ -183,18 +185,26 @@ def _relabel_layer(new_row, cur_row, num_experts, num_nodes, num_gpus, hierarchi
     return out
 
 
-@numba.njit(cache=True, parallel=True)
 def relabel(new_phy2log, current_phy2log, num_experts, num_nodes, num_gpus, hierarchical):
     """new_phy2log, current_phy2log: [L, P] -> [L, P], the new plan renamed to keep most slots.
 
     Permutes GPUs (within nodes, and whole nodes, when hierarchical) and slots within GPUs only,
-    so every GPU's load and every node's groups are unchanged.
+    so every GPU's load and every node's groups are unchanged. Layers in parallel where numba's
+    thread count allows (rows.run).
     """
     out = np.empty_like(new_phy2log)
-    for layer in numba.prange(new_phy2log.shape[0]):
+    rows.run(_relabel_rows, new_phy2log.shape[0], new_phy2log, current_phy2log, num_experts,
+             num_nodes, num_gpus, hierarchical, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _relabel_rows(new_phy2log, current_phy2log, num_experts, num_nodes, num_gpus, hierarchical,
+                  out, start, stop):
+    """relabel's layers [start, stop), into out [L, P]."""
+    for layer in range(start, stop):
         out[layer] = _relabel_layer(new_phy2log[layer], current_phy2log[layer], num_experts,
                                     num_nodes, num_gpus, hierarchical)
-    return out
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
@@ -248,20 +258,29 @@ def _kept_slots_bound_layer(new_row, cur_row, slot_gpu, head, nxt, only_gpu, see
     return kept
 
 
-@numba.njit(cache=True, parallel=True)
 def kept_slots_bound(new_phy2log, current_phy2log, num_experts, num_gpus):
     """Upper bound on the slots `relabel` keeps, per layer: each new GPU keeps at most its
-    overlap with the current GPU it shares most with. [L, P] x2 -> [L] int64."""
+    overlap with the current GPU it shares most with. [L, P] x2 -> [L] int64 (layers in
+    parallel where numba's thread count allows: rows.run)."""
     num_layers, num_slots = new_phy2log.shape
-    slot_gpu = np.arange(num_slots) // (num_slots // num_gpus)
+    slot_gpu = np.arange(num_slots, dtype=np.int64) // (num_slots // num_gpus)
     out = np.zeros(num_layers, np.int64)
-    for layer in numba.prange(num_layers):
+    rows.run(_kept_slots_bound_rows, num_layers, new_phy2log, current_phy2log, num_experts,
+             num_gpus, slot_gpu, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _kept_slots_bound_rows(new_phy2log, current_phy2log, num_experts, num_gpus, slot_gpu, out,
+                           start, stop):
+    """kept_slots_bound's layers [start, stop), into out [L]."""
+    num_slots = new_phy2log.shape[1]
+    for layer in range(start, stop):
         scratch = np.empty((4, num_experts), np.int64)
         out[layer] = _kept_slots_bound_layer(
             new_phy2log[layer], current_phy2log[layer], slot_gpu, scratch[0],
             np.empty(num_slots, np.int64), scratch[1], scratch[2], scratch[3],
             np.zeros(num_gpus, np.int64))
-    return out
 
 
 # --------------------------------------------------------------------------- local repair
@@ -656,7 +675,6 @@ def _repair_layer(weight, row, num_gpus, slot_node, gpu_node, allowed, expert_gr
     return steps
 
 
-@numba.njit(cache=True, parallel=True)
 def repair(weight, current_phy2log, num_gpus, slot_node, gpu_node, allowed, group_size,
            max_steps, target, cross_factor):
     """Greedy repair trajectories of every layer.
@@ -665,20 +683,32 @@ def repair(weight, current_phy2log, num_gpus, slot_node, gpu_node, allowed, grou
     gpu_node: [G] physical node; allowed: [L, N, K] bool; max_steps: [L] int64; target: [L]
     peak at which to stop; cross_factor: weight of a cross-node move's gain.
     -> (steps [L], move_slot [L, S], move_expert [L, S], peak_after [L, S]), S = max(max_steps).
+    Layers in parallel where numba's thread count allows (rows.run).
     """
     num_layers = weight.shape[0]
-    width = max(1, max_steps.max()) if num_layers else 1
+    width = max(1, int(max_steps.max())) if num_layers else 1
     move_slot = np.full((num_layers, width), -1, np.int64)
     move_expert = np.full((num_layers, width), -1, np.int64)
     peak_after = np.full((num_layers, width), np.inf)
     steps = np.zeros(num_layers, np.int64)
-    expert_group = np.arange(weight.shape[1]) // group_size
-    for layer in numba.prange(num_layers):
+    expert_group = np.arange(weight.shape[1], dtype=np.int64) // group_size
+    rows.run(_repair_rows, num_layers, weight, current_phy2log, num_gpus, slot_node, gpu_node,
+             allowed, expert_group, max_steps, target, cross_factor, steps, move_slot,
+             move_expert, peak_after)
+    return steps, move_slot, move_expert, peak_after
+
+
+@numba.njit(cache=True, nogil=True)
+def _repair_rows(weight, current_phy2log, num_gpus, slot_node, gpu_node, allowed, expert_group,
+                 max_steps, target, cross_factor, steps, move_slot, move_expert, peak_after,
+                 start, stop):
+    """repair's layers [start, stop), into steps [L] and the [L, S] move_slot, move_expert,
+    peak_after."""
+    for layer in range(start, stop):
         steps[layer] = _repair_layer(weight[layer], current_phy2log[layer], num_gpus, slot_node,
                                      gpu_node, allowed[layer], expert_group, max_steps[layer],
                                      target[layer], cross_factor, move_slot[layer],
                                      move_expert[layer], peak_after[layer])
-    return steps, move_slot, move_expert, peak_after
 
 
 # --------------------------------------------------------------------------- helpers

@@ -20,6 +20,7 @@ SKIP_MARGIN = 1e-3  # threshold_counts gives up unless it can beat the given pea
 # threshold_counts costs up to (spare replicas x experts) per bisection step: above this it is
 # skipped (61x512 -> 640 is 6.6e4; 1024 experts -> 2048 slots, 1e6, took 25 ms per layer).
 THRESHOLD_MAX_WORK = 2**18
+_NONE = np.int64(-1)  # no expert; a numpy scalar, not the literal -1 (one compile per callee)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -213,7 +214,7 @@ def count_search_pairs(weight, counts, max_steps, width):
     piece = weight / counts
     order = descending_order(piece)
     position = _positions(order)
-    peak = _pair_peak(order, position, piece, counts, num_pairs, np.inf, -1, -1)
+    peak = _pair_peak(order, position, piece, counts, num_pairs, np.inf, _NONE, _NONE)
     for _ in range(max_steps):
         trial, donor, receiver = _best_replica_move(weight, counts, piece, order, position,
                                                     num_pairs, width, peak * (1.0 - 1e-12))
@@ -225,7 +226,7 @@ def count_search_pairs(weight, counts, max_steps, width):
             continue
         if weight.size > 64:  # two-move lookahead costs O(E^3): small problems only
             break
-        best, first, second = peak * (1.0 - 1e-12), (-1, -1), (-1, -1)
+        best, first, second = peak * (1.0 - 1e-12), (_NONE, _NONE), (_NONE, _NONE)
         for r in order[:width]:
             for d in range(weight.size):
                 if d == r or counts[d] <= 1:
@@ -252,7 +253,8 @@ def pair_peak(weight, counts):
     """Peak GPU load of the best pairing of the pieces. weight, counts: [E] -> float."""
     piece = weight / counts
     order = descending_order(piece)
-    return _pair_peak(order, _positions(order), piece, counts, counts.sum() // 2, np.inf, -1, -1)
+    return _pair_peak(order, _positions(order), piece, counts, counts.sum() // 2, np.inf, _NONE,
+                      _NONE)
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import packing
+from . import packing, rows
 from .budget import Budget, refine_in_chunks
 from .hierarchy import assignment_peak, best_node_loads
 from .reference import reference_group_packing
@@ -39,22 +39,32 @@ def _plan_nodes(weight: np.ndarray, node_groups: np.ndarray, num_replicas: int,
     return refine_in_chunks(layers, weight.shape[0], budget)
 
 
-@numba.njit(cache=True, parallel=True)
 def _solve_nodes(weight, node_groups, slots_per_node, gpus_per_node, max_moves, count_steps,
                  margin):
-    """Each node of each layer replicated and packed on its own, in parallel (the engine's one
-    parallel loop over `packing.solve_one`: each such loop compiles its whole call tree again).
+    """Each node of each layer replicated and packed on its own, the (layer, node) rows in
+    parallel where numba's thread count allows (rows.run).
 
     weight: [L, E] (any finite non-negative loads, subnormal and all-zero layers included),
     node_groups: [L, N, K/N] -> phy2log [L, N * slots_per_node]. Lighter nodes
     need not be refined far below the layer's heaviest node's mean GPU load, less `margin`
     (measured: the same layer peaks on 2380 layers, hierarchical plans in 0.70x the time).
     """
+    num_layers, num_nodes = node_groups.shape[:2]
+    phy2log = np.empty((num_layers, num_nodes * slots_per_node), np.int64)
+    rows.run(_solve_node_rows, num_layers * num_nodes, weight, node_groups, slots_per_node,
+             gpus_per_node, max_moves, count_steps, margin, phy2log)
+    return phy2log
+
+
+@numba.njit(cache=True, nogil=True)
+def _solve_node_rows(weight, node_groups, slots_per_node, gpus_per_node, max_moves, count_steps,
+                     margin, phy2log, start, stop):
+    """_solve_nodes' rows layer * N + node in [start, stop), into phy2log [L, N * slots]."""
     num_layers, num_nodes, groups_per_node = node_groups.shape
     group_size = weight.shape[1] // (num_nodes * groups_per_node)
     node_size = groups_per_node * group_size
-    heaviest = np.zeros(num_layers)  # each layer's heaviest node load
-    for layer in range(num_layers):
+    heaviest = np.zeros(num_layers)  # each layer's heaviest node load (this range's layers)
+    for layer in range(start // num_nodes, (stop + num_nodes - 1) // num_nodes):
         for n in range(num_nodes):
             load = 0.0
             for k in range(groups_per_node):
@@ -62,8 +72,7 @@ def _solve_nodes(weight, node_groups, slots_per_node, gpus_per_node, max_moves, 
                 for expert in range(first, first + group_size):
                     load += weight[layer, expert]
             heaviest[layer] = max(heaviest[layer], load)
-    phy2log = np.empty((num_layers, num_nodes * slots_per_node), np.int64)
-    for row in numba.prange(num_layers * num_nodes):
+    for row in range(start, stop):
         layer, node = row // num_nodes, row % num_nodes
         experts = np.empty(node_size, np.int64)
         for k in range(groups_per_node):
@@ -74,7 +83,6 @@ def _solve_nodes(weight, node_groups, slots_per_node, gpus_per_node, max_moves, 
                                   heaviest[layer] / gpus_per_node * (1.0 - margin))
         for s in range(slots_per_node):
             phy2log[layer, node * slots_per_node + s] = experts[local[s]]
-    return phy2log
 
 
 def _load_rank(group_load: np.ndarray) -> np.ndarray:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from . import rows
 from .sorting import ascending_into, descending_order
 
 
-@numba.njit(cache=True, parallel=True)
 def repair_pairs(weight, current, new, target, num_nodes):
     """Per layer, the current mapping re-paired under the new plan's counts, peak <= target.
 
@@ -24,13 +24,22 @@ def repair_pairs(weight, current, new, target, num_nodes):
     blocks (node n owns [n P/N, (n + 1) P/N)) re-paired apart, which needs every expert on
     the same node in both mappings (1 for a global plan)
     -> (phy2log [L, P], found [L] bool; rows not found are the current mapping).
+    Layers in parallel where numba's thread count allows (rows.run).
     """
-    num_layers, num_slots = current.shape
+    out = current.copy()
+    found = np.zeros(current.shape[0], np.bool_)
+    rows.run(_repair_pairs_rows, current.shape[0], weight, current, new, target, num_nodes, out,
+             found)
+    return out, found
+
+
+@numba.njit(cache=True, nogil=True)
+def _repair_pairs_rows(weight, current, new, target, num_nodes, out, found, start, stop):
+    """repair_pairs' layers [start, stop), into out [L, P] (the current mapping) and found [L]."""
+    num_slots = current.shape[1]
     num_experts = weight.shape[1]
     block = num_slots // num_nodes
-    out = current.copy()
-    found = np.zeros(num_layers, np.bool_)
-    for layer in numba.prange(num_layers):
+    for layer in range(start, stop):
         node_of = np.full(num_experts, -1, np.int64)  # in the current mapping; -2: several
         for s in range(num_slots):
             e = current[layer, s]
@@ -51,7 +60,6 @@ def repair_pairs(weight, current, new, target, num_nodes):
                 piece, current[layer, slots], node_counts, target[layer], out[layer, slots])
         if not found[layer]:
             out[layer] = current[layer]
-    return out, found
 
 
 @numba.njit(cache=True, nogil=True)
