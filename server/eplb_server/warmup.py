@@ -218,14 +218,12 @@ def _helper_main(parent: int, specs) -> None:
         pass
     if os.getppid() != parent:
         return
-    import torch
-
     import eplb_server
 
     from .limits import Limits
     from .service import PlacementServicer
 
-    servicer = PlacementServicer(eplb_server, torch.device("cpu"), Limits())
+    servicer = PlacementServicer(eplb_server, "cpu", Limits())
     shapes = [Shape.parse(spec) for spec in specs]
     for _ in _serve(servicer, [job for shape in shapes for job in requests(shape)],
                     policy=pb.POLICY_DEEPSEEK):
