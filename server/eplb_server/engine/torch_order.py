@@ -7,9 +7,10 @@ import numba
 import numpy as np
 
 _THRESHOLD = 16  # ranges this short are left to the final insertion sort
+_STACK = 2 * 64  # the depth limit of any int64-sized sort: pending ranges never exceed it
 
 
-@numba.njit(cache=True, nogil=True, inline="never")
+@numba.njit(cache=True, nogil=True)
 def _before(a, b):
     """torch's descending comparator: NaN first, then larger first."""
     return (np.isnan(a) and not np.isnan(b)) or a > b
@@ -83,7 +84,8 @@ def _insert(key, order, i, first):
     element goes first (the unguarded insertion relies on a smaller element before it)."""
     value_key, value_order = key[i], order[i]
     if first >= 0 and _before(value_key, key[first]):
-        key[first + 1:i + 1], order[first + 1:i + 1] = key[first:i].copy(), order[first:i].copy()
+        for j in range(i, first, -1):
+            key[j], order[j] = key[j - 1], order[j - 1]
         key[first], order[first] = value_key, value_order
         return
     while _before(value_key, key[i - 1]):
@@ -93,37 +95,51 @@ def _insert(key, order, i, first):
 
 
 @numba.njit(cache=True, nogil=True)
-def descending_order(row):
-    """row: [n] float -> [n] int64, the indices torch.sort(row, descending=True) returns on CPU."""
-    n = row.size
-    key, order = row.copy(), np.arange(n)
-    if n < 2:
-        return order
-    depth, m = 0, n
-    while m > 1:  # depth limit: twice floor(log2(n))
-        depth, m = depth + 2, m >> 1
-    stack = [(0, n, depth)]
-    while stack:
-        first, last, depth = stack.pop()
-        while last - first > _THRESHOLD:
-            if depth == 0:
-                _heapsort(key, order, first, last)
-                break
-            depth -= 1
-            cut = _partition(key, order, first, last)
-            stack.append((cut, last, depth))
-            last = cut
+def _sort(key, order, stack):
+    """Sorts key (and order alongside) in place as torch's CPU sort does. stack: [_STACK, 3]
+    int64 scratch for the ranges the introsort leaves for later (at most its depth limit)."""
+    n = key.size
+    if n > _THRESHOLD:
+        depth, m = 0, n
+        while m > 1:  # depth limit: twice floor(log2(n))
+            depth, m = depth + 2, m >> 1
+        stack[0, 0], stack[0, 1], stack[0, 2] = 0, n, depth
+        top = 1
+        while top:
+            top -= 1
+            first, last, depth = stack[top, 0], stack[top, 1], stack[top, 2]
+            while last - first > _THRESHOLD:
+                if depth == 0:
+                    _heapsort(key, order, first, last)
+                    break
+                depth -= 1
+                cut = _partition(key, order, first, last)
+                stack[top, 0], stack[top, 1], stack[top, 2] = cut, last, depth
+                top += 1
+                last = cut
     for i in range(1, min(n, _THRESHOLD)):
         _insert(key, order, i, 0)
     for i in range(_THRESHOLD, n):
         _insert(key, order, i, -1)
+
+
+@numba.njit(cache=True, nogil=True)
+def descending_order(row):
+    """row: [n] float -> [n] int64, the indices torch.sort(row, descending=True) returns on CPU."""
+    key, order = row.copy(), np.arange(row.size)
+    _sort(key, order, np.empty((_STACK, 3), np.int64))
     return order
 
 
 @numba.njit(cache=True, nogil=True)
 def descending_orders(rows):
     """rows: [L, n] float -> [L, n] int64, torch.sort(rows, -1, descending=True).indices."""
-    orders = np.empty(rows.shape, np.int64)
-    for r in range(rows.shape[0]):
-        orders[r] = descending_order(rows[r])
+    num_rows, n = rows.shape
+    orders = np.empty((num_rows, n), np.int64)
+    key, stack = np.empty(n, rows.dtype), np.empty((_STACK, 3), np.int64)
+    for r in range(num_rows):
+        key[:] = rows[r]
+        for i in range(n):
+            orders[r, i] = i
+        _sort(key, orders[r], stack)
     return orders
