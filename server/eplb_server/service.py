@@ -6,12 +6,11 @@ import re
 import time
 
 import numpy as np
-from eplb_client.tensors import to_tensor
+from eplb_client.tensors import as_numpy, to_tensor
 from eplb_client.v1 import placement_pb2 as pb
 
 from . import validation, wire
 from .engine.api import resolve_policy
-from .engine.arrays import as_numpy
 from .outcome import Outcome
 from .validation import InvalidRequest
 
@@ -92,7 +91,7 @@ def migration_message(m, table=None) -> tuple[pb.Migration, bytes]:
         layer_balancedness_before=m.layer_balancedness_before.tolist(),
         layer_balancedness_after=m.layer_balancedness_after.tolist())
     if table is not None:
-        rows = np.column_stack([transfers, cross]).astype(np.int32).reshape(-1, 5)
+        rows = np.column_stack([transfers, cross]).astype(np.int32)
         message.transfer_table.CopyFrom(table(rows))
         return message, b""
     return message, wire.encode_transfers(transfers, cross)

@@ -209,13 +209,9 @@ def _start_helper(shapes):
 
 def _helper_main(parent: int, specs) -> None:
     """The helper process: dies with its parent (Linux), serves the reference-policy jobs."""
-    import ctypes
-    import signal
+    from .engine_main import _die_with_parent
 
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (AttributeError, OSError):
-        pass
+    _die_with_parent()
     if os.getppid() != parent:
         return
     import eplb_server

@@ -7,17 +7,9 @@ import dataclasses
 import sys
 
 import numpy as np
+from eplb_client.tensors import as_numpy, is_torch as is_tensor
 
-
-def is_tensor(x) -> bool:
-    """True for a torch.Tensor (no tensor can exist before torch is imported)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
-def as_numpy(x) -> np.ndarray:
-    """A numpy view or copy of an array-like or a tensor on any device."""
-    return x.detach().cpu().numpy() if is_tensor(x) else np.asarray(x)
+__all__ = ["as_numpy", "is_tensor", "like", "record_like"]
 
 
 def like(array: np.ndarray, template):
