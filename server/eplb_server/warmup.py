@@ -188,15 +188,19 @@ def _serve(servicer, jobs, policy=None):
 
 
 def _helps(servicer) -> bool:
-    """This package's engine, a spare core, and no cached kernel of the first plan's (the cache
-    is keyed on the sources: numba's private index API; anything unexpected: no helper)."""
+    """This package's engine, a spare core, and no kernel of the first plan's cached for this
+    CPU (a cache built on another CPU model holds only that model's: numba's private index
+    API, whose keys are (signature, the codegen's CPU tuple, ...); anything unexpected: no
+    helper)."""
     if getattr(getattr(servicer, "engine", None), "__name__", "") != "eplb_server" \
             or len(os.sched_getaffinity(0)) < 2:
         return False
     try:
         from .engine import refined
 
-        return not refined._solve_node_rows._cache._cache_file._load_index()
+        kernel = refined._solve_node_rows
+        cpu = kernel.targetctx.codegen().magic_tuple()
+        return not any(key[1] == cpu for key in kernel._cache._cache_file._load_index())
     except Exception:
         return False
 

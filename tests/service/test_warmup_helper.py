@@ -56,7 +56,7 @@ print(warmup._helps(PlacementServicer(eplb_server, torch.device("cpu"), Limits()
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core: no helper")
-def test_a_helper_on_an_empty_cache_only_and_for_this_engine_only(tmp_path):
+def test_a_helper_where_the_cache_lacks_this_cpus_kernels_and_for_this_engine_only(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NUMBA_NUM_THREADS="1")
     empty = subprocess.run([sys.executable, "-c", HELPS], capture_output=True, text=True,
                            env=env, timeout=120)
@@ -66,3 +66,10 @@ def test_a_helper_on_an_empty_cache_only_and_for_this_engine_only(tmp_path):
         pass
     assert not warmup._helps(servicer)  # the session's warm-up filled the cache
     assert not warmup._helps(PlacementServicer(warmup, torch.device("cpu"), Limits()))
+    # the same cache read as another CPU model (an image built elsewhere) holds none of its
+    # kernels: the helper starts there too
+    other = dict(os.environ, NUMBA_NUM_THREADS="1", NUMBA_CPU_NAME="x86-64",
+                 NUMBA_CPU_FEATURES="")
+    foreign = subprocess.run([sys.executable, "-c", HELPS], capture_output=True, text=True,
+                             env=other, timeout=120)
+    assert foreign.stdout.split()[-1] == "True", foreign.stderr[-2000:]
