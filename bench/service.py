@@ -238,8 +238,10 @@ def main() -> None:
     print("\n".join(table))
     if args.write_docs:
         write_section("service", "Service: end-to-end latency", intro + ". Overhead = latency - "
-                      "the server's compute time: decoding, validation, encoding, the hop to the "
-                      "engine worker process and transport; the breakdown rows split it.\n\n"
+                      "the server's compute time (plan and score): decoding, validation, encoding, "
+                      "the queue for the engine thread, the handoff to the engine worker process "
+                      "and back, and gRPC; the breakdown rows split it (the server's "
+                      "eplb_stage_seconds).\n\n"
                       + "\n".join(table))
 
 
@@ -276,7 +278,8 @@ def run(args, loads, tcp, unix, metrics=None):
                 inside = sum(stages.values())
                 rows.append([label, f"  breakdown, mean ms: {name}", "", "", "", "",
                              ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
-                             + f", transport and IPC {np.mean(latencies) * 1e3 - inside:.2f}"])
+                             + f", gRPC both ways and the server's event loop "
+                             f"{np.mean(latencies) * 1e3 - inside:.2f}"])
         latencies, rate = asyncio.run(_concurrent(tcp, reqs, args.requests, args.concurrency))
         rows.append([label, f"TCP, {args.concurrency} concurrent clients ({rate:.0f} req/s)",
                      f"{ms(latencies, 50):.2f}", f"{ms(latencies, 99):.2f}", "", "",

@@ -99,8 +99,9 @@ class Metrics:
                                    "Requests whose bytes are not the method's message.",
                                    ("grpc_method",), registry=r)
         self.stage = Histogram("eplb_stage_seconds",
-                               "Seconds of each stage of a computed request in the engine "
-                               "worker: decode, validate, compute (plan and scores), encode.",
+                               "Seconds of each stage of a computed request: queue (for the "
+                               "engine thread), handoff (to the worker process and back), and "
+                               "in the engine: decode, validate, plan, score, encode.",
                                ("grpc_method", "stage"), buckets=_LATENCY_BUCKETS, registry=r)
         self.info = Info("eplb_server", "Server version, engine device and torch version.",
                          registry=r)

@@ -134,8 +134,8 @@ class PlacementServicer:
 
     def execute(self, method: str, data: bytes) -> Outcome:
         """Decodes, validates and serves one serialized request; never raises for bad input.
-        The outcome's timings hold each stage's seconds: decode, validate, compute (plan and
-        scores), encode."""
+        The outcome's timings hold each stage's seconds: decode, validate, plan (Rebalance),
+        score, encode."""
         parse, job, message = self._methods[method]
         clock = [time.perf_counter()]
 
@@ -151,25 +151,25 @@ class PlacementServicer:
         try:
             args = parse(request, self.limits)
             timings["validate"] = lap()
-            response, tail = job(self, args)
+            response, tail, stages = job(self, args)
         except InvalidRequest as e:
-            return Outcome("invalid", violations=e.violations)
+            return Outcome("invalid", violations=e.violations, timings=timings)
         except validation.ResponseTooLarge as e:
-            return Outcome("too_large", violations=[("", str(e))])
+            return Outcome("too_large", violations=[("", str(e))], timings=timings)
         except EngineRejected as e:
-            return Outcome("invalid", violations=[(_engine_field(str(e), method), str(e))])
+            return Outcome("invalid", violations=[(_engine_field(str(e), method), str(e))],
+                           timings=timings)
         encoded = response.SerializeToString() + tail
         total = lap()
-        compute = getattr(response, "compute_seconds", 0.0) if method == "Rebalance" else total
-        timings.update(compute=compute, encode=max(total - compute, 0.0))
+        timings.update(stages, encode=max(total - sum(stages.values()), 0.0))
         summary = rebalance_summary(response) if method == "Rebalance" else None
         return Outcome("ok", data=encoded, summary=summary, timings=timings)
 
     # Engine jobs: run where the engine runs (its process or thread); return the response message.
 
-    def rebalance(self, a: validation.RebalanceArgs) -> tuple[pb.RebalanceResponse, bytes]:
+    def rebalance(self, a: validation.RebalanceArgs):
         """Plans, scores the plan (and the current mapping): (response, bytes to append to its
-        encoding: the migration's transfers)."""
+        encoding: the migration's transfers, {"plan": seconds, "score": seconds})."""
         start = time.perf_counter()
         weight, current = self._on_device(a.weight), self._on_device(a.current_phy2log)
         plan = _engine_call(
@@ -182,19 +182,20 @@ class PlacementServicer:
             with_log2phy=a.log2phy, time_budget_ms=a.time_budget_ms)
         topology = (a.num_groups, a.num_nodes, a.num_gpus)
         bound = _bound_policy(plan.policy)
+        planned = time.perf_counter()
         plan_score = _engine_call(self.engine.evaluate, weight, plan.phy2log, *topology,
                                   policy=bound)
         current_score = (None if current is None else _engine_call(
             self.engine.evaluate, weight, current, *topology, policy=bound,
             lower_bound=plan_score.layer_lower_bound))
-        seconds = time.perf_counter() - start
+        scored = time.perf_counter()
         phy2log, logcnt = (as_numpy(t).astype(a.mapping_dtype, copy=False)
                            for t in (plan.phy2log, plan.logcnt))
         encode = _packed_tensor if a.packed else to_tensor
         response = pb.RebalanceResponse(
             phy2log=encode(phy2log), logcnt=encode(logcnt),
             policy=_POLICY_ENUM[plan.policy], plan=score_message(plan_score),
-            objective=_OBJECTIVE_ENUM[plan.objective], compute_seconds=seconds,
+            objective=_OBJECTIVE_ENUM[plan.objective], compute_seconds=scored - start,
             device=plan.device, current_mapping=a.current_mapping,
             current_empty_slots=a.current_empty_slots,
             log2phy_format=pb.LOG2PHY_FORMAT_PADDED if a.log2phy else pb.LOG2PHY_FORMAT_COMPACT,
@@ -212,15 +213,18 @@ class PlacementServicer:
             tail = wire.embedded(_MIGRATION_FIELD, transfers) if transfers else b""
         if plan.backtest is not None:
             response.backtest.CopyFrom(backtest_message(plan.backtest))
-        return response, tail
+        return response, tail, dict(plan=planned - start, score=scored - planned)
 
-    def evaluate(self, a: validation.EvaluateArgs) -> tuple[pb.EvaluateResponse, bytes]:
-        """Scores the given mapping: (response, b"")."""
+    def evaluate(self, a: validation.EvaluateArgs):
+        """Scores the given mapping: (response, b"", {"score": seconds})."""
+        start = time.perf_counter()
         weight, phy2log = self._on_device(a.weight), self._on_device(a.phy2log)
         policy = resolve_policy(_bound_policy(a.policy), a.num_groups, a.num_nodes)
         score = _engine_call(self.engine.evaluate, weight, phy2log, a.num_groups, a.num_nodes,
                              a.num_gpus, policy=policy)
-        return pb.EvaluateResponse(score=score_message(score), policy=_POLICY_ENUM[policy]), b""
+        scored = time.perf_counter()
+        return (pb.EvaluateResponse(score=score_message(score), policy=_POLICY_ENUM[policy]), b"",
+                dict(score=scored - start))
 
 
 PlacementServicer._methods = {

@@ -72,19 +72,24 @@ class EngineHost:
         """-> outcome.Outcome. `deadline`: a time.monotonic() instant, or a function giving one
         when the job starts. Raises Overloaded at once when the queue is full, DeadlineExpired
         when the deadline passed while the job waited, and whatever `_serve` raises."""
-        return await self.admission.run(self._executor, self._job, method, data, deadline)
+        return await self.admission.run(self._executor, self._job, method, data, deadline,
+                                        time.monotonic())
 
-    def _job(self, method, data, deadline):
+    def _job(self, method, data, deadline, submitted):
+        """The outcome's timings gain "queue": seconds from run() until the engine thread
+        took the job (behind other jobs, or a worker restart)."""
         self._before_job()
         if callable(deadline):
             deadline = deadline()
-        if deadline is not None and time.monotonic() >= deadline:
+        started = self._job_started = time.monotonic()
+        if deadline is not None and started >= deadline:
             raise DeadlineExpired("the deadline passed while the request was queued")
-        self._job_started = time.monotonic()
         try:
-            return self._serve(method, data)
+            outcome = self._serve(method, data)
         finally:
             self._job_started = None
+        outcome.timings["queue"] = started - submitted
+        return outcome
 
     def _before_job(self):
         """Runs on the engine thread before each job (ProcessEngine restarts its worker)."""

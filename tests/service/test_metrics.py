@@ -58,6 +58,13 @@ def test_series_after_calls(server):
         migration.cross_node_copies
     assert delta(before, after, "eplb_migration_layers_kept_for_lack_of_gain_total") == \
         migration.layers_kept_for_lack_of_gain
+    stages = dict(grpc_method="Rebalance")
+    assert delta(before, after, "eplb_stage_seconds_count", stage="plan", **stages) == 2
+    assert delta(before, after, "eplb_stage_seconds_sum", stage="plan", **stages) \
+        + delta(before, after, "eplb_stage_seconds_sum", stage="score", **stages) \
+        == pytest.approx(first.compute_seconds + second.compute_seconds)
+    for stage in ("queue", "handoff", "decode"):  # the invalid request reached the worker too
+        assert delta(before, after, "eplb_stage_seconds_count", stage=stage, **stages) == 3
     assert delta(before, after, "eplb_request_size_bytes_count", grpc_method="Rebalance") == 3
     assert delta(before, after, "eplb_request_size_bytes_sum", grpc_method="Rebalance") > 0
     assert after[("eplb_engine_pending_requests", ())] == 0
