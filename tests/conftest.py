@@ -85,15 +85,13 @@ def _selected(config, path: pathlib.Path) -> bool:
 
 def pytest_sessionstart(session):
     """Compiles the engine's kernels once, before any test, and says so: every later test and
-    every engine worker process the service tests start loads them from numba's cache. The
-    Triton interpreter's minute runs meanwhile in a child process, on the other core."""
+    every engine worker process the service tests start loads them from numba's cache. Then
+    the Triton interpreter's minute or two starts in a child process, which the other tests run
+    beside (its own run last): on an empty cache the compile has both cores to itself (the
+    warm-up's helper process takes the second)."""
     import importlib.util
     import tempfile
     import time
-
-    if importlib.util.find_spec("triton") and _selected(session.config, INTERPRETED_PLANS):
-        output = pathlib.Path(tempfile.mkdtemp()) / "plans.npz"
-        early_children[INTERPRETED_PLANS] = (start_interpreter_child(output), output)
 
     from eplb_server import warmup
     from eplb_server.limits import Limits
@@ -111,6 +109,14 @@ def pytest_sessionstart(session):
         pass
     say(f"engine kernels ready in {time.perf_counter() - start:.1f} s (compiled on the first run "
         "on this machine, loaded from numba's cache after)")
+    if importlib.util.find_spec("triton") and _selected(session.config, INTERPRETED_PLANS):
+        output = pathlib.Path(tempfile.mkdtemp()) / "plans.npz"
+        early_children[INTERPRETED_PLANS] = (start_interpreter_child(output), output)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The interpreter's tests last, so that the others run while its child computes."""
+    items.sort(key=lambda item: pathlib.Path(item.path).resolve() == INTERPRETED_PLANS)
 
 
 def pytest_sessionfinish(session):
