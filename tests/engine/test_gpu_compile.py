@@ -39,6 +39,9 @@ def test_kernel_compiles_for_sm90(name, blocks):
     fn = getattr(kernels, name)
     signature = {**SIGNATURES[name], **{k: "constexpr" for k in blocks}}
     assert list(signature) == fn.arg_names
-    compiled = triton.compile(ASTSource(fn, signature, blocks),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+    compiled = triton.compile(ASTSource(fn, signature, blocks), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": 8, **kernels.EXACT})
     assert compiled.asm["cubin"]  # ptxas accepted the kernel
+    # rounded as the interpreter rounds: no multiply and add fused into one (with triton's
+    # default, _refine held two FMAs)
+    assert "fma." not in compiled.asm["ptx"] and "mad.f" not in compiled.asm["ptx"]

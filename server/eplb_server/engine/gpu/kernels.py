@@ -7,6 +7,12 @@ import triton
 import triton.language as tl
 
 
+# Launch options of every kernel: no fused multiply-add (triton 3.9 fuses by default, and
+# _refine's `w - 0.5 * gap` became an FMA), so that a GPU rounds as the interpreter and the CPU
+# engine do and picks the same swaps.
+EXACT = dict(enable_fp_fusion=False)
+
+
 @triton.jit(do_not_specialize=["num_experts", "extra", "num_packs"])
 def _replicate(weight_ptr, count_ptr, capped_ptr, num_experts, extra, num_packs,
                BLOCK_E: tl.constexpr):

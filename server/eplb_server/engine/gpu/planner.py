@@ -32,7 +32,7 @@ def _lpt(items: torch.Tensor, num_packs: int, skip: torch.Tensor | None = None):
     skip = torch.zeros(rows, dtype=torch.int32, device=items.device) if skip is None \
         else skip.to(torch.int32)
     kernels._lpt[(rows,)](items, skip, pack, rank, n, num_packs, n // num_packs,
-                          BLOCK_M=_pow2(num_packs))
+                          BLOCK_M=_pow2(num_packs), **kernels.EXACT)
     return pack, rank
 
 
@@ -147,7 +147,7 @@ def _plan_nodes(weight64, weight32, experts, num_replicas, num_gpus, skip=None):
         else _per_node(skip, num_nodes)
     counts = torch.empty((2 * rows, n), dtype=torch.int32, device=device)
     kernels._replicate[(rows,)](w32, counts, counts[rows:], n, slots - n,
-                                packs, BLOCK_E=_pow2(n), num_warps=_warps(n))
+                                packs, BLOCK_E=_pow2(n), num_warps=_warps(n), **kernels.EXACT)
     if cap == 2:
         counts[:rows] = search_counts(w64, counts[:rows], slots, packs, COUNT_SEARCH_STEPS)
     # rows: the reference's counts, then the capped ones (packed too where they differ)
@@ -182,7 +182,7 @@ def _plan_nodes(weight64, weight32, experts, num_replicas, num_gpus, skip=None):
             limit.view(2 * rows, packs, cap).to(torch.int32).contiguous(), target.contiguous(),
             moves, packs, cap, min(MAX_MOVES_PER_ITEM * slots, MAX_MOVES), pair_loops,
             int(cap <= PAIR_SWAP_ALL_MAX_CAP), BLOCK_M=block_m, BLOCK_C=block_c,
-            num_warps=_warps(block_m * block_c * block_c))
+            num_warps=_warps(block_m * block_c * block_c), **kernels.EXACT)
     peak = pack_weight.sum(-1).amax(-1)
     capped = (~same & (peak[rows:] < peak[:rows]))[:, None]
     pack_expert = torch.where(capped[..., None], pack_expert[rows:], pack_expert[:rows])
