@@ -49,10 +49,11 @@ def section(name: str, title: str, body: str, argv=None, key: str | None = None)
 
 
 def write_section(name: str, title: str, body: str, path: pathlib.Path = DOC, argv=None,
-                  key: str | None = None) -> None:
-    """Replaces (or appends) benchmark `name`'s section (`key`) of `path`, keeping the others."""
+                  key: str | None = None, head: str = HEAD) -> None:
+    """Replaces (or appends) benchmark `name`'s section (`key`) of `path`, keeping the others;
+    a new file starts with `head`."""
     key = key or name
-    text = path.read_text() if path.exists() else HEAD
+    text = path.read_text() if path.exists() else head
     new = section(name, title, body, argv, key)
     pattern = re.compile(rf"<!-- bench\.{re.escape(key)}: begin -->.*?"
                          rf"<!-- bench\.{re.escape(key)}: end -->\n", re.S)
