@@ -76,17 +76,29 @@ def _constraint(groups, nodes, policy):
     return (groups, nodes) if policy == "hierarchical" else (1, 1)
 
 
-def _run(planner, weights, replicas, groups, nodes, gpus, policy, repeats):
-    """planner(weight) -> phy2log; -> (median ms per call, aggregate balancedness over every
-    snapshot's layers, mean gap %)."""
-    times, mean_load, peak, gaps = [], 0.0, 0.0, []
+def _side_by_side(planners, weights, groups, nodes, gpus, policy, repeats):
+    """planners: [planner(weight) -> phy2log]; -> per planner (median ms per call, aggregate
+    balancedness over every snapshot's layers, mean gap %). The planners take turns on each
+    snapshot (one untimed call each first), so that the machine's drifts in speed (up to 1.5x
+    here within minutes) fall on all of them alike."""
+    times = [[] for _ in planners]
+    quality = [[0.0, 0.0, []] for _ in planners]  # mean load, peak, gaps
     for weight in weights:
-        times += call_times(lambda: planner(weight), repeats)  # noqa: B023
-        score = evaluate(weight, planner(weight), groups, nodes, gpus, policy=policy)
-        peak += float(score.layer_max_load.sum())
-        mean_load += score.balancedness * float(score.layer_max_load.sum())
-        gaps.append(score.mean_gap)
-    return statistics.median(times) * 1e3, mean_load / peak, float(np.mean(gaps)) * 100
+        for planner in planners:
+            planner(weight)
+        for _ in range(repeats):
+            for planner, spent in zip(planners, times):
+                start = time.perf_counter()
+                planner(weight)
+                spent.append(time.perf_counter() - start)
+        for planner, cell in zip(planners, quality):
+            score = evaluate(weight, planner(weight), groups, nodes, gpus, policy=policy)
+            layer_peak = float(score.layer_max_load.sum())
+            cell[0] += score.balancedness * layer_peak
+            cell[1] += layer_peak
+            cell[2].append(score.mean_gap)
+    return [(statistics.median(spent) * 1e3, mean_load / peak, float(np.mean(gaps)) * 100)
+            for spent, (mean_load, peak, gaps) in zip(times, quality)]
 
 
 def topology_table(real, published, repeats) -> list[str]:
@@ -101,12 +113,9 @@ def topology_table(real, published, repeats) -> list[str]:
         planners = [lambda w: plan(w, replicas, k, n, gpus, policy=policy).phy2log]
         planners += [lambda w, f=f: f(w, replicas, k, n, gpus)[0] for _, f in published]
         planners.append(lambda w: plan(w, replicas, k, n, gpus, policy="deepseek").phy2log)
-        cells, own_gap = [], None
-        for planner in planners:
-            ms, bal, gap = _run(planner, real, replicas, k, n, gpus, policy, repeats)
-            cells.append(f"{ms:.2f} ({bal:.4f})")
-            own_gap = gap if own_gap is None else own_gap
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {own_gap:.3f} |")
+        results = _side_by_side(planners, real, k, n, gpus, policy, repeats)
+        cells = [f"{ms:.2f} ({bal:.4f})" for ms, bal, _ in results]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {results[0][2]:.3f} |")
         print(lines[-1], flush=True)
     return lines
 
