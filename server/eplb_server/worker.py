@@ -81,9 +81,10 @@ class EngineHost:
         self._before_job()
         if callable(deadline):
             deadline = deadline()
-        started = self._job_started = time.monotonic()
+        started = time.monotonic()
         if deadline is not None and started >= deadline:
             raise DeadlineExpired("the deadline passed while the request was queued")
+        self._job_started = started
         try:
             outcome = self._serve(method, data)
         finally:
