@@ -45,7 +45,7 @@ RUN eplb-server --compile-only
 EXPOSE 50051 9090
 # Calls grpc.health.v1.Health/Check; NOT_SERVING (warm-up, draining) counts as unhealthy.
 # Start-up loads the image's kernel cache (about 1.5 s, docs/production.md); a CPU that cannot
-# load it (before x86-64-v3) compiles for 93-163 s on 2 cores, within the start period.
+# load it (before x86-64-v3) compiles for 86-100 s on 2 cores, within the start period.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=240s --retries=3 \
     CMD ["python", "-m", "eplb_server.healthcheck", "127.0.0.1:50051"]
 STOPSIGNAL SIGTERM

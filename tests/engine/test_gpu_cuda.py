@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eplb_server import plan
-from tests.engine.gpu_cases import CASES, case_loads, constraint
+from tests.engine.gpu_cases import AGREEMENT, CASES, case_loads, constraint, two_per_gpu
 from tests.engine.hard_cases import global_bound, gpu_peaks, groups_stay_on_nodes
 
 TOLERANCE = 1e-9
@@ -71,8 +71,7 @@ def test_cuda_plans_match_the_invariants(case):
     assert (ours <= theirs * (1 + TOLERANCE)).all()
 
 
-TWO_PER_GPU = [c for c in CASES if c[7] == "global" and c[8] == "smooth" and c[3] == 2 * c[6]]
-AGREEMENT = 5e-4  # of the bound: the "the same peaks as the CPU engine within 0.05%"
+TWO_PER_GPU = [c for c in CASES if two_per_gpu(c)]
 
 
 @cuda

@@ -17,12 +17,11 @@ import torch
 from eplb_server import evaluate, plan
 from eplb_server.engine.packing import REFINE_TOLERANCE
 from tests.conftest import early_children, start_interpreter_child
-from tests.engine.gpu_cases import CASES, case_loads, constraint
+from tests.engine.gpu_cases import AGREEMENT, CASES, case_loads, constraint, two_per_gpu
 from tests.engine.hard_cases import global_bound, gpu_peaks, groups_stay_on_nodes
 
 pytest.importorskip("triton", reason="the GPU planner needs triton (pip install '.[gpu]')")
 TOLERANCE = 1e-9  # relative: float64 sums of the same pieces in another order
-AGREEMENT = 5e-4  # of the bound: the "the same peaks as the CPU engine within 0.05%"
 CASE_IDS = [case[0] for case in CASES]
 
 
@@ -144,8 +143,7 @@ def test_same_request_same_plan(interpreted):
         assert (interpreted[key] == interpreted[key.replace("again", "phy2log")]).all(), key
 
 
-TWO_PER_GPU = [i for i, c in enumerate(CASES)
-               if c[7] == "global" and c[8] == "smooth" and c[3] == 2 * c[6]]
+TWO_PER_GPU = [i for i, c in enumerate(CASES) if two_per_gpu(c)]
 
 
 @pytest.mark.parametrize("index", TWO_PER_GPU, ids=[CASE_IDS[i] for i in TWO_PER_GPU])

@@ -16,9 +16,8 @@ from eplb_server.engine.refined import COUNT_SEARCH_STEPS
 from eplb_server.engine.sorting import descending_order
 from eplb_server.engine.gpu import pairing as gpu_pairing
 from tests.conftest import sorted_pairing_peak
+from tests.engine.gpu_cases import AGREEMENT
 from tests.engine.hard_cases import min_max_piece
-
-AGREEMENT = 5e-4  # of the bound: the "same peaks within 0.05%"
 
 
 @st.composite

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eplb_server.engine.torch_order import _heapsort, descending_order, descending_orders
+from eplb_server.engine.torch_order import _heapsort, descending_orders
 
 SIZES = [1, 2, 15, 16, 17, 18, 33, 64, 72, 257, 1024, 5000]
 
@@ -25,6 +25,10 @@ def patterns(rng, n):
     yield np.arange(n) % 7
     yield np.concatenate([np.arange(n // 2), np.arange(n - n // 2)[::-1]])
     yield rng.random(n)
+
+
+def descending_order(row):
+    return descending_orders(row[None])[0]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

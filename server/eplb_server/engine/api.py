@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
-from .arrays import as_numpy, is_tensor, like, record_like
+from .arrays import as_numpy, like, record_like
 from .budget import Budget
 from .gpu.device import graph_planner, planning_device
 from .history import history_planner
@@ -98,8 +98,7 @@ def resolve_policy(policy: str, num_groups: int, num_nodes: int, num_gpus: int |
 
 
 def _loads(weight) -> np.ndarray:
-    array = weight.detach().cpu().double().numpy() if is_tensor(weight) \
-        else np.asarray(weight, dtype=np.float64)
+    array = np.asarray(as_numpy(weight), dtype=np.float64)
     if array.ndim not in (2, 3):
         raise ValueError(f"weight must be [L, E] or [T, L, E], got shape {list(array.shape)}")
     copy, non_negative, total = checked_copy(array if array.ndim == 3 else array[None])

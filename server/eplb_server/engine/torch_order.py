@@ -124,14 +124,6 @@ def _sort(key, order, stack):
 
 
 @numba.njit(cache=True, nogil=True)
-def descending_order(row):
-    """row: [n] float -> [n] int64, the indices torch.sort(row, descending=True) returns on CPU."""
-    key, order = row.copy(), np.arange(row.size)
-    _sort(key, order, np.empty((_STACK, 3), np.int64))
-    return order
-
-
-@numba.njit(cache=True, nogil=True)
 def descending_orders(rows):
     """rows: [L, n] float -> [L, n] int64, torch.sort(rows, -1, descending=True).indices."""
     num_rows, n = rows.shape
