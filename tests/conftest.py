@@ -86,7 +86,7 @@ def _selected(config, path: pathlib.Path) -> bool:
 def pytest_sessionstart(session):
     """Compiles the engine's kernels once, before any test, and says so: every later test and
     every engine worker process the service tests start loads them from numba's cache. Then
-    the Triton interpreter's minute or two starts in a child process, which the other tests run
+    the Triton interpreter's few minutes start in a child process, which the other tests run
     beside (its own run last): on an empty cache the compile has both cores to itself (the
     warm-up's helper process takes the second)."""
     import importlib.util

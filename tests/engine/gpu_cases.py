@@ -12,11 +12,11 @@ from tests.engine.hard_cases import hard_loads
 CASES = [
     ("global 6/GPU", 3, 16, 24, 1, 1, 4, "global", "smooth"),
     ("global 4/GPU", 2, 16, 32, 1, 1, 8, "global", "smooth"),
-    ("global 3/GPU", 3, 24, 36, 1, 1, 12, "global", "smooth"),
+    ("global 3/GPU", 2, 24, 36, 1, 1, 12, "global", "smooth"),
     ("global 2/GPU", 2, 16, 32, 1, 1, 16, "global", "smooth"),
     ("global 1/GPU", 2, 16, 16, 1, 1, 16, "global", "smooth"),
     ("hierarchical K4 N2 G8", 2, 32, 48, 4, 2, 8, "hierarchical", "smooth"),
-    ("hierarchical K4 N4 G8", 2, 16, 32, 4, 4, 8, "hierarchical", "smooth"),
+    ("hierarchical K4 N4 G8", 1, 16, 32, 4, 4, 8, "hierarchical", "smooth"),
     ("global hard", 5, 16, 24, 4, 2, 4, "global", "hard"),
     ("hierarchical hard", 5, 16, 24, 4, 2, 4, "hierarchical", "hard"),
     ("global 2/GPU 32->64 a", 3, 32, 64, 1, 1, 32, "global", "smooth"),
@@ -25,14 +25,19 @@ CASES = [
     ("hierarchical 2/GPU K4 N2 G16", 2, 24, 32, 4, 2, 16, "hierarchical", "smooth"),
 ]
 
-# The issue's "the same peaks as the CPU engine within 0.05%", in units of the layer's bound.
+# The issue's "the same peaks as the CPU engine within 0.05%", in units of the layer's bound:
+# met at two slots per GPU, where the planners make the same count decisions.
 AGREEMENT = 5e-4
+# Above two slots per GPU the GPU planner has the CPU engine's starts, balancing and count moves,
+# but tries every trade where the CPU engine tries the nearest pair sums, and the count moves'
+# greedy paths part on some layers (measured: -0.20% to +0.23% of the bound on these cases).
+AGREEMENT_ABOVE_TWO = 5e-3
 
 
-def two_per_gpu(case) -> bool:
-    """A global tie-free case at two slots per GPU, where the GPU planner's counts must match
-    the CPU engine's peaks within AGREEMENT."""
-    return case[7] == "global" and case[8] == "smooth" and case[3] == 2 * case[6]
+def agrees_with_cpu(case) -> bool:
+    """A global tie-free case, where the GPU planner's peaks must match the CPU engine's within
+    AGREEMENT."""
+    return case[7] == "global" and case[8] == "smooth"
 
 
 def case_loads(case) -> np.ndarray:

@@ -21,11 +21,14 @@ SIGNATURES = {
     "_refine": dict(weight_ptr="*fp64", expert_ptr="*i32", limit_ptr="*i32", target_ptr="*fp64",
                     moves_ptr="*i32", num_packs="i32", cap="i32", max_moves="i32",
                     pair_loops="i32", pair_all="i32"),
+    "_balance": dict(weight_ptr="*fp64", expert_ptr="*i32", limit_ptr="*i32", order_ptr="*i32",
+                     run_ptr="*i32", num_packs="i32", cap="i32"),
 }
 BLOCKS = [
     ("_replicate", dict(BLOCK_E=256)), ("_replicate", dict(BLOCK_E=1024)),
     ("_lpt", dict(BLOCK_M=32)), ("_lpt", dict(BLOCK_M=256)),
     ("_refine", dict(BLOCK_M=32, BLOCK_C=16)), ("_refine", dict(BLOCK_M=256, BLOCK_C=8)),
+    ("_balance", dict(BLOCK_M=128, BLOCK_C=8)),
 ]
 
 

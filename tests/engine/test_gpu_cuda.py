@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from eplb_server import plan
-from tests.engine.gpu_cases import AGREEMENT, CASES, case_loads, constraint, two_per_gpu
+from tests.engine.gpu_cases import (AGREEMENT, AGREEMENT_ABOVE_TWO, CASES, agrees_with_cpu,
+                                    case_loads, constraint)
 from tests.engine.hard_cases import global_bound, gpu_peaks, groups_stay_on_nodes
 
 TOLERANCE = 1e-9
@@ -71,14 +72,14 @@ def test_cuda_plans_match_the_invariants(case):
     assert (ours <= theirs * (1 + TOLERANCE)).all()
 
 
-TWO_PER_GPU = [c for c in CASES if two_per_gpu(c)]
+TIE_FREE = [c for c in CASES if agrees_with_cpu(c)]
 
 
 @cuda
-@pytest.mark.parametrize("case", TWO_PER_GPU, ids=[c[0] for c in TWO_PER_GPU])
-def test_two_slots_per_gpu_peaks_as_the_cpu_engine(case):
-    """As under the interpreter: at two slots per GPU on tie-free loads, every layer's peak
-    within 0.05% of the bound of the CPU engine's."""
+@pytest.mark.parametrize("case", TIE_FREE, ids=[c[0] for c in TIE_FREE])
+def test_peaks_as_the_cpu_engine(case):
+    """As under the interpreter: on tie-free loads, every layer's peak within AGREEMENT (two
+    slots per GPU) or AGREEMENT_ABOVE_TWO of the bound of the CPU engine's."""
     _triton()
     from eplb_server.engine.gpu.planner import plan_tensors
 
@@ -89,7 +90,8 @@ def test_two_slots_per_gpu_peaks_as_the_cpu_engine(case):
     bound = global_bound(weight, replicas, gpus)
     ours = gpu_peaks(weight, phy2log.cpu().numpy(), gpus)
     theirs = gpu_peaks(weight, cpu.phy2log.numpy(), gpus)
-    assert (ours <= theirs + AGREEMENT * bound).all(), ((ours - theirs) / bound).max()
+    allowed = AGREEMENT if replicas <= 2 * gpus else AGREEMENT_ABOVE_TWO
+    assert (ours <= theirs + allowed * bound).all(), ((ours - theirs) / bound).max()
 
 
 @cuda

@@ -3,7 +3,7 @@ checked against the CPU engine, the reference and the plan invariants.
 
 The kernels run once, in a child process with TRITON_INTERPRET=1 (triton reads it when first
 imported, so setting it here would turn every later kernel of this process into an interpreted
-one); the tests below check its plans. About 30 s of interpreter time here (contended).
+one); the tests below check its plans. About 4 minutes of interpreter time here, alone.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from eplb_server import evaluate, plan
-from eplb_server.engine.packing import REFINE_TOLERANCE
+from eplb_server.engine.packing import (COUNT_MOVE_GAP, FEW_SLOTS_REFINE_TOLERANCE,
+                                        PAIR_SWAP_ALL_MAX_CAP, REFINE_TOLERANCE)
 from tests.conftest import early_children, start_interpreter_child
-from tests.engine.gpu_cases import AGREEMENT, CASES, case_loads, constraint, two_per_gpu
+from tests.engine.gpu_cases import (AGREEMENT, AGREEMENT_ABOVE_TWO, CASES, agrees_with_cpu,
+                                    case_loads, constraint)
 from tests.engine.hard_cases import global_bound, gpu_peaks, groups_stay_on_nodes
 
 pytest.importorskip("triton", reason="the GPU planner needs triton (pip install '.[gpu]')")
@@ -34,7 +36,7 @@ def interpreted(tmp_path_factory):
         path = tmp_path_factory.mktemp("gpu") / "plans.npz"
         child = start_interpreter_child(path)
     try:
-        assert child.wait(timeout=600) == 0, "the interpreter's child process failed"
+        assert child.wait(timeout=1500) == 0, "the interpreter's child process failed"
     finally:
         child.kill()
     with np.load(path) as data:
@@ -80,15 +82,19 @@ def test_never_worse_than_reference(interpreted, index):
                          ids=[c[0] for c in CASES if c[7] == "global" and c[3] // c[6] != 2])
 def test_replica_counts_are_the_references(interpreted, index):
     """The replication kernel makes the reference's choices (float32, lowest index first); where
-    those give an expert more replicas than GPUs, the capped counts may plan lower instead. (At
-    two slots per GPU the counts are searched: test_never_worse_than_reference holds them.)"""
+    those give an expert more replicas than GPUs, the capped counts may plan lower instead;
+    where the plan stays COUNT_MOVE_GAP above the mean GPU load (so above the reference's), the
+    count moves may change them. (At two slots per GPU the counts are searched:
+    test_never_worse_than_reference holds them.)"""
     case, weight, _, _, logcnt = _answers(interpreted, index)
     gpus = case[6]
     reference = plan(torch.from_numpy(weight), case[3], 1, 1, gpus, policy="deepseek")
     theirs = reference.logcnt.numpy()
     same = (logcnt == theirs).all(1)
-    assert same[theirs.max(1) <= gpus].all()
-    assert (same | (logcnt.max(1) <= gpus)).all()
+    moved = gpu_peaks(weight, reference.phy2log.numpy(), gpus) \
+        > weight.sum(1) / gpus * (1 + COUNT_MOVE_GAP)
+    assert (same | moved)[theirs.max(1) <= gpus].all()
+    assert (same | moved | (logcnt.max(1) <= gpus)).all()
     assert (logcnt.sum(1) == case[3]).all()
 
 
@@ -125,14 +131,17 @@ def _heaviest_swap_gain(weight, phy2log, gpus):
                                    if c[7] == "global" and c[3] // c[6] > 2],
                          ids=[c[0] for c in CASES if c[7] == "global" and c[3] // c[6] > 2])
 def test_refinement_ends_in_a_local_optimum(interpreted, index):
-    """Above its target (the bound plus REFINE_TOLERANCE), no 1-for-1 swap of the heaviest GPU
-    helps: the kernel's scan misses none (whichever counts, the reference's or capped, won)."""
+    """Above its target (the bound plus REFINE_TOLERANCE, or FEW_SLOTS_REFINE_TOLERANCE up to
+    PAIR_SWAP_ALL_MAX_CAP per GPU), no 1-for-1 swap of the heaviest GPU helps: the kernel's scan
+    misses none (whichever counts, the reference's, capped or moved, won)."""
     case, weight, phy2log, _, _ = _answers(interpreted, index)
     gpus = case[6]
     score = evaluate(torch.from_numpy(weight), torch.from_numpy(phy2log), 1, 1, gpus,
                      policy="global")
     peaks = gpu_peaks(weight, phy2log, gpus)
-    above = peaks > np.asarray(score.layer_lower_bound) * (1 + REFINE_TOLERANCE)
+    tolerance = FEW_SLOTS_REFINE_TOLERANCE if case[3] // gpus <= PAIR_SWAP_ALL_MAX_CAP \
+        else REFINE_TOLERANCE
+    above = peaks > np.asarray(score.layer_lower_bound) * (1 + tolerance)
     assert not (_heaviest_swap_gain(weight, phy2log, gpus) & above).any()
 
 
@@ -143,20 +152,23 @@ def test_same_request_same_plan(interpreted):
         assert (interpreted[key] == interpreted[key.replace("again", "phy2log")]).all(), key
 
 
-TWO_PER_GPU = [i for i, c in enumerate(CASES) if two_per_gpu(c)]
+TIE_FREE = [i for i, c in enumerate(CASES) if agrees_with_cpu(c)]
 
 
-@pytest.mark.parametrize("index", TWO_PER_GPU, ids=[CASE_IDS[i] for i in TWO_PER_GPU])
-def test_two_slots_per_gpu_peaks_as_the_cpu_engine(interpreted, index):
-    """At two slots per GPU on tie-free loads the count search and the bisection on the peak
-    make the CPU engine's choices: every layer's peak within 0.05% of the bound of the CPU
-    engine's (AGREEMENT)."""
+@pytest.mark.parametrize("index", TIE_FREE, ids=[CASE_IDS[i] for i in TIE_FREE])
+def test_peaks_as_the_cpu_engine(interpreted, index):
+    """On tie-free loads the GPU planner makes the CPU engine's decisions: at two slots per GPU
+    the count search and the bisection (every layer's peak within AGREEMENT, 0.05% of the
+    bound, of the CPU engine's); above, both starts, refinement, pairwise balancing and the
+    count moves (within AGREEMENT_ABOVE_TWO: without them a skewed layer of few experts trailed
+    by several percent)."""
     case, weight, phy2log, _, _ = _answers(interpreted, index)
     replicas, gpus = case[3], case[6]
     cpu = plan(torch.from_numpy(weight), replicas, 1, 1, gpus, policy="global", device="cpu")
     bound = global_bound(weight, replicas, gpus)
     ours, theirs = gpu_peaks(weight, phy2log, gpus), gpu_peaks(weight, cpu.phy2log.numpy(), gpus)
-    assert (ours <= theirs + AGREEMENT * bound).all(), ((ours - theirs) / bound).max()
+    allowed = AGREEMENT if replicas <= 2 * gpus else AGREEMENT_ABOVE_TWO
+    assert (ours <= theirs + allowed * bound).all(), ((ours - theirs) / bound).max()
 
 
 def test_count_search_at_two_slots_per_gpu_beats_the_reference(interpreted):

@@ -90,7 +90,7 @@ def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs,
     col_valid = cols < cap
     inf = float("inf")
     moves = tl.program_id(0) * 0
-    go = moves < max_moves
+    go = (moves < max_moves) & (tl.max(tl.where(row_valid, tl.sum(pw, 1), -inf), 0) > target)
     while go:
         loads = tl.sum(pw, 1)
         top = tl.max(tl.where(row_valid, loads, -inf), 0)
@@ -133,71 +133,165 @@ def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs,
                 low = tl.sum(tl.where(rows == o, loads, 0.0), 0)
                 cu = tl.sum((oe[:, None] == he[None, :]).to(tl.int32), 1)  # [b]: in heavy
                 cy = tl.sum((he[:, None] == oe[None, :]).to(tl.int32), 1)  # [a]: in pack o
-                for a1 in range(cap):
-                    x = tl.sum(tl.where(cols == a1, he, 0), 0)
-                    xw = tl.sum(tl.where(cols == a1, hw, 0.0), 0)
-                    xl = tl.sum(tl.where(cols == a1, hl, 0), 0)
-                    cx = tl.sum(tl.where(cols == a1, cy, 0), 0)
-                    y = he[:, None, None]
-                    u = oe[None, :, None]
-                    v = oe[None, None, :]
-                    d = xw + hw[:, None, None] - ow[None, :, None] - ow[None, None, :]
-                    held_x = cx - (u == x).to(tl.int32) - (v == x).to(tl.int32) + 1 \
-                        + (y == x).to(tl.int32)
-                    held_y = cy[:, None, None] - (u == y).to(tl.int32) - (v == y).to(tl.int32) \
-                        + (x == y).to(tl.int32) + 1
-                    held_u = cu[None, :, None] - (x == u).to(tl.int32) - (y == u).to(tl.int32) \
-                        + 1 + (v == u).to(tl.int32)
-                    held_v = cu[None, None, :] - (x == v).to(tl.int32) - (y == v).to(tl.int32) \
-                        + (u == v).to(tl.int32) + 1
-                    a2 = cols[:, None, None]
-                    b1 = cols[None, :, None]
-                    b2 = cols[None, None, :]
-                    ok2 = (a2 > a1) & (a2 < cap) & (b1 < b2) & (b2 < cap) \
-                        & (d > 0.0) & (d < top - low) & (held_x <= xl) \
-                        & (held_y <= hl[:, None, None]) & (held_u <= ol[None, :, None]) \
-                        & (held_v <= ol[None, None, :])
-                    obj2 = tl.where(ok2, tl.maximum(top - d, low + d), inf)
-                    flat2 = tl.reshape(obj2, (BLOCK_C * BLOCK_C * BLOCK_C,))
-                    cand = tl.min(flat2, 0)
-                    at = tl.argmin(flat2, 0)
-                    better = (cand < pair_best) & (~single)
-                    pair_best = tl.where(better, cand, pair_best)
-                    o_best = tl.where(better, o, o_best)
-                    a1_best = tl.where(better, a1, a1_best)
-                    a2_best = tl.where(better, at // (BLOCK_C * BLOCK_C), a2_best)
-                    b1_best = tl.where(better, (at // BLOCK_C) % BLOCK_C, b1_best)
-                    b2_best = tl.where(better, at % BLOCK_C, b2_best)
+                d, ok2 = _pair_trades(hw, he, hl, cy, ow, oe, ol, cu, cols, cap)
+                ok2 = ok2 & (d > 0.0) & (d < top - low)
+                obj2 = tl.where(ok2, tl.maximum(top - d, low + d), inf)
+                flat2 = tl.reshape(obj2, (BLOCK_C * BLOCK_C * BLOCK_C * BLOCK_C,))
+                cand = tl.min(flat2, 0)
+                at = tl.argmin(flat2, 0)
+                better = (cand < pair_best) & (~single)
+                pair_best = tl.where(better, cand, pair_best)
+                o_best = tl.where(better, o, o_best)
+                a1_best = tl.where(better, at // (BLOCK_C * BLOCK_C * BLOCK_C), a1_best)
+                a2_best = tl.where(better, (at // (BLOCK_C * BLOCK_C)) % BLOCK_C, a2_best)
+                b1_best = tl.where(better, (at // BLOCK_C) % BLOCK_C, b1_best)
+                b2_best = tl.where(better, at % BLOCK_C, b2_best)
             best = tl.where(single, best, pair_best)
         accept = (best < threshold) & (top > target)
-        # the swap: heaviest's a1 (a2) <-> pack o's b1 (b2); a2 = b2 = -1 for 1-for-1, o = -1
-        # for none (a scalar & a block is avoided: the interpreter's broadcast rejects it)
-        o_best = tl.where(accept, o_best, -1)
-        at_o = rows[:, None] == o_best
-        take1 = at_o & (cols[None, :] == b1_best)
-        take2 = at_o & (cols[None, :] == b2_best)
-        give1 = is_heavy & (cols[None, :] == tl.where(accept, a1_best, -1))
-        give2 = is_heavy & (cols[None, :] == tl.where(accept, a2_best, -1))
-        w_b1 = tl.sum(tl.sum(tl.where(take1, pw, 0.0), 1), 0)
-        w_b2 = tl.sum(tl.sum(tl.where(take2, pw, 0.0), 1), 0)
-        w_a1 = tl.sum(tl.sum(tl.where(give1, pw, 0.0), 1), 0)
-        w_a2 = tl.sum(tl.sum(tl.where(give2, pw, 0.0), 1), 0)
-        e_b1 = tl.sum(tl.sum(tl.where(take1, pe, 0), 1), 0)
-        e_b2 = tl.sum(tl.sum(tl.where(take2, pe, 0), 1), 0)
-        e_a1 = tl.sum(tl.sum(tl.where(give1, pe, 0), 1), 0)
-        e_a2 = tl.sum(tl.sum(tl.where(give2, pe, 0), 1), 0)
-        l_b1 = tl.sum(tl.sum(tl.where(take1, pl, 0), 1), 0)
-        l_b2 = tl.sum(tl.sum(tl.where(take2, pl, 0), 1), 0)
-        l_a1 = tl.sum(tl.sum(tl.where(give1, pl, 0), 1), 0)
-        l_a2 = tl.sum(tl.sum(tl.where(give2, pl, 0), 1), 0)
-        pw = tl.where(take1, w_a1, tl.where(take2, w_a2, tl.where(
-            give1, w_b1, tl.where(give2, w_b2, pw))))
-        pe = tl.where(take1, e_a1, tl.where(take2, e_a2, tl.where(
-            give1, e_b1, tl.where(give2, e_b2, pe))))
-        pl = tl.where(take1, l_a1, tl.where(take2, l_a2, tl.where(
-            give1, l_b1, tl.where(give2, l_b2, pl))))
+        pw, pe, pl = _exchange(pw, pe, pl, rows, cols, tl.where(accept, heavy, -1), a1_best,
+                               a2_best, tl.where(accept, o_best, -1), b1_best, b2_best)
         moves += accept.to(tl.int32)
         go = accept & (moves < max_moves)
     tl.store(expert_ptr + base, pe, mask=valid)
     tl.store(weight_ptr + base, pw, mask=valid)
+    tl.store(limit_ptr + base, pl, mask=valid)
     tl.store(moves_ptr + row, moves)
+
+
+@triton.jit
+def _exchange(pw, pe, pl, rows, cols, p, x, y, q, u, v):
+    """pw, pe, pl [M, C] with slots x (and y) of pack p traded for slots u (and v) of pack q;
+    y = v = -1 for 1-for-1, p = q = -1 for none (a scalar & a block is avoided: the
+    interpreter's broadcast rejects it)."""
+    at_q = rows[:, None] == q
+    at_p = rows[:, None] == p
+    take1 = at_q & (cols[None, :] == u)
+    take2 = at_q & (cols[None, :] == v)
+    give1 = at_p & (cols[None, :] == x)
+    give2 = at_p & (cols[None, :] == y)
+    w_b1 = tl.sum(tl.sum(tl.where(take1, pw, 0.0), 1), 0)
+    w_b2 = tl.sum(tl.sum(tl.where(take2, pw, 0.0), 1), 0)
+    w_a1 = tl.sum(tl.sum(tl.where(give1, pw, 0.0), 1), 0)
+    w_a2 = tl.sum(tl.sum(tl.where(give2, pw, 0.0), 1), 0)
+    e_b1 = tl.sum(tl.sum(tl.where(take1, pe, 0), 1), 0)
+    e_b2 = tl.sum(tl.sum(tl.where(take2, pe, 0), 1), 0)
+    e_a1 = tl.sum(tl.sum(tl.where(give1, pe, 0), 1), 0)
+    e_a2 = tl.sum(tl.sum(tl.where(give2, pe, 0), 1), 0)
+    l_b1 = tl.sum(tl.sum(tl.where(take1, pl, 0), 1), 0)
+    l_b2 = tl.sum(tl.sum(tl.where(take2, pl, 0), 1), 0)
+    l_a1 = tl.sum(tl.sum(tl.where(give1, pl, 0), 1), 0)
+    l_a2 = tl.sum(tl.sum(tl.where(give2, pl, 0), 1), 0)
+    pw = tl.where(take1, w_a1, tl.where(take2, w_a2, tl.where(
+        give1, w_b1, tl.where(give2, w_b2, pw))))
+    pe = tl.where(take1, e_a1, tl.where(take2, e_a2, tl.where(
+        give1, e_b1, tl.where(give2, e_b2, pe))))
+    pl = tl.where(take1, l_a1, tl.where(take2, l_a2, tl.where(
+        give1, l_b1, tl.where(give2, l_b2, pl))))
+    return pw, pe, pl
+
+
+@triton.jit
+def _pair_trades(hw, he, hl, cy, ow, oe, ol, cu, cols, cap):
+    """The 2-for-2 trades of slots x < y of pack p (weights hw, experts he, limits hl [C]) for
+    slots u < v of pack q (ow, oe, ol [C]) that keep fair shares: cy [C] replicas of each of p's
+    experts in q, cu [C] of each of q's experts in p. -> (p's load drop d, allowed)
+    [x, y, u, v]"""
+    x = he[:, None, None, None]
+    y = he[None, :, None, None]
+    u = oe[None, None, :, None]
+    v = oe[None, None, None, :]
+    d = hw[:, None, None, None] + hw[None, :, None, None] - ow[None, None, :, None] \
+        - ow[None, None, None, :]
+    held_x = cy[:, None, None, None] - (u == x).to(tl.int32) - (v == x).to(tl.int32) + 1 \
+        + (y == x).to(tl.int32)
+    held_y = cy[None, :, None, None] - (u == y).to(tl.int32) - (v == y).to(tl.int32) \
+        + (x == y).to(tl.int32) + 1
+    held_u = cu[None, None, :, None] - (x == u).to(tl.int32) - (y == u).to(tl.int32) + 1 \
+        + (v == u).to(tl.int32)
+    held_v = cu[None, None, None, :] - (x == v).to(tl.int32) - (y == v).to(tl.int32) \
+        + (u == v).to(tl.int32) + 1
+    a1 = cols[:, None, None, None]
+    a2 = cols[None, :, None, None]
+    b1 = cols[None, None, :, None]
+    b2 = cols[None, None, None, :]
+    allowed = (a1 < a2) & (a2 < cap) & (b1 < b2) & (b2 < cap) \
+        & (held_x <= hl[:, None, None, None]) & (held_y <= hl[None, :, None, None]) \
+        & (held_u <= ol[None, None, :, None]) & (held_v <= ol[None, None, None, :])
+    return d, allowed
+
+
+@triton.jit(do_not_specialize=["num_packs", "cap"])
+def _balance(weight_ptr, expert_ptr, limit_ptr, order_ptr, run_ptr, num_packs, cap,
+             BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One sweep of pairwise balancing, as engine.packing.balance_pairs: for every two packs
+    further apart than the heaviest is above the mean (the i-th heaviest with the lightest,
+    the next lightest, ..., in the order of `order`), the 1-for-1 or 2-for-2 trade (fair shares
+    kept) that brings their loads closest, if any narrows the gap. No pack ends above the
+    heavier of its pair, so the peak never rises.
+
+    weight [B, m, c] float64, expert / limit [B, m, c] int32 (updated in place), order [B, m]
+    int32 packs by load, heaviest first; run [B] int32 (0: the row is left as it is)
+    """
+    row = tl.program_id(0).to(tl.int64)
+    rows = tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_C)
+    valid = (rows[:, None] < num_packs) & (cols[None, :] < cap)
+    base = row * num_packs * cap + rows[:, None] * cap + cols[None, :]
+    pw = tl.load(weight_ptr + base, mask=valid, other=0.0)
+    pe = tl.load(expert_ptr + base, mask=valid, other=-1)
+    pl = tl.load(limit_ptr + base, mask=valid, other=0)
+    row_valid = rows < num_packs
+    col_valid = cols < cap
+    inf = float("inf")
+    loads = tl.sum(pw, 1)
+    least_gap = tl.max(tl.where(row_valid, loads, -inf), 0) - tl.sum(loads, 0) / num_packs
+    for i in range(num_packs * tl.load(run_ptr + row)):
+        for j in range(num_packs - 1 - i):
+            first = tl.load(order_ptr + row * num_packs + i)
+            second = tl.load(order_ptr + row * num_packs + num_packs - 1 - j)
+            loads = tl.sum(pw, 1)
+            l_first = tl.sum(tl.where(rows == first, loads, 0.0), 0)
+            l_second = tl.sum(tl.where(rows == second, loads, 0.0), 0)
+            if tl.abs(l_first - l_second) > least_gap:  # closer pairs are left as they are
+                p = tl.where(l_first < l_second, second, first)
+                q = tl.where(l_first < l_second, first, second)
+                half = 0.5 * tl.abs(l_first - l_second)
+                is_p = rows[:, None] == p
+                is_q = rows[:, None] == q
+                hw = tl.sum(tl.where(is_p, pw, 0.0), 0)
+                he = tl.where(col_valid, tl.sum(tl.where(is_p, pe, 0), 0), -2)
+                hl = tl.sum(tl.where(is_p, pl, 0), 0)
+                ow = tl.sum(tl.where(is_q, pw, 0.0), 0)
+                oe = tl.where(col_valid, tl.sum(tl.where(is_q, pe, 0), 0), -3)
+                ol = tl.sum(tl.where(is_q, pl, 0), 0)
+                cu = tl.sum((oe[:, None] == he[None, :]).to(tl.int32), 1)  # [b]: held by p
+                cy = tl.sum((he[:, None] == oe[None, :]).to(tl.int32), 1)  # [a]: held by q
+                # 1-for-1: [a, b], slot a of p for slot b of q
+                eq = (he[:, None] == oe[None, :]).to(tl.int32)
+                fits = ((cy[:, None] - eq) < hl[:, None]) & ((cu[None, :] - eq) < ol[None, :]) \
+                    & col_valid[:, None] & col_valid[None, :]
+                score = tl.where(fits, tl.abs(hw[:, None] - ow[None, :] - half), inf)
+                flat = tl.reshape(score, (BLOCK_C * BLOCK_C,))
+                best = tl.min(flat, 0)
+                where = tl.argmin(flat, 0)
+                x_best = where // BLOCK_C
+                u_best = where % BLOCK_C
+                y_best = x_best * 0 - 1
+                v_best = x_best * 0 - 1
+                d, ok2 = _pair_trades(hw, he, hl, cy, ow, oe, ol, cu, cols, cap)
+                flat2 = tl.reshape(tl.where(ok2, tl.abs(d - half), inf),
+                                   (BLOCK_C * BLOCK_C * BLOCK_C * BLOCK_C,))
+                cand = tl.min(flat2, 0)
+                at = tl.argmin(flat2, 0)
+                better = cand < best
+                best = tl.where(better, cand, best)
+                x_best = tl.where(better, at // (BLOCK_C * BLOCK_C * BLOCK_C), x_best)
+                y_best = tl.where(better, (at // (BLOCK_C * BLOCK_C)) % BLOCK_C, y_best)
+                u_best = tl.where(better, (at // BLOCK_C) % BLOCK_C, u_best)
+                v_best = tl.where(better, at % BLOCK_C, v_best)
+                accept = best < half
+                pw, pe, pl = _exchange(pw, pe, pl, rows, cols, tl.where(accept, p, -1), x_best,
+                                       y_best, tl.where(accept, q, -1), u_best, v_best)
+    tl.store(expert_ptr + base, pe, mask=valid)
+    tl.store(weight_ptr + base, pw, mask=valid)
+    tl.store(limit_ptr + base, pl, mask=valid)

@@ -8,32 +8,12 @@ import functools
 import torch
 
 from ..hierarchy import node_partitions
-from ..packing import PAIR_SWAP_ALL_MAX_CAP, REFINE_TOLERANCE, SMALL_PACK_MAX_CAP
-from ..refined import COUNT_SEARCH_STEPS, LIGHT_NODE_MARGIN, MAX_MOVES, MAX_MOVES_PER_ITEM
+from ..refined import COUNT_SEARCH_STEPS, LIGHT_NODE_MARGIN
 
 from . import kernels
+from .count_moves import count_moves
+from .packing import lpt, pack_counts, pow2, warps
 from .pairing import search_counts
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _warps(elements: int) -> int:
-    return 4 if elements <= 4096 else 8 if elements <= 16384 else 16
-
-
-def _lpt(items: torch.Tensor, num_packs: int, skip: torch.Tensor | None = None):
-    """items [B, n] float32, each row descending; skip [B] bool: rows left unpacked (all in pack
-    0) -> (pack, rank) [B, n] int32"""
-    rows, n = items.shape
-    pack = torch.zeros((rows, n), dtype=torch.int32, device=items.device)
-    rank = torch.zeros_like(pack)
-    skip = torch.zeros(rows, dtype=torch.int32, device=items.device) if skip is None \
-        else skip.to(torch.int32)
-    kernels._lpt[(rows,)](items, skip, pack, rank, n, num_packs, n // num_packs,
-                          BLOCK_M=_pow2(num_packs), **kernels.EXACT)
-    return pack, rank
 
 
 def _node_experts(weight32: torch.Tensor, num_groups: int, num_nodes: int) -> torch.Tensor:
@@ -46,7 +26,7 @@ def _node_experts(weight32: torch.Tensor, num_groups: int, num_nodes: int) -> to
     size = experts // num_groups
     group_load = weight32.view(layers, num_groups, size).sum(-1)
     loads, order = group_load.sort(dim=-1, descending=True, stable=True)
-    pack, rank = _lpt(loads.contiguous(), num_nodes)
+    pack, rank = lpt(loads.contiguous(), num_nodes)
     key = torch.empty_like(order).scatter_(1, order, pack.long() * num_groups + rank.long())
     return _experts_of(key.argsort(-1), size, num_nodes)
 
@@ -138,7 +118,6 @@ def _plan_nodes(weight64, weight32, experts, num_replicas, num_gpus, skip=None):
     device = weight64.device
     rows = layers * num_nodes
     slots, packs = num_replicas // num_nodes, num_gpus // num_nodes
-    cap = slots // packs
     flat = experts.reshape(layers, num_experts)
     w32 = weight32.gather(1, flat).view(rows, n)
     w64 = weight64.gather(1, flat).view(rows, n)
@@ -147,51 +126,27 @@ def _plan_nodes(weight64, weight32, experts, num_replicas, num_gpus, skip=None):
         else _per_node(skip, num_nodes)
     counts = torch.empty((2 * rows, n), dtype=torch.int32, device=device)
     kernels._replicate[(rows,)](w32, counts, counts[rows:], n, slots - n,
-                                packs, BLOCK_E=_pow2(n), num_warps=_warps(n), **kernels.EXACT)
-    if cap == 2:
+                                packs, BLOCK_E=pow2(n), num_warps=warps(n), **kernels.EXACT)
+    if slots == 2 * packs:
         counts[:rows] = search_counts(w64, counts[:rows], slots, packs, COUNT_SEARCH_STEPS)
+    enough = torch.zeros(rows, dtype=torch.float64, device=device)
+    if num_nodes > 1:  # a lighter node need not go far below the heaviest node's mean
+        heaviest = w64.sum(1).view(layers, num_nodes).max(1).values / packs
+        enough = _per_node(heaviest * (1.0 - LIGHT_NODE_MARGIN), num_nodes)
     # rows: the reference's counts, then the capped ones (packed too where they differ)
     same = (counts[:rows] == counts[rows:]).all(1) | skip
-    w32, w64 = w32.repeat(2, 1), w64.repeat(2, 1)
-    positions = torch.arange(slots, device=device).expand(2 * rows, slots).contiguous()
-    item = torch.searchsorted(counts.long().cumsum(1), positions, right=True)  # [2B, S] expert
-    item_count = counts.gather(1, item)
-    piece32 = w32.gather(1, item) / item_count.to(torch.float32)
-    piece64 = w64.gather(1, item) / item_count.to(torch.float64)
-    piece32, order = piece32.sort(dim=1, descending=True, stable=True)
-    item, piece64 = item.gather(1, order), piece64.gather(1, order)
-    pack, _ = _lpt(piece32.contiguous(), packs, torch.cat([skip, same]))
-    by_pack = (pack.long() * slots + positions).argsort(1)
-    pack_expert = item.gather(1, by_pack).view(2 * rows, packs, cap).to(torch.int32).contiguous()
-    pack_weight = piece64.gather(1, by_pack).view(2 * rows, packs, cap).contiguous()
-    if cap > 2:  # two per pack: LPT already pairs largest with smallest, optimal for the counts
-        limit = ((counts + packs - 1) // packs).gather(1, pack_expert.view(2 * rows, -1).long())
-        bound = torch.maximum(w64.sum(1) / packs, (w64 / counts).max(1).values)
-        target = bound * (1.0 + REFINE_TOLERANCE)
-        if num_nodes > 1:  # a lighter node need not go far below the heaviest node's mean
-            heaviest = w64[:rows].sum(1).view(layers, num_nodes).max(1).values / packs
-            enough = _per_node(heaviest * (1.0 - LIGHT_NODE_MARGIN), num_nodes)
-            target = torch.maximum(target, enough.repeat(2))
-        target = torch.where(torch.cat([skip, same]), torch.inf, target)  # nothing to refine
-        pair_loops = packs if cap <= PAIR_SWAP_ALL_MAX_CAP else 1 if cap <= SMALL_PACK_MAX_CAP \
-            else 0
-        moves = torch.empty(2 * rows, dtype=torch.int32, device=device)
-        block_m, block_c = _pow2(packs), _pow2(cap)
-        kernels._refine[(2 * rows,)](
-            pack_weight, pack_expert,
-            limit.view(2 * rows, packs, cap).to(torch.int32).contiguous(), target.contiguous(),
-            moves, packs, cap, min(MAX_MOVES_PER_ITEM * slots, MAX_MOVES), pair_loops,
-            int(cap <= PAIR_SWAP_ALL_MAX_CAP), BLOCK_M=block_m, BLOCK_C=block_c,
-            num_warps=_warps(block_m * block_c * block_c), **kernels.EXACT)
-    peak = pack_weight.sum(-1).amax(-1)
+    pack_expert, peak = pack_counts(w32.repeat(2, 1), w64.repeat(2, 1), counts, slots, packs,
+                                    torch.cat([skip, same]), enough.repeat(2))
     capped = (~same & (peak[rows:] < peak[:rows]))[:, None]
     pack_expert = torch.where(capped[..., None], pack_expert[rows:], pack_expert[:rows])
     counts = torch.where(capped, counts[rows:], counts[:rows])
+    peak = torch.where(skip, torch.inf, torch.where(capped[:, 0], peak[rows:], peak[:rows]))
+    counts, pack_expert, peak = count_moves(w32, w64, counts, pack_expert, peak, slots, packs,
+                                            enough)
     local = pack_expert.long().sort(-1).values.view(rows, slots)  # a pack's experts ascending
     phy2log = experts.reshape(rows, n).gather(1, local).view(layers, num_replicas)
     logcnt = torch.zeros((layers, num_experts), dtype=torch.int64, device=device)
     logcnt.scatter_(1, flat, counts.view(layers, num_experts).long())
-    peak = torch.where(skip, torch.inf, torch.where(capped[:, 0], peak[rows:], peak[:rows]))
     return phy2log, logcnt, peak.view(layers, num_nodes).amax(1)
 
 
