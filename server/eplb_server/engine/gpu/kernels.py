@@ -78,13 +78,8 @@ def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs,
     float64 -> moves [B] int32 (accepted swaps)
     """
     row = tl.program_id(0).to(tl.int64)
-    rows = tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_C)
-    valid = (rows[:, None] < num_packs) & (cols[None, :] < cap)
-    base = row * num_packs * cap + rows[:, None] * cap + cols[None, :]
-    pw = tl.load(weight_ptr + base, mask=valid, other=0.0)
-    pe = tl.load(expert_ptr + base, mask=valid, other=-1)
-    pl = tl.load(limit_ptr + base, mask=valid, other=0)
+    rows, cols, valid, base, pw, pe, pl = _load_packing(
+        weight_ptr, expert_ptr, limit_ptr, row, num_packs, cap, BLOCK_M, BLOCK_C)
     target = tl.load(target_ptr + row)
     row_valid = rows < num_packs
     col_valid = cols < cap
@@ -95,11 +90,7 @@ def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs,
         loads = tl.sum(pw, 1)
         top = tl.max(tl.where(row_valid, loads, -inf), 0)
         heavy = tl.argmax(tl.where(row_valid, loads, -inf), 0)
-        is_heavy = rows[:, None] == heavy
-        hw = tl.sum(tl.where(is_heavy, pw, 0.0), 0)
-        he = tl.sum(tl.where(is_heavy, pe, 0), 0)
-        hl = tl.sum(tl.where(is_heavy, pl, 0), 0)
-        he = tl.where(col_valid, he, -2)
+        hw, he, hl = _pack_of(pw, pe, pl, rows, col_valid, heavy, -2)
         # 1-for-1: [o, b, a], slot b of pack o against slot a of the heaviest pack
         delta = hw[None, None, :] - pw[:, :, None]
         gap = (top - loads)[:, None, None]
@@ -126,10 +117,7 @@ def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs,
             pair_best = inf + top * 0.0
             for k in range(tl.where(single, 0, pair_loops)):
                 o = tl.where(pair_all != 0, k, lightest)
-                is_o = rows[:, None] == o
-                ow = tl.sum(tl.where(is_o, pw, 0.0), 0)
-                oe = tl.where(col_valid, tl.sum(tl.where(is_o, pe, 0), 0), -3)
-                ol = tl.sum(tl.where(is_o, pl, 0), 0)
+                ow, oe, ol = _pack_of(pw, pe, pl, rows, col_valid, o, -3)
                 low = tl.sum(tl.where(rows == o, loads, 0.0), 0)
                 cu = tl.sum((oe[:, None] == he[None, :]).to(tl.int32), 1)  # [b]: in heavy
                 cy = tl.sum((he[:, None] == oe[None, :]).to(tl.int32), 1)  # [a]: in pack o
@@ -169,25 +157,20 @@ def _exchange(pw, pe, pl, rows, cols, p, x, y, q, u, v):
     take2 = at_q & (cols[None, :] == v)
     give1 = at_p & (cols[None, :] == x)
     give2 = at_p & (cols[None, :] == y)
-    w_b1 = tl.sum(tl.sum(tl.where(take1, pw, 0.0), 1), 0)
-    w_b2 = tl.sum(tl.sum(tl.where(take2, pw, 0.0), 1), 0)
-    w_a1 = tl.sum(tl.sum(tl.where(give1, pw, 0.0), 1), 0)
-    w_a2 = tl.sum(tl.sum(tl.where(give2, pw, 0.0), 1), 0)
-    e_b1 = tl.sum(tl.sum(tl.where(take1, pe, 0), 1), 0)
-    e_b2 = tl.sum(tl.sum(tl.where(take2, pe, 0), 1), 0)
-    e_a1 = tl.sum(tl.sum(tl.where(give1, pe, 0), 1), 0)
-    e_a2 = tl.sum(tl.sum(tl.where(give2, pe, 0), 1), 0)
-    l_b1 = tl.sum(tl.sum(tl.where(take1, pl, 0), 1), 0)
-    l_b2 = tl.sum(tl.sum(tl.where(take2, pl, 0), 1), 0)
-    l_a1 = tl.sum(tl.sum(tl.where(give1, pl, 0), 1), 0)
-    l_a2 = tl.sum(tl.sum(tl.where(give2, pl, 0), 1), 0)
-    pw = tl.where(take1, w_a1, tl.where(take2, w_a2, tl.where(
-        give1, w_b1, tl.where(give2, w_b2, pw))))
-    pe = tl.where(take1, e_a1, tl.where(take2, e_a2, tl.where(
-        give1, e_b1, tl.where(give2, e_b2, pe))))
-    pl = tl.where(take1, l_a1, tl.where(take2, l_a2, tl.where(
-        give1, l_b1, tl.where(give2, l_b2, pl))))
-    return pw, pe, pl
+    return _traded(pw, take1, take2, give1, give2), _traded(pe, take1, take2, give1, give2), \
+        _traded(pl, take1, take2, give1, give2)
+
+
+@triton.jit
+def _traded(values, take1, take2, give1, give2):
+    """values [M, C] with the one slot of take1 swapped with that of give1, and take2's with
+    give2's (masks of one slot or none)."""
+    taken1 = tl.sum(tl.sum(tl.where(take1, values, 0), 1), 0)
+    taken2 = tl.sum(tl.sum(tl.where(take2, values, 0), 1), 0)
+    given1 = tl.sum(tl.sum(tl.where(give1, values, 0), 1), 0)
+    given2 = tl.sum(tl.sum(tl.where(give2, values, 0), 1), 0)
+    return tl.where(take1, given1, tl.where(take2, given2, tl.where(
+        give1, taken1, tl.where(give2, taken2, values))))
 
 
 @triton.jit
@@ -233,13 +216,8 @@ def _balance(weight_ptr, expert_ptr, limit_ptr, order_ptr, run_ptr, num_packs, c
     int32 packs by load, heaviest first; run [B] int32 (0: the row is left as it is)
     """
     row = tl.program_id(0).to(tl.int64)
-    rows = tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_C)
-    valid = (rows[:, None] < num_packs) & (cols[None, :] < cap)
-    base = row * num_packs * cap + rows[:, None] * cap + cols[None, :]
-    pw = tl.load(weight_ptr + base, mask=valid, other=0.0)
-    pe = tl.load(expert_ptr + base, mask=valid, other=-1)
-    pl = tl.load(limit_ptr + base, mask=valid, other=0)
+    rows, cols, valid, base, pw, pe, pl = _load_packing(
+        weight_ptr, expert_ptr, limit_ptr, row, num_packs, cap, BLOCK_M, BLOCK_C)
     row_valid = rows < num_packs
     col_valid = cols < cap
     inf = float("inf")
@@ -256,14 +234,8 @@ def _balance(weight_ptr, expert_ptr, limit_ptr, order_ptr, run_ptr, num_packs, c
                 p = tl.where(l_first < l_second, second, first)
                 q = tl.where(l_first < l_second, first, second)
                 half = 0.5 * tl.abs(l_first - l_second)
-                is_p = rows[:, None] == p
-                is_q = rows[:, None] == q
-                hw = tl.sum(tl.where(is_p, pw, 0.0), 0)
-                he = tl.where(col_valid, tl.sum(tl.where(is_p, pe, 0), 0), -2)
-                hl = tl.sum(tl.where(is_p, pl, 0), 0)
-                ow = tl.sum(tl.where(is_q, pw, 0.0), 0)
-                oe = tl.where(col_valid, tl.sum(tl.where(is_q, pe, 0), 0), -3)
-                ol = tl.sum(tl.where(is_q, pl, 0), 0)
+                hw, he, hl = _pack_of(pw, pe, pl, rows, col_valid, p, -2)
+                ow, oe, ol = _pack_of(pw, pe, pl, rows, col_valid, q, -3)
                 cu = tl.sum((oe[:, None] == he[None, :]).to(tl.int32), 1)  # [b]: held by p
                 cy = tl.sum((he[:, None] == oe[None, :]).to(tl.int32), 1)  # [a]: held by q
                 # 1-for-1: [a, b], slot a of p for slot b of q
@@ -295,3 +267,27 @@ def _balance(weight_ptr, expert_ptr, limit_ptr, order_ptr, run_ptr, num_packs, c
     tl.store(expert_ptr + base, pe, mask=valid)
     tl.store(weight_ptr + base, pw, mask=valid)
     tl.store(limit_ptr + base, pl, mask=valid)
+
+
+@triton.jit
+def _load_packing(weight_ptr, expert_ptr, limit_ptr, row, num_packs, cap, BLOCK_M: tl.constexpr,
+                  BLOCK_C: tl.constexpr):
+    """Problem `row`'s packing -> (rows [M], cols [C], valid [M, C], offsets [M, C], weight
+    [M, C] float64, expert and limit [M, C] int32; 0, -1 and 0 outside the packs and slots)."""
+    rows = tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_C)
+    valid = (rows[:, None] < num_packs) & (cols[None, :] < cap)
+    base = row * num_packs * cap + rows[:, None] * cap + cols[None, :]
+    pw = tl.load(weight_ptr + base, mask=valid, other=0.0)
+    pe = tl.load(expert_ptr + base, mask=valid, other=-1)
+    pl = tl.load(limit_ptr + base, mask=valid, other=0)
+    return rows, cols, valid, base, pw, pe, pl
+
+
+@triton.jit
+def _pack_of(pw, pe, pl, rows, col_valid, pack, missing):
+    """Row `pack` of pw, pe, pl [M, C] -> its weights, experts (`missing` outside its slots: an
+    expert no slot holds) and limits [C]."""
+    at = rows[:, None] == pack
+    experts = tl.where(col_valid, tl.sum(tl.where(at, pe, 0), 0), missing)
+    return tl.sum(tl.where(at, pw, 0.0), 0), experts, tl.sum(tl.where(at, pl, 0), 0)
