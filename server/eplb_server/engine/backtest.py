@@ -218,7 +218,7 @@ def backtest_peaks(history, kinds, params, num_steps, num_slots, num_groups, num
     """history: [T, L, E] float64 -> peaks [S, C, L]: the peak GPU load on window
     T - S + s of the fast plan fitted to forecast c of windows 0 .. T - S - 1 + s
     (hierarchical where num_nodes > 1: swaps stay within a node). Layers in parallel where
-    numba's thread count allows (rows.run)."""
+    the plan's thread count allows (rows.run)."""
     num_layers = history.shape[1]
     peaks = np.zeros((num_steps, kinds.size, num_layers))
     rows.run(_backtest_rows, num_layers, history, kinds, params, num_steps, num_slots,

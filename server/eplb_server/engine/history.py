@@ -296,7 +296,7 @@ def _top_three(load, t, top):
 
 def refine_windows(history, phy2log, counts, num_gpus, gpus_per_node, max_moves, max_partners):
     """[T, L, E], [L, P] (changed in place), [L, E] -> phy2log, refined layer by layer (in
-    parallel where numba's thread count allows: rows.run)."""
+    parallel where the plan's thread count allows: rows.run)."""
     rows.run(_refine_window_rows, phy2log.shape[0], history, phy2log, counts, num_gpus,
              gpus_per_node, max_moves, max_partners)
     return phy2log

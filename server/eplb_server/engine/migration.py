@@ -189,8 +189,8 @@ def relabel(new_phy2log, current_phy2log, num_experts, num_nodes, num_gpus, hier
     """new_phy2log, current_phy2log: [L, P] -> [L, P], the new plan renamed to keep most slots.
 
     Permutes GPUs (within nodes, and whole nodes, when hierarchical) and slots within GPUs only,
-    so every GPU's load and every node's groups are unchanged. Layers in parallel where numba's
-    thread count allows (rows.run).
+    so every GPU's load and every node's groups are unchanged. Layers in parallel where the
+    plan's thread count allows (rows.run).
     """
     out = np.empty_like(new_phy2log)
     rows.run(_relabel_rows, new_phy2log.shape[0], new_phy2log, current_phy2log, num_experts,
@@ -261,7 +261,7 @@ def _kept_slots_bound_layer(new_row, cur_row, slot_gpu, head, nxt, only_gpu, see
 def kept_slots_bound(new_phy2log, current_phy2log, num_experts, num_gpus):
     """Upper bound on the slots `relabel` keeps, per layer: each new GPU keeps at most its
     overlap with the current GPU it shares most with. [L, P] x2 -> [L] int64 (layers in
-    parallel where numba's thread count allows: rows.run)."""
+    parallel where the plan's thread count allows: rows.run)."""
     num_layers, num_slots = new_phy2log.shape
     slot_gpu = np.arange(num_slots, dtype=np.int64) // (num_slots // num_gpus)
     out = np.zeros(num_layers, np.int64)
@@ -683,7 +683,7 @@ def repair(weight, current_phy2log, num_gpus, slot_node, gpu_node, allowed, grou
     gpu_node: [G] physical node; allowed: [L, N, K] bool; max_steps: [L] int64; target: [L]
     peak at which to stop; cross_factor: weight of a cross-node move's gain.
     -> (steps [L], move_slot [L, S], move_expert [L, S], peak_after [L, S]), S = max(max_steps).
-    Layers in parallel where numba's thread count allows (rows.run).
+    Layers in parallel where the plan's thread count allows (rows.run).
     """
     num_layers = weight.shape[0]
     width = max(1, int(max_steps.max())) if num_layers else 1

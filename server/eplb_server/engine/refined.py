@@ -42,7 +42,7 @@ def _plan_nodes(weight: np.ndarray, node_groups: np.ndarray, num_replicas: int,
 def _solve_nodes(weight, node_groups, slots_per_node, gpus_per_node, max_moves, count_steps,
                  margin):
     """Each node of each layer replicated and packed on its own, the (layer, node) rows in
-    parallel where numba's thread count allows (rows.run).
+    parallel where the plan's thread count allows (rows.run).
 
     weight: [L, E] (any finite non-negative loads, subnormal and all-zero layers included),
     node_groups: [L, N, K/N] -> phy2log [L, N * slots_per_node]. Lighter nodes

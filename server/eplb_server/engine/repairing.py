@@ -24,7 +24,7 @@ def repair_pairs(weight, current, new, target, num_nodes):
     blocks (node n owns [n P/N, (n + 1) P/N)) re-paired apart, which needs every expert on
     the same node in both mappings (1 for a global plan)
     -> (phy2log [L, P], found [L] bool; rows not found are the current mapping).
-    Layers in parallel where numba's thread count allows (rows.run).
+    Layers in parallel where the plan's thread count allows (rows.run).
     """
     out = current.copy()
     found = np.zeros(current.shape[0], np.bool_)

@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 
 import numba
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_count = threading.local()  # threads `run` uses in this thread: a plan's own setting
+
+
+def thread_count() -> int:
+    return getattr(_count, "value", 1)
+
+
+@contextlib.contextmanager
+def threads(count: int):
+    """`run` uses `count` threads (this one included) within the block, in this thread."""
+    before = thread_count()
+    _count.value = count
+    try:
+        yield
+    finally:
+        _count.value = before
 
 
 def _executor() -> concurrent.futures.ThreadPoolExecutor:
@@ -23,9 +40,9 @@ def _executor() -> concurrent.futures.ThreadPoolExecutor:
 
 def run(kernel, num_rows: int, *args) -> None:
     """kernel(*args, start, stop) over row ranges that cover [0, num_rows) once each, on
-    numba.get_num_threads() threads (this one included); the kernel must release the GIL
-    (nogil) and write each row's results only."""
-    threads = min(numba.get_num_threads(), num_rows)
+    thread_count() threads (this one included); the kernel must release the GIL (nogil) and
+    write each row's results only."""
+    threads = min(thread_count(), num_rows)
     if threads <= 1:
         kernel(*args, 0, num_rows)
         return

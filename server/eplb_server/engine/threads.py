@@ -1,13 +1,15 @@
-"""How many threads a plan may use, chosen per request size, and leaving the host's settings as
-they were: numba's OpenMP layer shares the process's libgomp with torch, so launching it or
-changing its thread count changes torch's."""
+"""How many threads a plan may use, chosen per request size. The count lives in engine.rows,
+not in numba's settings: numba.set_num_threads launches numba's OpenMP layer, which shares the
+process's libgomp with torch (launching it changed a host's torch thread count), and no kernel
+uses numba's own parallelism."""
 
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import numba
+
+from . import rows
 
 # Layer-parallel kernels (relabelling, log2phy, window refinement) pay for a thread pool only on
 # large requests; below this many layer-slots (x windows) one thread is faster, and on a node
@@ -36,15 +38,7 @@ def threads_for(work: int) -> int:
 
 @contextlib.contextmanager
 def engine_threads(work: int):
-    """Runs the block with threads_for(work) numba threads; restores numba's and torch's counts
-    (torch's only where the process has imported it)."""
-    torch = sys.modules.get("torch")
-    torch_threads = torch.get_num_threads() if torch else None
-    numba_threads = numba.get_num_threads()
-    numba.set_num_threads(threads_for(work))
-    try:
+    """Runs the block with threads_for(work) threads for the engine's layer-parallel kernels
+    (engine.rows); numba's and torch's thread settings are not touched."""
+    with rows.threads(threads_for(work)):
         yield
-    finally:
-        numba.set_num_threads(numba_threads)
-        if torch and torch.get_num_threads() != torch_threads:
-            torch.set_num_threads(torch_threads)
