@@ -36,8 +36,14 @@ AGREEMENT_ABOVE_TWO = 5e-3
 
 def agrees_with_cpu(case) -> bool:
     """A global tie-free case, where the GPU planner's peaks must match the CPU engine's within
-    AGREEMENT."""
+    agreement(case)."""
     return case[7] == "global" and case[8] == "smooth"
+
+
+def agreement(case) -> float:
+    """How far above the CPU engine's peak a case's GPU peaks may be, in units of the bound:
+    AGREEMENT at two slots per GPU (or fewer), AGREEMENT_ABOVE_TWO above."""
+    return AGREEMENT if case[3] <= 2 * case[6] else AGREEMENT_ABOVE_TWO
 
 
 def case_loads(case) -> np.ndarray:

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from eplb_server import plan
-from tests.engine.gpu_cases import (AGREEMENT, AGREEMENT_ABOVE_TWO, CASES, agrees_with_cpu,
-                                    case_loads, constraint)
+from tests.engine.gpu_cases import CASES, agreement, agrees_with_cpu, case_loads, constraint
 from tests.engine.hard_cases import global_bound, gpu_peaks, groups_stay_on_nodes
 
 TOLERANCE = 1e-9
@@ -90,7 +89,7 @@ def test_peaks_as_the_cpu_engine(case):
     bound = global_bound(weight, replicas, gpus)
     ours = gpu_peaks(weight, phy2log.cpu().numpy(), gpus)
     theirs = gpu_peaks(weight, cpu.phy2log.numpy(), gpus)
-    allowed = AGREEMENT if replicas <= 2 * gpus else AGREEMENT_ABOVE_TWO
+    allowed = agreement(case)
     assert (ours <= theirs + allowed * bound).all(), ((ours - theirs) / bound).max()
 
 

@@ -18,8 +18,7 @@ from eplb_server import evaluate, plan
 from eplb_server.engine.packing import (COUNT_MOVE_GAP, FEW_SLOTS_REFINE_TOLERANCE,
                                         PAIR_SWAP_ALL_MAX_CAP, REFINE_TOLERANCE)
 from tests.conftest import early_children, start_interpreter_child
-from tests.engine.gpu_cases import (AGREEMENT, AGREEMENT_ABOVE_TWO, CASES, agrees_with_cpu,
-                                    case_loads, constraint)
+from tests.engine.gpu_cases import CASES, agreement, agrees_with_cpu, case_loads
 from tests.engine.hard_cases import global_bound, gpu_peaks, groups_stay_on_nodes
 
 pytest.importorskip("triton", reason="the GPU planner needs triton (pip install '.[gpu]')")
@@ -167,7 +166,7 @@ def test_peaks_as_the_cpu_engine(interpreted, index):
     cpu = plan(torch.from_numpy(weight), replicas, 1, 1, gpus, policy="global", device="cpu")
     bound = global_bound(weight, replicas, gpus)
     ours, theirs = gpu_peaks(weight, phy2log, gpus), gpu_peaks(weight, cpu.phy2log.numpy(), gpus)
-    allowed = AGREEMENT if replicas <= 2 * gpus else AGREEMENT_ABOVE_TWO
+    allowed = agreement(case)
     assert (ours <= theirs + allowed * bound).all(), ((ours - theirs) / bound).max()
 
 
