@@ -33,7 +33,8 @@ def test_counts_said_to_fit_do_fit(problem):
     n = weight.size
     counts = np.empty(n, np.int64)
     fits = pairing._fits(weight, num_slots, limit, counts, np.empty(n), np.empty(n, np.int64),
-                         np.argsort(weight, kind="mergesort"), np.empty(n, np.int64))
+                         np.empty(n), np.empty(n), np.argsort(weight, kind="mergesort"),
+                         np.empty(n, np.int64))
     assume(fits)
     assert (counts >= 1).all() and counts.sum() <= num_slots
     assert sorted_pairing_peak(weight, counts) <= limit * (1 + 1e-12)

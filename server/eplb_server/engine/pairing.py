@@ -258,86 +258,102 @@ def pair_peak(weight, counts):
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
-def _level(weight, count, limit):
+def _level(piece, count, limit):
     """An expert's place in Hall's condition for pairs under `limit`: pieces of at most
     limit / 2 offer `count` partners of their size; larger ones need `count` partners of at
     most limit - piece. -> (level, +count offered or -count needed)"""
-    piece = weight / count
     if piece <= 0.5 * limit:
         return piece, count
     return limit - piece, -count
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
-def _offered_at(weight, count, limit, level):
+def _offered_at(piece, count, limit, level):
     """Partners offered minus needed by an expert's pieces at levels up to `level`."""
-    own, change = _level(weight, count, limit)
+    own, change = _level(piece, count, limit)
     return change if own <= level else 0
 
 
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _count_within(values, order, bound, per):
+    """How many entries of `order` (ascending values) have values / per <= bound."""
+    lo, hi = 0, order.size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if values[order[mid]] / per <= bound:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 @numba.njit(cache=True, nogil=True)
-def _order_by_level(weight, counts, level, by_weight, by_level):
-    """Fills by_level with the experts by ascending level, for the fewest replicas that keep
-    every piece under the limit. by_weight: experts by ascending weight. In that order come
-    single pieces that offer partners (ascending levels), single pieces that need one
-    (descending levels) and split experts (few, sorted here); the three are merged."""
-    n = weight.size
-    first_big = 0
-    while first_big < n and level[by_weight[first_big]] == weight[by_weight[first_big]] \
-            and counts[by_weight[first_big]] == 1:
-        first_big += 1
-    first_split = first_big
-    while first_split < n and counts[by_weight[first_split]] == 1:
-        first_split += 1
-    split = by_weight[first_split:].copy()
+def _order_by_level(level, by_weight, offering, single, by_level):
+    """Fills by_level with the experts by ascending level (equal levels: offering, needing,
+    split). by_weight: experts by ascending weight, whose first `offering` are single pieces
+    that offer partners (ascending levels), the next up to `single` single pieces that need
+    one (descending levels), the rest split experts (few, sorted here)."""
+    num_experts = by_weight.size
+    split = by_weight[single:].copy()
     for k in range(1, split.size):  # insertion sort by level
         e, j = split[k], k
         while j > 0 and level[split[j - 1]] > level[e]:
             split[j] = split[j - 1]
             j -= 1
         split[j] = e
-    a, b, c = 0, first_split - 1, 0  # cursors: offering, needing (backwards), split
-    for k in range(n):
-        best, pick = np.inf, 0
-        if a < first_big and level[by_weight[a]] < best:
-            best, pick = level[by_weight[a]], 1
-        if b >= first_big and level[by_weight[b]] < best:
-            best, pick = level[by_weight[b]], 2
-        if c < split.size and level[split[c]] < best:
-            best, pick = level[split[c]], 3
-        if pick == 1:
-            by_level[k] = by_weight[a]
-            a += 1
-        elif pick == 2:
+    a, b, k = 0, single - 1, 0  # cursors: offering, needing (backwards), by_level
+    while a < offering or b >= offering:
+        if a == offering or (b >= offering and level[by_weight[b]] < level[by_weight[a]]):
             by_level[k] = by_weight[b]
             b -= 1
         else:
-            by_level[k] = split[c]
-            c += 1
+            by_level[k] = by_weight[a]
+            a += 1
+        k += 1
+    i, k = single - 1, num_experts - 1  # the split ones merged in from the back
+    for j in range(split.size - 1, -1, -1):
+        while i >= 0 and level[split[j]] < level[by_level[i]]:
+            by_level[k] = by_level[i]
+            i -= 1
+            k -= 1
+        by_level[k] = split[j]
+        k -= 1
 
 
 @numba.njit(cache=True, nogil=True)
-def _fits(weight, num_slots, limit, counts, level, change, by_weight, by_level):
+def _fits(weight, num_slots, limit, counts, level, change, piece, next_piece, by_weight,
+          by_level):
     """Whether some counts (written to `counts`) with at most num_slots replicas pair every
     piece under `limit`. Greedy: from the fewest replicas that keep each piece under the limit,
     repeatedly find the lowest level where fewer partners are offered than needed and give one
     replica to the expert that helps there most (the largest new piece among equals). A
     replica never hurts lower levels, so levels are scanned in order.
 
-    by_weight: experts by ascending weight; level, change, by_level: [E] scratch.
+    by_weight: experts by ascending weight; level, change, piece, next_piece (each expert's
+    piece with one replica more), by_level: [E] scratch.
     """
     num_experts = weight.size
-    total = 0
-    for e in range(num_experts):
+    # Experts by ascending weight: single pieces offering partners, single pieces needing one,
+    # then split ones (weight / limit rounds above 1).
+    offering = _count_within(weight, by_weight, 0.5 * limit, 1.0)
+    single = max(offering, _count_within(weight, by_weight, 1.0, limit))
+    total = single
+    for k in range(single):
+        e = by_weight[k]
+        counts[e], piece[e], next_piece[e] = 1, weight[e], weight[e] / 2
+        level[e], change[e] = _level(piece[e], counts[e], limit)
+    for k in range(single, num_experts):
+        e = by_weight[k]
         pieces = np.ceil(weight[e] / limit)  # limit > 0 (threshold_counts keeps it so)
         if pieces > num_slots:  # also before int(): a huge float has no int64 value
             return False
         counts[e] = max(1, int(pieces))
         total += counts[e]
-        level[e], change[e] = _level(weight[e], counts[e], limit)
+        piece[e], next_piece[e] = weight[e] / counts[e], weight[e] / (counts[e] + 1)
+        level[e], change[e] = _level(piece[e], counts[e], limit)
     if total > num_slots:
         return False
-    _order_by_level(weight, counts, level, by_weight, by_level)
+    _order_by_level(level, by_weight, offering, single, by_level)
     balance, i = 0, 0
     while i < num_experts:  # levels in order, all equal levels together
         here = level[by_level[i]]
@@ -347,22 +363,22 @@ def _fits(weight, num_slots, limit, counts, level, change, by_weight, by_level):
         while balance < 0:  # short of partners at `here`
             if total == num_slots:
                 return False
-            e, gain = _best_helper(weight, counts, level, by_level, limit, here)
+            e, gain = _best_helper(counts, piece, next_piece, level, by_level, limit, here)
             if e < 0:
                 return False
             balance += gain
             counts[e] += 1
             total += 1
-            level[e], change[e] = _level(weight[e], counts[e], limit)
+            piece[e], next_piece[e] = next_piece[e], weight[e] / (counts[e] + 1)
+            level[e], change[e] = _level(piece[e], counts[e], limit)
             resort(by_level, level, e)
-            i = 0  # resume after every level up to `here`: those are all counted
-            while i < num_experts and level[by_level[i]] <= here:
-                i += 1
+            # resume after every level up to `here`: those are all counted
+            i = _count_within(level, by_level, here, 1.0)
     return True
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
-def _best_helper(weight, counts, level, by_level, limit, short):
+def _best_helper(counts, piece, next_piece, level, by_level, limit, short):
     """The expert whose next replica adds most partners at level `short` (the largest new piece
     among equals), -1 if none helps, and the partners it adds there. Only experts at levels up
     to 2 * short can: a replica at most halves a piece. -> (expert, gain)"""
@@ -371,11 +387,10 @@ def _best_helper(weight, counts, level, by_level, limit, short):
         e = by_level[k]
         if level[e] > 2.0 * short:
             break
-        gain = _offered_at(weight[e], counts[e] + 1, limit, short) \
-            - _offered_at(weight[e], counts[e], limit, short)
-        piece = weight[e] / (counts[e] + 1)
-        if gain > best_gain or (gain == best_gain and gain > 0 and piece > best_piece):
-            best, best_gain, best_piece = e, gain, piece
+        gain = _offered_at(next_piece[e], counts[e] + 1, limit, short) \
+            - _offered_at(piece[e], counts[e], limit, short)
+        if gain > best_gain or (gain == best_gain and gain > 0 and next_piece[e] > best_piece):
+            best, best_gain, best_piece = e, gain, next_piece[e]
     return best, best_gain
 
 
@@ -391,6 +406,7 @@ def threshold_counts(weight, num_slots, low, high, steps):
         return np.empty(0, np.int64), np.inf
     counts = np.empty(num_experts, np.int64)
     level, change = np.empty(num_experts), np.empty(num_experts, np.int64)
+    piece, next_piece = np.empty(num_experts), np.empty(num_experts)
     by_level = np.empty(num_experts, np.int64)
     by_weight = np.ascontiguousarray(descending_order(weight)[::-1])
     best = np.empty(0, np.int64)
@@ -401,7 +417,8 @@ def threshold_counts(weight, num_slots, low, high, steps):
         limit = high * (1.0 - SKIP_MARGIN) if step == 0 else 0.5 * (low + high)
         if not (low <= limit < high and limit > 0.0):
             break  # the interval no longer shrinks (subnormal loads): 0.5 * 5e-324 is 0.0
-        if _fits(weight, num_slots, limit, counts, level, change, by_weight, by_level):
+        if _fits(weight, num_slots, limit, counts, level, change, piece, next_piece, by_weight,
+                 by_level):
             high, best, best_limit = limit, counts.copy(), limit
         elif step == 0:
             break
