@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from eplb_server import plan
-from tests.engine.gpu_cases import CASES, agreement, agrees_with_cpu, case_loads, constraint
+from tests.engine.gpu_cases import (AGREEMENT, CASES, agrees_with_cpu, case_loads,
+                                    constraint)
 from tests.engine.hard_cases import global_bound, gpu_peaks, groups_stay_on_nodes
 
 TOLERANCE = 1e-9
@@ -77,8 +78,8 @@ TIE_FREE = [c for c in CASES if agrees_with_cpu(c)]
 @cuda
 @pytest.mark.parametrize("case", TIE_FREE, ids=[c[0] for c in TIE_FREE])
 def test_peaks_as_the_cpu_engine(case):
-    """As under the interpreter: on tie-free loads, every layer's peak within AGREEMENT (two
-    slots per GPU) or AGREEMENT_ABOVE_TWO of the bound of the CPU engine's."""
+    """As under the interpreter: on tie-free loads, every layer's peak within AGREEMENT of the
+    bound of the CPU engine's."""
     _triton()
     from eplb_server.engine.gpu.planner import plan_tensors
 
@@ -89,8 +90,7 @@ def test_peaks_as_the_cpu_engine(case):
     bound = global_bound(weight, replicas, gpus)
     ours = gpu_peaks(weight, phy2log.cpu().numpy(), gpus)
     theirs = gpu_peaks(weight, cpu.phy2log.numpy(), gpus)
-    allowed = agreement(case)
-    assert (ours <= theirs + allowed * bound).all(), ((ours - theirs) / bound).max()
+    assert (ours <= theirs + AGREEMENT * bound).all(), ((ours - theirs) / bound).max()
 
 
 @cuda

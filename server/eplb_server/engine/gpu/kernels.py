@@ -67,9 +67,12 @@ def _lpt(item_ptr, skip_ptr, pack_ptr, rank_ptr, num_items, num_packs, cap,
 @triton.jit(do_not_specialize=["num_packs", "cap", "max_moves", "pair_loops", "pair_all"])
 def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs, cap, max_moves,
             pair_loops, pair_all, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Swap refinement of one packing: while the heaviest pack is above the target, the 1-for-1
-    swap between it and any pack that lowers the pair's peak most; where none does, the best
-    2-for-2 swap with every pack (pair_all) or the lightest (pair_loops = 1; 0: none). A pack
+    """Swap refinement of one packing, as engine.packing.refine: while the heaviest pack is
+    above the target, the 1-for-1 swap between it and another pack that lowers the pair's peak
+    most (the CPU engine's candidates and order: the two slots that bracket halving the gap,
+    packs lightest first up to the first whose best swap so far brings both packs to the
+    second-heaviest load, the mean or the target); where none does, the best 2-for-2 swap with
+    every pack (pair_all) or the lightest (pair_loops = 1; 0: none). A pack
     takes no more replicas of an expert than its fair share (limit = ceil(count / packs)).
     Every accepted move lowers the heaviest of the two packs below the old peak, so the peak
     never rises.
@@ -85,6 +88,7 @@ def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs,
     col_valid = cols < cap
     inf = float("inf")
     moves = tl.program_id(0) * 0
+    mean = tl.sum(tl.sum(pw, 1), 0) / num_packs
     go = (moves < max_moves) & (tl.max(tl.where(row_valid, tl.sum(pw, 1), -inf), 0) > target)
     while go:
         loads = tl.sum(pw, 1)
@@ -99,9 +103,19 @@ def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs,
         held_b = tl.sum(eq, 2)  # [o, b]: replicas of b's expert in the heaviest pack
         fits = ((held_a[:, None, :] - eq) < hl[None, None, :]) \
             & ((held_b[:, :, None] - eq) < pl[:, :, None])
-        ok = (delta > 0.0) & (delta < gap) & fits & valid[:, :, None] \
+        near = _nearest_halving(pw, valid, cols, hw[None, None, :] - 0.5 * gap)
+        ok = (delta > 0.0) & (delta < gap) & fits & near & valid[:, :, None] \
             & col_valid[None, None, :]
         objective = tl.where(ok, tl.maximum(top - delta, loads[:, None, None] + delta), inf)
+        # As the CPU engine: packs lightest first, stopping after the first pack at which the
+        # best swap so far brings both packs to `enough`.
+        second = tl.max(tl.where(row_valid & (rows != heavy), loads, -inf), 0)
+        enough = tl.maximum(tl.maximum(second, mean), target)
+        rank = _load_rank(loads, rows, row_valid)
+        pack_best = tl.min(tl.min(objective, 2), 1)
+        so_far = tl.min(tl.where(rank[None, :] <= rank[:, None], pack_best[None, :], inf), 1)
+        last = tl.min(tl.where(row_valid & (so_far <= enough), rank, BLOCK_M), 0)
+        objective = tl.where((rank <= last)[:, None, None], objective, inf)
         flat = tl.reshape(objective, (BLOCK_M * BLOCK_C * BLOCK_C,))
         best = tl.min(flat, 0)
         where = tl.argmin(flat, 0)
@@ -144,6 +158,28 @@ def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs,
     tl.store(weight_ptr + base, pw, mask=valid)
     tl.store(limit_ptr + base, pl, mask=valid)
     tl.store(moves_ptr + row, moves)
+
+
+@triton.jit
+def _nearest_halving(pw, valid, cols, ideal):
+    """[o, b, a]: whether slot b is one of the two slots of pack o (rows of pw [M, C]) whose
+    weights bracket ideal [o, 1, a] (the CPU engine's candidates: its rows are sorted, heaviest
+    first, and it tries the last slot above the ideal and the first at or below it)."""
+    w = tl.where(valid, pw, -float("inf"))
+    ahead = (w[:, None, :] > w[:, :, None]) \
+        | ((w[:, None, :] == w[:, :, None]) & (cols[None, None, :] < cols[None, :, None]))
+    place = tl.sum((ahead & valid[:, None, :]).to(tl.int32), 2)  # [o, b]: b's sorted slot
+    first_below = tl.sum((w[:, :, None] > ideal).to(tl.int32), 1)  # [o, a]
+    return (place[:, :, None] == first_below[:, None, :] - 1) \
+        | (place[:, :, None] == first_below[:, None, :])
+
+
+@triton.jit
+def _load_rank(loads, rows, row_valid):
+    """[M]: each pack's place among the packs by ascending load (lower index among equals)."""
+    before = (loads[None, :] < loads[:, None]) \
+        | ((loads[None, :] == loads[:, None]) & (rows[None, :] < rows[:, None]))
+    return tl.sum((before & row_valid[None, :]).to(tl.int32), 1)
 
 
 @triton.jit
