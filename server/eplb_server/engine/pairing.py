@@ -75,8 +75,12 @@ def _pair_peak(order, position, piece, counts, num_pairs, stop, a, b):
     else:
         if a < 0:  # no move: the first and last stand in their own places
             a, b = order[0], order[n - 1]
-        elif _ahead(piece, b, a):
-            a, b = b, a
+        else:
+            if _ahead(piece, b, a):
+                a, b = b, a
+            first_pair = _first_pair(order, piece, a, b)
+            if first_pair >= stop:  # most rejected moves (measured: 59% at 288 -> 144 pairs)
+                return first_pair
         r1, r2 = min(position[a], position[b]), max(position[a], position[b])
         ia = _insertion_index(order, r1, r2, piece, a)
         ib = _insertion_index(order, r1, r2, piece, b)
@@ -108,6 +112,24 @@ def _pair_peak(order, position, piece, counts, num_pairs, stop, a, b):
             front_left -= take
         done += take
     return peak
+
+
+@numba.njit(cache=True, nogil=True, _nrt=False)
+def _first_pair(order, piece, a, b):
+    """The first pair's load in `_pair_peak`: largest piece plus smallest, with a (ahead of b)
+    and b in their sorted places, without finding those places."""
+    first, last = 0, order.size - 1
+    while first <= last and (order[first] == a or order[first] == b):
+        first += 1
+    while last >= first and (order[last] == a or order[last] == b):
+        last -= 1
+    front, back = a, b
+    if first <= last:
+        if _ahead(piece, order[first], a):
+            front = order[first]
+        if _ahead(piece, b, order[last]):
+            back = order[last]
+    return piece[front] + piece[back]
 
 
 @numba.njit(cache=True, nogil=True, _nrt=False)
