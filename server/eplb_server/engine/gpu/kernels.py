@@ -144,19 +144,18 @@ def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs,
                 better = (cand < pair_best) & (~single)
                 pair_best = tl.where(better, cand, pair_best)
                 o_best = tl.where(better, o, o_best)
-                a1_best = tl.where(better, at // (BLOCK_C * BLOCK_C * BLOCK_C), a1_best)
-                a2_best = tl.where(better, (at // (BLOCK_C * BLOCK_C)) % BLOCK_C, a2_best)
-                b1_best = tl.where(better, (at // BLOCK_C) % BLOCK_C, b1_best)
-                b2_best = tl.where(better, at % BLOCK_C, b2_best)
+                x, y, u, v = _four_slots(at, BLOCK_C)
+                a1_best = tl.where(better, x, a1_best)
+                a2_best = tl.where(better, y, a2_best)
+                b1_best = tl.where(better, u, b1_best)
+                b2_best = tl.where(better, v, b2_best)
             best = tl.where(single, best, pair_best)
         accept = (best < threshold) & (top > target)
         pw, pe, pl = _exchange(pw, pe, pl, rows, cols, tl.where(accept, heavy, -1), a1_best,
                                a2_best, tl.where(accept, o_best, -1), b1_best, b2_best)
         moves += accept.to(tl.int32)
         go = accept & (moves < max_moves)
-    tl.store(expert_ptr + base, pe, mask=valid)
-    tl.store(weight_ptr + base, pw, mask=valid)
-    tl.store(limit_ptr + base, pl, mask=valid)
+    _store_packing(weight_ptr, expert_ptr, limit_ptr, base, valid, pw, pe, pl)
     tl.store(moves_ptr + row, moves)
 
 
@@ -293,16 +292,15 @@ def _balance(weight_ptr, expert_ptr, limit_ptr, order_ptr, run_ptr, num_packs, c
                 at = tl.argmin(flat2, 0)
                 better = cand < best
                 best = tl.where(better, cand, best)
-                x_best = tl.where(better, at // (BLOCK_C * BLOCK_C * BLOCK_C), x_best)
-                y_best = tl.where(better, (at // (BLOCK_C * BLOCK_C)) % BLOCK_C, y_best)
-                u_best = tl.where(better, (at // BLOCK_C) % BLOCK_C, u_best)
-                v_best = tl.where(better, at % BLOCK_C, v_best)
+                x, y, u, v = _four_slots(at, BLOCK_C)
+                x_best = tl.where(better, x, x_best)
+                y_best = tl.where(better, y, y_best)
+                u_best = tl.where(better, u, u_best)
+                v_best = tl.where(better, v, v_best)
                 accept = best < half
                 pw, pe, pl = _exchange(pw, pe, pl, rows, cols, tl.where(accept, p, -1), x_best,
                                        y_best, tl.where(accept, q, -1), u_best, v_best)
-    tl.store(expert_ptr + base, pe, mask=valid)
-    tl.store(weight_ptr + base, pw, mask=valid)
-    tl.store(limit_ptr + base, pl, mask=valid)
+    _store_packing(weight_ptr, expert_ptr, limit_ptr, base, valid, pw, pe, pl)
 
 
 @triton.jit
@@ -318,6 +316,21 @@ def _load_packing(weight_ptr, expert_ptr, limit_ptr, row, num_packs, cap, BLOCK_
     pe = tl.load(expert_ptr + base, mask=valid, other=-1)
     pl = tl.load(limit_ptr + base, mask=valid, other=0)
     return rows, cols, valid, base, pw, pe, pl
+
+
+@triton.jit
+def _store_packing(weight_ptr, expert_ptr, limit_ptr, base, valid, pw, pe, pl):
+    """Writes a packing back where `_load_packing` read it."""
+    tl.store(expert_ptr + base, pe, mask=valid)
+    tl.store(weight_ptr + base, pw, mask=valid)
+    tl.store(limit_ptr + base, pl, mask=valid)
+
+
+@triton.jit
+def _four_slots(at, BLOCK_C: tl.constexpr):
+    """A flat index into a [C, C, C, C] block -> its four indices (x, y, u, v)."""
+    return at // (BLOCK_C * BLOCK_C * BLOCK_C), (at // (BLOCK_C * BLOCK_C)) % BLOCK_C, \
+        (at // BLOCK_C) % BLOCK_C, at % BLOCK_C
 
 
 @triton.jit

@@ -18,6 +18,7 @@ def pow2(n: int) -> int:
 
 
 def warps(elements: int) -> int:
+    """Warps for a kernel whose largest block holds `elements`."""
     return 4 if elements <= 4096 else 8 if elements <= 16384 else 16
 
 
@@ -108,7 +109,7 @@ def _improve(pack_weight, pack_expert, limit, target, bound, slots, packs):
         kernels._balance[(rows,)](
             pack_weight, pack_expert, limit, by_load.to(torch.int32).contiguous(),
             run.to(torch.int32), packs, cap, BLOCK_M=pow2(packs), BLOCK_C=pow2(cap),
-            num_warps=warps(pow2(packs) * pow2(cap) ** 3), **kernels.EXACT)
+            num_warps=warps(max(pow2(packs) * pow2(cap), pow2(cap) ** 4)), **kernels.EXACT)
         _refine(pack_weight, pack_expert, limit, torch.where(run, target, torch.inf), slots,
                 packs, cap)
 
@@ -124,5 +125,6 @@ def _refine(pack_weight, pack_expert, limit, target, slots, packs, cap):
     kernels._refine[(rows,)](
         pack_weight, pack_expert, limit, target.contiguous(), moves, packs, cap,
         min(MAX_MOVES_PER_ITEM * slots, MAX_MOVES), pair_loops, int(cap <= PAIR_SWAP_ALL_MAX_CAP),
-        BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps(block_m * block_c * block_c),
+        BLOCK_M=block_m, BLOCK_C=block_c,
+        num_warps=warps(max(block_m * block_c * block_c, block_m * block_m, block_c ** 4)),
         **kernels.EXACT)
