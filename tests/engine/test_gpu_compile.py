@@ -27,8 +27,11 @@ SIGNATURES = {
 BLOCKS = [
     ("_replicate", dict(BLOCK_E=256)), ("_replicate", dict(BLOCK_E=1024)),
     ("_lpt", dict(BLOCK_M=32)), ("_lpt", dict(BLOCK_M=256)),
-    ("_refine", dict(BLOCK_M=32, BLOCK_C=16)), ("_refine", dict(BLOCK_M=256, BLOCK_C=8)),
-    ("_balance", dict(BLOCK_M=128, BLOCK_C=8)),
+    ("_refine", dict(BLOCK_M=32, BLOCK_C=16, PAIR_X=1)),
+    ("_refine", dict(BLOCK_M=256, BLOCK_C=8, PAIR_X=1)),
+    ("_refine", dict(BLOCK_M=128, BLOCK_C=4, PAIR_X=4)),
+    ("_balance", dict(BLOCK_M=128, BLOCK_C=8, PAIR_X=1)),
+    ("_balance", dict(BLOCK_M=128, BLOCK_C=4, PAIR_X=4)),
 ]
 
 

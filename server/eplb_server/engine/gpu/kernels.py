@@ -66,7 +66,8 @@ def _lpt(item_ptr, skip_ptr, pack_ptr, rank_ptr, num_items, num_packs, cap,
 
 @triton.jit(do_not_specialize=["num_packs", "cap", "max_moves", "pair_loops", "pair_all"])
 def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs, cap, max_moves,
-            pair_loops, pair_all, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+            pair_loops, pair_all, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+            PAIR_X: tl.constexpr):
     """Swap refinement of one packing, as engine.packing.refine: while the heaviest pack is
     above the target, the 1-for-1 swap between it and another pack that lowers the pair's peak
     most (the CPU engine's candidates and order: the two slots that bracket halving the gap,
@@ -135,20 +136,21 @@ def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs,
                 low = tl.sum(tl.where(rows == o, loads, 0.0), 0)
                 cu = tl.sum((oe[:, None] == he[None, :]).to(tl.int32), 1)  # [b]: in heavy
                 cy = tl.sum((he[:, None] == oe[None, :]).to(tl.int32), 1)  # [a]: in pack o
-                d, ok2 = _pair_trades(hw, he, hl, cy, ow, oe, ol, cu, cols, cap)
-                ok2 = ok2 & (d > 0.0) & (d < top - low)
-                obj2 = tl.where(ok2, tl.maximum(top - d, low + d), inf)
-                flat2 = tl.reshape(obj2, (BLOCK_C * BLOCK_C * BLOCK_C * BLOCK_C,))
-                cand = tl.min(flat2, 0)
-                at = tl.argmin(flat2, 0)
-                better = (cand < pair_best) & (~single)
-                pair_best = tl.where(better, cand, pair_best)
-                o_best = tl.where(better, o, o_best)
-                x, y, u, v = _four_slots(at, BLOCK_C)
-                a1_best = tl.where(better, x, a1_best)
-                a2_best = tl.where(better, y, a2_best)
-                b1_best = tl.where(better, u, b1_best)
-                b2_best = tl.where(better, v, b2_best)
+                for x0 in range(0, BLOCK_C, PAIR_X):
+                    d, ok2 = _pair_trades(hw, he, hl, cy, ow, oe, ol, cu, cols, cap, x0, PAIR_X)
+                    ok2 = ok2 & (d > 0.0) & (d < top - low)
+                    obj2 = tl.where(ok2, tl.maximum(top - d, low + d), inf)
+                    flat2 = tl.reshape(obj2, (PAIR_X * BLOCK_C * BLOCK_C * BLOCK_C,))
+                    cand = tl.min(flat2, 0)
+                    at = tl.argmin(flat2, 0)
+                    better = (cand < pair_best) & (~single)
+                    pair_best = tl.where(better, cand, pair_best)
+                    o_best = tl.where(better, o, o_best)
+                    x, y, u, v = _four_slots(at, BLOCK_C)
+                    a1_best = tl.where(better, x0 + x, a1_best)
+                    a2_best = tl.where(better, y, a2_best)
+                    b1_best = tl.where(better, u, b1_best)
+                    b2_best = tl.where(better, v, b2_best)
             best = tl.where(single, best, pair_best)
         accept = (best < threshold) & (top > target)
         pw, pe, pl = _exchange(pw, pe, pl, rows, cols, tl.where(accept, heavy, -1), a1_best,
@@ -209,18 +211,25 @@ def _traded(values, take1, take2, give1, give2):
 
 
 @triton.jit
-def _pair_trades(hw, he, hl, cy, ow, oe, ol, cu, cols, cap):
+def _pair_trades(hw, he, hl, cy, ow, oe, ol, cu, cols, cap, x0, PAIR_X: tl.constexpr):
     """The 2-for-2 trades of slots x < y of pack p (weights hw, experts he, limits hl [C]) for
-    slots u < v of pack q (ow, oe, ol [C]) that keep fair shares: cy [C] replicas of each of p's
-    experts in q, cu [C] of each of q's experts in p. -> (p's load drop d, allowed)
-    [x, y, u, v]"""
-    x = he[:, None, None, None]
+    slots u < v of pack q (ow, oe, ol [C]) that keep fair shares, for x in x0 .. x0 + PAIR_X - 1
+    (a block of PAIR_X x C^3: the whole C^4 block spills registers on a GPU from C = 8): cy
+    [C] replicas of each of p's experts in q, cu [C] of each of q's experts in p.
+    -> (p's load drop d, allowed) [x - x0, y, u, v]"""
+    a1 = x0 + tl.arange(0, PAIR_X)
+    pick = cols[None, :] == a1[:, None]
+    hw_x = tl.sum(tl.where(pick, hw[None, :], 0.0), 1)
+    he_x = tl.sum(tl.where(pick, he[None, :], 0), 1)
+    hl_x = tl.sum(tl.where(pick, hl[None, :], 0), 1)
+    cy_x = tl.sum(tl.where(pick, cy[None, :], 0), 1)
+    x = he_x[:, None, None, None]
     y = he[None, :, None, None]
     u = oe[None, None, :, None]
     v = oe[None, None, None, :]
-    d = hw[:, None, None, None] + hw[None, :, None, None] - ow[None, None, :, None] \
+    d = hw_x[:, None, None, None] + hw[None, :, None, None] - ow[None, None, :, None] \
         - ow[None, None, None, :]
-    held_x = cy[:, None, None, None] - (u == x).to(tl.int32) - (v == x).to(tl.int32) + 1 \
+    held_x = cy_x[:, None, None, None] - (u == x).to(tl.int32) - (v == x).to(tl.int32) + 1 \
         + (y == x).to(tl.int32)
     held_y = cy[None, :, None, None] - (u == y).to(tl.int32) - (v == y).to(tl.int32) \
         + (x == y).to(tl.int32) + 1
@@ -228,19 +237,18 @@ def _pair_trades(hw, he, hl, cy, ow, oe, ol, cu, cols, cap):
         + (v == u).to(tl.int32)
     held_v = cu[None, None, None, :] - (x == v).to(tl.int32) - (y == v).to(tl.int32) \
         + (u == v).to(tl.int32) + 1
-    a1 = cols[:, None, None, None]
     a2 = cols[None, :, None, None]
     b1 = cols[None, None, :, None]
     b2 = cols[None, None, None, :]
-    allowed = (a1 < a2) & (a2 < cap) & (b1 < b2) & (b2 < cap) \
-        & (held_x <= hl[:, None, None, None]) & (held_y <= hl[None, :, None, None]) \
+    allowed = (a1[:, None, None, None] < a2) & (a2 < cap) & (b1 < b2) & (b2 < cap) \
+        & (held_x <= hl_x[:, None, None, None]) & (held_y <= hl[None, :, None, None]) \
         & (held_u <= ol[None, None, :, None]) & (held_v <= ol[None, None, None, :])
     return d, allowed
 
 
 @triton.jit(do_not_specialize=["num_packs", "cap"])
 def _balance(weight_ptr, expert_ptr, limit_ptr, order_ptr, run_ptr, num_packs, cap,
-             BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+             BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, PAIR_X: tl.constexpr):
     """One sweep of pairwise balancing, as engine.packing.balance_pairs: for every two packs
     further apart than the heaviest is above the mean (the i-th heaviest with the lightest,
     the next lightest, ..., in the order of `order`), the 1-for-1 or 2-for-2 trade (fair shares
@@ -285,18 +293,19 @@ def _balance(weight_ptr, expert_ptr, limit_ptr, order_ptr, run_ptr, num_packs, c
                 u_best = where % BLOCK_C
                 y_best = x_best * 0 - 1
                 v_best = x_best * 0 - 1
-                d, ok2 = _pair_trades(hw, he, hl, cy, ow, oe, ol, cu, cols, cap)
-                flat2 = tl.reshape(tl.where(ok2, tl.abs(d - half), inf),
-                                   (BLOCK_C * BLOCK_C * BLOCK_C * BLOCK_C,))
-                cand = tl.min(flat2, 0)
-                at = tl.argmin(flat2, 0)
-                better = cand < best
-                best = tl.where(better, cand, best)
-                x, y, u, v = _four_slots(at, BLOCK_C)
-                x_best = tl.where(better, x, x_best)
-                y_best = tl.where(better, y, y_best)
-                u_best = tl.where(better, u, u_best)
-                v_best = tl.where(better, v, v_best)
+                for x0 in range(0, BLOCK_C, PAIR_X):
+                    d, ok2 = _pair_trades(hw, he, hl, cy, ow, oe, ol, cu, cols, cap, x0, PAIR_X)
+                    flat2 = tl.reshape(tl.where(ok2, tl.abs(d - half), inf),
+                                       (PAIR_X * BLOCK_C * BLOCK_C * BLOCK_C,))
+                    cand = tl.min(flat2, 0)
+                    at = tl.argmin(flat2, 0)
+                    better = cand < best
+                    best = tl.where(better, cand, best)
+                    x, y, u, v = _four_slots(at, BLOCK_C)
+                    x_best = tl.where(better, x0 + x, x_best)
+                    y_best = tl.where(better, y, y_best)
+                    u_best = tl.where(better, u, u_best)
+                    v_best = tl.where(better, v, v_best)
                 accept = best < half
                 pw, pe, pl = _exchange(pw, pe, pl, rows, cols, tl.where(accept, p, -1), x_best,
                                        y_best, tl.where(accept, q, -1), u_best, v_best)
@@ -328,7 +337,7 @@ def _store_packing(weight_ptr, expert_ptr, limit_ptr, base, valid, pw, pe, pl):
 
 @triton.jit
 def _four_slots(at, BLOCK_C: tl.constexpr):
-    """A flat index into a [C, C, C, C] block -> its four indices (x, y, u, v)."""
+    """A flat index into a [X, C, C, C] block -> its four indices (x, y, u, v)."""
     return at // (BLOCK_C * BLOCK_C * BLOCK_C), (at // (BLOCK_C * BLOCK_C)) % BLOCK_C, \
         (at // BLOCK_C) % BLOCK_C, at % BLOCK_C
 

@@ -17,9 +17,18 @@ def pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def pair_chunk(block_c: int) -> int:
+    """First slots per block of the 2-for-2 search (`kernels._pair_trades`): blocks of at most
+    512 trades, all first slots at once where C <= 4 (fewer steps for the interpreter). ptxas
+    for sm_90: the whole C^4 block spilled 6,780 bytes a thread at 32 GPUs of 16 slots, one
+    first slot per block 144."""
+    return max(1, min(block_c, 512 // block_c ** 3))
+
+
 def warps(elements: int) -> int:
-    """Warps for a kernel whose largest block holds `elements`."""
-    return 4 if elements <= 4096 else 8 if elements <= 16384 else 16
+    """Warps for a kernel whose largest block holds `elements` (ptxas for sm_90: `_refine` at 64
+    GPUs of 8 slots spilled 408 bytes a thread with 4 warps, none with 8)."""
+    return 4 if elements <= 2048 else 8 if elements <= 4096 else 16
 
 
 def lpt(items: torch.Tensor, num_packs: int, skip: torch.Tensor | None = None):
@@ -106,10 +115,13 @@ def _improve(pack_weight, pack_expert, limit, target, bound, slots, packs):
         loads = pack_weight.sum(-1)
         run = loads.amax(1) > torch.maximum(bound * (1.0 + BALANCE_PAIRS_GAP), target)
         by_load = loads.sort(dim=1, descending=True, stable=True).indices
+        block_m, block_c = pow2(packs), pow2(cap)
         kernels._balance[(rows,)](
             pack_weight, pack_expert, limit, by_load.to(torch.int32).contiguous(),
-            run.to(torch.int32), packs, cap, BLOCK_M=pow2(packs), BLOCK_C=pow2(cap),
-            num_warps=warps(max(pow2(packs) * pow2(cap), pow2(cap) ** 4)), **kernels.EXACT)
+            run.to(torch.int32), packs, cap, BLOCK_M=block_m, BLOCK_C=block_c,
+            PAIR_X=pair_chunk(block_c),
+            num_warps=warps(max(block_m * block_c, pair_chunk(block_c) * block_c ** 3)),
+            **kernels.EXACT)
         _refine(pack_weight, pack_expert, limit, torch.where(run, target, torch.inf), slots,
                 packs, cap)
 
@@ -125,6 +137,7 @@ def _refine(pack_weight, pack_expert, limit, target, slots, packs, cap):
     kernels._refine[(rows,)](
         pack_weight, pack_expert, limit, target.contiguous(), moves, packs, cap,
         min(MAX_MOVES_PER_ITEM * slots, MAX_MOVES), pair_loops, int(cap <= PAIR_SWAP_ALL_MAX_CAP),
-        BLOCK_M=block_m, BLOCK_C=block_c,
-        num_warps=warps(max(block_m * block_c * block_c, block_m * block_m, block_c ** 4)),
+        BLOCK_M=block_m, BLOCK_C=block_c, PAIR_X=pair_chunk(block_c),
+        num_warps=warps(max(block_m * block_c * block_c, block_m * block_m,
+                            pair_chunk(block_c) * block_c ** 3)),
         **kernels.EXACT)
