@@ -112,11 +112,12 @@ def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs,
         # best swap so far brings both packs to `enough`.
         second = tl.max(tl.where(row_valid & (rows != heavy), loads, -inf), 0)
         enough = tl.maximum(tl.maximum(second, mean), target)
-        rank = _load_rank(loads, rows, row_valid)
-        pack_best = tl.min(tl.min(objective, 2), 1)
-        so_far = tl.min(tl.where(rank[None, :] <= rank[:, None], pack_best[None, :], inf), 1)
-        last = tl.min(tl.where(row_valid & (so_far <= enough), rank, BLOCK_M), 0)
-        objective = tl.where((rank <= last)[:, None, None], objective, inf)
+        reached = row_valid & (tl.min(tl.min(objective, 2), 1) <= enough)
+        last = tl.argmin(tl.where(reached, loads, inf), 0)  # lowest index among equal loads
+        last_load = tl.sum(tl.where(rows == last, loads, 0.0), 0)
+        scanned = (loads < last_load) | ((loads == last_load) & (rows <= last)) \
+            | (tl.max(reached.to(tl.int32), 0) == 0)
+        objective = tl.where(scanned[:, None, None], objective, inf)
         flat = tl.reshape(objective, (BLOCK_M * BLOCK_C * BLOCK_C,))
         best = tl.min(flat, 0)
         where = tl.argmin(flat, 0)
@@ -173,14 +174,6 @@ def _nearest_halving(pw, valid, cols, ideal):
     first_below = tl.sum((w[:, :, None] > ideal).to(tl.int32), 1)  # [o, a]
     return (place[:, :, None] == first_below[:, None, :] - 1) \
         | (place[:, :, None] == first_below[:, None, :])
-
-
-@triton.jit
-def _load_rank(loads, rows, row_valid):
-    """[M]: each pack's place among the packs by ascending load (lower index among equals)."""
-    before = (loads[None, :] < loads[:, None]) \
-        | ((loads[None, :] == loads[:, None]) & (rows[None, :] < rows[:, None]))
-    return tl.sum((before & row_valid[None, :]).to(tl.int32), 1)
 
 
 @triton.jit

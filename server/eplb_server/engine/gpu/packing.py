@@ -27,7 +27,7 @@ def pair_chunk(block_c: int) -> int:
 
 def warps(elements: int) -> int:
     """Warps for a kernel whose largest block holds `elements` (ptxas for sm_90: `_refine` at 64
-    GPUs of 8 slots spilled 408 bytes a thread with 4 warps, none with 8)."""
+    GPUs of 8 slots spilled with 4 warps, not with 8)."""
     return 4 if elements <= 2048 else 8 if elements <= 4096 else 16
 
 
@@ -138,6 +138,5 @@ def _refine(pack_weight, pack_expert, limit, target, slots, packs, cap):
         pack_weight, pack_expert, limit, target.contiguous(), moves, packs, cap,
         min(MAX_MOVES_PER_ITEM * slots, MAX_MOVES), pair_loops, int(cap <= PAIR_SWAP_ALL_MAX_CAP),
         BLOCK_M=block_m, BLOCK_C=block_c, PAIR_X=pair_chunk(block_c),
-        num_warps=warps(max(block_m * block_c * block_c, block_m * block_m,
-                            pair_chunk(block_c) * block_c ** 3)),
+        num_warps=warps(max(block_m * block_c * block_c, pair_chunk(block_c) * block_c ** 3)),
         **kernels.EXACT)
