@@ -147,11 +147,8 @@ def _refine(weight_ptr, expert_ptr, limit_ptr, target_ptr, moves_ptr, num_packs,
                     better = (cand < pair_best) & (~single)
                     pair_best = tl.where(better, cand, pair_best)
                     o_best = tl.where(better, o, o_best)
-                    x, y, u, v = _four_slots(at, BLOCK_C)
-                    a1_best = tl.where(better, x0 + x, a1_best)
-                    a2_best = tl.where(better, y, a2_best)
-                    b1_best = tl.where(better, u, b1_best)
-                    b2_best = tl.where(better, v, b2_best)
+                    a1_best, a2_best, b1_best, b2_best = _trade_where(
+                        better, at, x0, a1_best, a2_best, b1_best, b2_best, BLOCK_C)
             best = tl.where(single, best, pair_best)
         accept = (best < threshold) & (top > target)
         pw, pe, pl = _exchange(pw, pe, pl, rows, cols, tl.where(accept, heavy, -1), a1_best,
@@ -294,11 +291,8 @@ def _balance(weight_ptr, expert_ptr, limit_ptr, order_ptr, run_ptr, num_packs, c
                     at = tl.argmin(flat2, 0)
                     better = cand < best
                     best = tl.where(better, cand, best)
-                    x, y, u, v = _four_slots(at, BLOCK_C)
-                    x_best = tl.where(better, x0 + x, x_best)
-                    y_best = tl.where(better, y, y_best)
-                    u_best = tl.where(better, u, u_best)
-                    v_best = tl.where(better, v, v_best)
+                    x_best, y_best, u_best, v_best = _trade_where(
+                        better, at, x0, x_best, y_best, u_best, v_best, BLOCK_C)
                 accept = best < half
                 pw, pe, pl = _exchange(pw, pe, pl, rows, cols, tl.where(accept, p, -1), x_best,
                                        y_best, tl.where(accept, q, -1), u_best, v_best)
@@ -329,10 +323,12 @@ def _store_packing(weight_ptr, expert_ptr, limit_ptr, base, valid, pw, pe, pl):
 
 
 @triton.jit
-def _four_slots(at, BLOCK_C: tl.constexpr):
-    """A flat index into a [X, C, C, C] block -> its four indices (x, y, u, v)."""
-    return at // (BLOCK_C * BLOCK_C * BLOCK_C), (at // (BLOCK_C * BLOCK_C)) % BLOCK_C, \
-        (at // BLOCK_C) % BLOCK_C, at % BLOCK_C
+def _trade_where(better, at, x0, x, y, u, v, BLOCK_C: tl.constexpr):
+    """Where `better`, the slots (x, y, u, v) of flat index `at` into a [X, C, C, C] block of
+    `_pair_trades` from first slot x0; else the given x, y, u, v."""
+    return tl.where(better, x0 + at // (BLOCK_C * BLOCK_C * BLOCK_C), x), \
+        tl.where(better, (at // (BLOCK_C * BLOCK_C)) % BLOCK_C, y), \
+        tl.where(better, (at // BLOCK_C) % BLOCK_C, u), tl.where(better, at % BLOCK_C, v)
 
 
 @triton.jit
