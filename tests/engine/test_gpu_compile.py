@@ -1,11 +1,14 @@
 """The GPU planner's kernels compile for a Hopper GPU (sm_90) without one: triton's own compiler
 and the ptxas it ships, so that CI catches what its interpreter lets pass (types, loop-carried
 values, block shapes). Block sizes: the engine benchmark's 58x256 -> 288 on 32 GPUs and the
-service's largest request (1024 experts, 2048 slots on 256 GPUs). About 10 s here."""
+service's largest request (1024 experts, 2048 slots on 256 GPUs); the swap kernels' register use
+(ptxas -v) at the common shapes. About 20 s here."""
 
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 
 import pytest
 
@@ -51,3 +54,37 @@ def test_kernel_compiles_for_sm90(name, blocks):
     # rounded as the interpreter rounds: no multiply and add fused into one (with triton's
     # default, _refine held two FMAs)
     assert "fma." not in compiled.asm["ptx"] and "mad.f" not in compiled.asm["ptx"]
+
+
+# Swap kernels at the planner's common shapes (packs, slots per pack: 32 GPUs x 9-16 slots, the
+# GPU path from 9 per GPU; 72 -> 128 x 4; 64 x 8), launched as the planner launches them, keep
+# their blocks in registers: at most this many bytes a thread of spill stores (the whole C^4
+# 2-for-2 block spilled 6,780 at 32 x 16; each spilled byte is local-memory traffic per step).
+SPILL_LIMIT = 256
+COMMON_SHAPES = [("_refine", 32, 16), ("_refine", 72, 4), ("_refine", 64, 8), ("_balance", 72, 4),
+                 ("_balance", 64, 8)]
+
+
+@pytest.mark.parametrize("name, packs, cap", COMMON_SHAPES,
+                         ids=[f"{n}-{p}x{c}" for n, p, c in COMMON_SHAPES])
+def test_swap_kernel_keeps_its_blocks_in_registers(name, packs, cap, tmp_path):
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.compiler import get_ptxas
+    from triton.compiler import ASTSource
+
+    from eplb_server.engine.gpu import kernels
+    from eplb_server.engine.gpu.packing import swap_blocks
+
+    launch = swap_blocks(packs, cap, name)
+    blocks = {k: v for k, v in launch.items() if k != "num_warps"}
+    signature = {**SIGNATURES[name], **{k: "constexpr" for k in blocks}}
+    compiled = triton.compile(ASTSource(getattr(kernels, name), signature, blocks),
+                              target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": launch["num_warps"], **kernels.EXACT})
+    ptx = tmp_path / "kernel.ptx"
+    ptx.write_text(compiled.asm["ptx"])
+    report = subprocess.run([get_ptxas(90).path, "-v", "-arch=sm_90a", str(ptx), "-o",
+                             str(tmp_path / "kernel.cubin")], capture_output=True, text=True,
+                            check=True).stderr
+    spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", report)]
+    assert spills and max(spills) <= SPILL_LIMIT, report

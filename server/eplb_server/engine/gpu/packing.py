@@ -25,6 +25,17 @@ def pair_chunk(block_c: int) -> int:
     return max(1, min(block_c, 512 // block_c ** 3))
 
 
+def swap_blocks(packs: int, cap: int, kernel: str) -> dict:
+    """Block sizes and warps of `kernels._refine` or `kernels._balance` for packs x cap: from
+    the largest block each forms (_refine's 1-for-1 search M x C^2, _balance's packing M x C,
+    and the 2-for-2 search's PAIR_X x C^3)."""
+    block_m, block_c = pow2(packs), pow2(cap)
+    chunk = pair_chunk(block_c)
+    largest = block_m * block_c * (block_c if kernel == "_refine" else 1)
+    return dict(BLOCK_M=block_m, BLOCK_C=block_c, PAIR_X=chunk,
+                num_warps=warps(max(largest, chunk * block_c ** 3)))
+
+
 def warps(elements: int) -> int:
     """Warps for a kernel whose largest block holds `elements` (ptxas for sm_90: `_refine` at 64
     GPUs of 8 slots spilled with 4 warps, not with 8)."""
@@ -115,12 +126,9 @@ def _improve(pack_weight, pack_expert, limit, target, bound, slots, packs):
         loads = pack_weight.sum(-1)
         run = loads.amax(1) > torch.maximum(bound * (1.0 + BALANCE_PAIRS_GAP), target)
         by_load = loads.sort(dim=1, descending=True, stable=True).indices
-        block_m, block_c = pow2(packs), pow2(cap)
         kernels._balance[(rows,)](
             pack_weight, pack_expert, limit, by_load.to(torch.int32).contiguous(),
-            run.to(torch.int32), packs, cap, BLOCK_M=block_m, BLOCK_C=block_c,
-            PAIR_X=pair_chunk(block_c),
-            num_warps=warps(max(block_m * block_c, pair_chunk(block_c) * block_c ** 3)),
+            run.to(torch.int32), packs, cap, **swap_blocks(packs, cap, "_balance"),
             **kernels.EXACT)
         _refine(pack_weight, pack_expert, limit, torch.where(run, target, torch.inf), slots,
                 packs, cap)
@@ -133,10 +141,7 @@ def _refine(pack_weight, pack_expert, limit, target, slots, packs, cap):
     pair_loops = packs if cap <= PAIR_SWAP_ALL_MAX_CAP else 1 if cap <= SMALL_PACK_MAX_CAP \
         else 0
     moves = torch.empty(rows, dtype=torch.int32, device=pack_weight.device)
-    block_m, block_c = pow2(packs), pow2(cap)
     kernels._refine[(rows,)](
         pack_weight, pack_expert, limit, target.contiguous(), moves, packs, cap,
         min(MAX_MOVES_PER_ITEM * slots, MAX_MOVES), pair_loops, int(cap <= PAIR_SWAP_ALL_MAX_CAP),
-        BLOCK_M=block_m, BLOCK_C=block_c, PAIR_X=pair_chunk(block_c),
-        num_warps=warps(max(block_m * block_c * block_c, pair_chunk(block_c) * block_c ** 3)),
-        **kernels.EXACT)
+        **swap_blocks(packs, cap, "_refine"), **kernels.EXACT)
