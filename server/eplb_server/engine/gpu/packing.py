@@ -20,8 +20,8 @@ def pow2(n: int) -> int:
 def pair_chunk(block_c: int) -> int:
     """First slots per block of the 2-for-2 search (`kernels._pair_trades`): blocks of at most
     512 trades, all first slots at once where C <= 4 (fewer steps for the interpreter). ptxas
-    for sm_90: the whole C^4 block spilled 6,780 bytes a thread at 32 GPUs of 16 slots, one
-    first slot per block 144."""
+    for sm_90: `_refine` at 32 GPUs of 16 slots spilled 7,044 bytes a thread with the whole
+    C^4 block, 184 with one first slot per block."""
     return max(1, min(block_c, 512 // block_c ** 3))
 
 
