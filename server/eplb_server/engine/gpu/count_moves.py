@@ -36,6 +36,7 @@ def count_moves(w32, w64, counts, pack_expert, peak, slots, packs, enough):
     left = torch.full((rows,), budget, device=device)
     moves = 2 * cap  # a giver and a taker per slot of the heaviest GPU, in the CPU's order
     eye = torch.eye(n, dtype=counts.dtype, device=device)
+    w32_each, w64_each, enough_each = _each(w32, moves), _each(w64, moves), _each(enough, moves)
     for _ in range(min(-(-budget // cap), COUNT_MOVE_ROUNDS)):
         piece = w64 / counts
         bound = torch.maximum(mean, piece.amax(1))
@@ -57,8 +58,8 @@ def count_moves(w32, w64, counts, pack_expert, peak, slots, packs, enough):
         left = left - valid.sum(1)
         tried = counts[:, None, :] + eye[move_to] - eye[move_from]  # [B, moves, n]
         tried_expert, tried_peak = pack_counts(
-            _each(w32, moves), _each(w64, moves), tried.view(rows * moves, n), slots, packs,
-            ~valid.view(-1), _each(enough, moves))
+            w32_each, w64_each, tried.view(rows * moves, n), slots, packs, ~valid.view(-1),
+            enough_each)
         best_peak, best = tried_peak.view(rows, moves).min(1)  # the first of the lowest
         found = best_peak < peak
         left = torch.where(found, left, 0)  # no move helps: the CPU engine stops

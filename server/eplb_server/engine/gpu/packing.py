@@ -88,6 +88,7 @@ def pack_counts(w32, w64, counts, slots, packs, skip, enough):
         limit = limit.view(k * rows, packs, cap).to(torch.int32).contiguous()
         few = cap <= PAIR_SWAP_ALL_MAX_CAP
         bound = torch.maximum(w64.sum(1) / packs, (w64 / counts).max(1).values)
+        bounds = bound.repeat(k)
         tolerance = FEW_SLOTS_REFINE_TOLERANCE if few else REFINE_TOLERANCE
         target = torch.where(skip, torch.inf, torch.maximum(bound * (1.0 + tolerance), enough))
         # the lower start first (LPT among equals up to PAIR_SWAP_ALL_MAX_CAP per GPU, else
@@ -96,7 +97,7 @@ def pack_counts(w32, w64, counts, slots, packs, skip, enough):
         kk_first = ~lpt_only & ((peak[1] < peak[0]) if few else (peak[1] <= peak[0]))
         first = torch.stack([~kk_first, kk_first])
         _improve(pack_weight, pack_expert, limit, torch.where(first, target, torch.inf),
-                 bound.repeat(k), slots, packs)
+                 bounds, slots, packs)
         peak = pack_weight.sum(-1).amax(-1).view(k, rows)
         first_peak = torch.where(kk_first, peak[1], peak[0])
         again = torch.zeros_like(first)
@@ -104,7 +105,7 @@ def pack_counts(w32, w64, counts, slots, packs, skip, enough):
             good = torch.maximum(bound * (1.0 + BALANCE_PAIRS_GAP), enough)
             again = ~first & ~lpt_only & (first_peak > good)
             _improve(pack_weight, pack_expert, limit, torch.where(again, target, torch.inf),
-                     bound.repeat(k), slots, packs)
+                     bounds, slots, packs)
             peak = pack_weight.sum(-1).amax(-1).view(k, rows)
         other_peak = torch.where(again, peak, torch.inf).amin(0)
         best = torch.where(other_peak < first_peak, (~kk_first).long(), kk_first.long())
